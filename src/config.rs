@@ -1,0 +1,256 @@
+//! The configuration file: its keys, their defaults, and errors that point at the line.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::dirs::Dirs;
+use crate::error::{Error, Result};
+
+/// The documented configuration; parsing it must give exactly [`Config::default`].
+pub const DOCUMENTED: &str = include_str!("../config/dreamerd.toml");
+
+/// The whole configuration. Every key is optional.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub push: PushConfig,
+    pub store: StoreConfig,
+    pub notify: NotifyConfig,
+    pub watch: WatchConfig,
+}
+
+/// `[push]`: how drizzle-kit is run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    pub generate: Vec<String>,
+    pub migrate: Vec<String>,
+    pub timeout_secs: u64,
+}
+
+/// `[store]`: where backups live.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: Option<String>,
+}
+
+/// `[notify]`: desktop notifications.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    pub desktop: bool,
+}
+
+/// `[watch]`: the daemon's file watching.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    pub debounce_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            push: PushConfig::default(),
+            store: StoreConfig::default(),
+            notify: NotifyConfig::default(),
+            watch: WatchConfig::default(),
+        }
+    }
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig { desktop: true }
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig { debounce_ms: 100 }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        let kit = |cmd: &str| vec!["./node_modules/.bin/drizzle-kit".to_string(), cmd.to_string()];
+        PushConfig { generate: kit("generate"), migrate: kit("migrate"), timeout_secs: 300 }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: `explicit` (from `--config`), else `DREAMERD_CONFIG`, else the XDG file if it
+    /// exists, else the embedded defaults. Returns the file that was read, if any.
+    pub fn load(explicit: Option<&Path>, dirs: &Dirs) -> Result<(Config, Option<PathBuf>)> {
+        let named = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("DREAMERD_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+        let path = match named {
+            Some(p) => p,
+            None if dirs.config_file.exists() => dirs.config_file.clone(),
+            None => return Ok((Config::default(), None)),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Config {
+            message: format!("cannot read the configuration file {}: {e}", path.display()),
+        })?;
+        let config = Config::parse(&text, &path)?;
+        Ok((config, Some(path)))
+    }
+
+    /// Parses and validates configuration text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        let config: Config = toml::from_str(text).map_err(|e| located_error(text, origin, &e))?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, origin: &Path) -> Result<()> {
+        let bad = |key: &str, why: &str| Error::Config {
+            message: format!("{}: key {key}: {why}", origin.display()),
+        };
+        if self.push.generate.is_empty() || self.push.generate[0].is_empty() {
+            return Err(bad(
+                "push.generate",
+                "must name a program, e.g. [\"./node_modules/.bin/drizzle-kit\", \"generate\"]",
+            ));
+        }
+        if self.push.migrate.is_empty() || self.push.migrate[0].is_empty() {
+            return Err(bad(
+                "push.migrate",
+                "must name a program, e.g. [\"./node_modules/.bin/drizzle-kit\", \"migrate\"]",
+            ));
+        }
+        if self.push.timeout_secs == 0 {
+            return Err(bad("push.timeout_secs", "must be at least 1"));
+        }
+        if let Some(url) = &self.store.url {
+            StoreLocation::parse(url).map_err(|why| bad("store.url", &why))?;
+        }
+        Ok(())
+    }
+
+    /// Where the backup store is, with the default filled in.
+    pub fn store_location(&self, dirs: &Dirs) -> StoreLocation {
+        match &self.store.url {
+            // validate() has already accepted it.
+            Some(url) => StoreLocation::parse(url).unwrap_or(StoreLocation::Local(dirs.default_store())),
+            None => StoreLocation::Local(dirs.default_store()),
+        }
+    }
+}
+
+/// A parsed `store.url`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreLocation {
+    /// `file:///abs/path`
+    Local(PathBuf),
+}
+
+impl StoreLocation {
+    /// Parses a store URL, saying what is wrong with it otherwise.
+    pub fn parse(url: &str) -> std::result::Result<StoreLocation, String> {
+        if let Some(path) = url.strip_prefix("file://") {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!("{url:?} must be an absolute file:///path"));
+            }
+            return Ok(StoreLocation::Local(path));
+        }
+        if url.starts_with("s3://") {
+            return Err(format!(
+                "{url:?}: S3-compatible stores are not supported by this version of dreamerd; \
+                 use a file:/// URL or leave the key out"
+            ));
+        }
+        Err(format!("{url:?} is not a store URL: use file:///abs/path"))
+    }
+}
+
+/// Turns a TOML error into one that names the file, the line and the dotted key.
+fn located_error(text: &str, origin: &Path, err: &toml::de::Error) -> Error {
+    let message = err.message().trim().to_string();
+    let Some(span) = err.span() else {
+        return Error::Config { message: format!("{}: {message}", origin.display()) };
+    };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = if let Some(unknown) =
+        message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next())
+    {
+        Some(unknown.to_string())
+    } else if let Some(eq) = line.find('=') {
+        Some(line[..eq].trim().trim_matches('"').to_string())
+    } else {
+        None
+    };
+    let dotted = match (section, key) {
+        (Some(s), Some(k)) if line.trim_start().starts_with('[') => {
+            // The error is on a table header: the key is the table itself.
+            let _ = s;
+            Some(k)
+        }
+        (Some(s), Some(k)) => Some(format!("{s}.{k}")),
+        (None, k) => k,
+        (Some(s), None) => Some(s),
+    };
+    let key_part = dotted.map(|k| format!(", key {k}")).unwrap_or_default();
+    Error::Config { message: format!("{}: line {line_no}{key_part}: {message}", origin.display()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_file_is_exactly_the_defaults() {
+        let parsed = Config::parse(DOCUMENTED, Path::new("config/dreamerd.toml")).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[push]\ntimeout_secs = 5\ncolour = \"red\"\n";
+        let err = Config::parse(text, Path::new("/x/c.toml")).unwrap_err().to_string();
+        assert!(err.contains("/x/c.toml: line 3, key push.colour"), "{err}");
+        assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn unknown_table_is_named() {
+        let err = Config::parse("[pushh]\n", Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("line 1, key pushh"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let text = "[watch]\n\ndebounce_ms = \"fast\"\n";
+        let err = Config::parse(text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("line 3, key watch.debounce_ms"), "{err}");
+    }
+
+    #[test]
+    fn store_urls() {
+        assert!(StoreLocation::parse("file:///srv/store").is_ok());
+        assert!(StoreLocation::parse("file://relative").is_err());
+        assert!(StoreLocation::parse("ftp://x").is_err());
+        let err = Config::parse("[store]\nurl = \"nope\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("key store.url"));
+    }
+
+    #[test]
+    fn empty_argv_is_refused() {
+        let err = Config::parse("[push]\ngenerate = []\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("push.generate"));
+        assert_eq!(err.exit_code(), 2);
+    }
+}

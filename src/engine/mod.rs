@@ -1,0 +1,147 @@
+//! The engine: push, restore and check. The command line runs it in-process and the daemon runs the very same
+//! code; neither knows more about drizzle/ than what is here.
+
+pub mod diagnosis;
+mod push;
+mod restore;
+pub mod runner;
+mod status;
+mod swap;
+
+use std::fs::{self, File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::dirs::Dirs;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::project::Project;
+use crate::store::{PushRecord, Store};
+
+pub use push::{PushFailure, PushReport, Stage};
+pub use restore::RestoreReport;
+pub use status::{LastPush, ProjectState, ProjectStatus};
+
+/// Which output stream of a child process a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Where an operation reports as it goes: drizzle-kit's output line by line, and dreamerd's own steps.
+pub trait Sink {
+    fn output(&self, stream: Stream, line: &str);
+    fn progress(&self, message: &str);
+}
+
+/// A sink that drops everything.
+pub struct NullSink;
+
+impl Sink for NullSink {
+    fn output(&self, _: Stream, _: &str) {}
+    fn progress(&self, _: &str) {}
+}
+
+/// Configuration, directories and the store: everything an operation needs.
+pub struct Engine {
+    pub config: Config,
+    pub dirs: Dirs,
+    pub store: Store,
+}
+
+/// Holds a project's operation lock; dropping it releases the lock.
+pub struct ProjectLock {
+    _file: File,
+}
+
+impl Engine {
+    /// An engine over a loaded configuration.
+    pub fn new(config: Config, dirs: Dirs) -> Result<Engine> {
+        let store = Store::open(&config.store_location(&dirs))?;
+        Ok(Engine { config, dirs, store })
+    }
+
+    fn lock_path(&self, project: &Project) -> PathBuf {
+        self.dirs.state.join("locks").join(format!("{}.lock", project.local_key()))
+    }
+
+    /// Takes the project's operation lock, or says at once that another push or restore holds it.
+    pub fn lock(&self, project: &Project) -> Result<ProjectLock> {
+        let path = self.lock_path(project);
+        fsutil::create_private_dir(path.parent().expect("has a parent")).ctx("create", &path)?;
+        let file = File::options().create(true).truncate(false).write(true).open(&path).ctx("open", &path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(ProjectLock { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(Error::Busy(format!(
+                "{} is busy: another push or restore is running on it",
+                project.root.display()
+            ))),
+            Err(TryLockError::Error(e)) => Err(e).ctx("lock", &path),
+        }
+    }
+
+    /// True if another process holds the project's operation lock right now.
+    pub fn is_busy(&self, project: &Project) -> bool {
+        let Ok(file) = File::open(self.lock_path(project)) else { return false };
+        matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
+    }
+
+    /// The baseline of a project: the record of its last successful push, if it has one.
+    pub fn baseline(&self, project: &Project) -> Result<Option<PushRecord>> {
+        match project.id()? {
+            Some(id) => self.store.latest(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// Makes a new, empty quarantine folder for what an operation is about to replace.
+    fn new_quarantine(&self, project: &Project, reason: &str) -> Result<PathBuf> {
+        let base = self.dirs.state.join("quarantine").join(project.local_key());
+        fsutil::create_private_dir(&base).ctx("create", &base)?;
+        let stamp = compact_timestamp(SystemTime::now());
+        for n in 0.. {
+            let name = if n == 0 { format!("{stamp}-{reason}") } else { format!("{stamp}-{reason}-{n}") };
+            let dir = base.join(name);
+            match fs::create_dir(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).ctx("create", &dir),
+            }
+        }
+        unreachable!("some suffix is free")
+    }
+}
+
+/// `2026-11-23T21:00:00Z`
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// `20261123T210000Z`: sortable and safe in file names and ids.
+pub fn compact_timestamp(t: SystemTime) -> String {
+    rfc3339(t).replace(['-', ':'], "")
+}
+
+/// The machine's host name, for push records.
+pub fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// A stable short text for a path in messages: relative to `drizzle/` with `/`.
+pub fn shown_paths(paths: &[String], max: usize) -> String {
+    let mut s = paths.iter().take(max).cloned().collect::<Vec<_>>().join(", ");
+    if paths.len() > max {
+        s.push_str(&format!(" and {} more", paths.len() - max));
+    }
+    s
+}
+
+/// Helper for tests and callers that want the quarantine folder's drizzle tree.
+pub fn quarantined_tree(quarantine: &Path) -> PathBuf {
+    quarantine.join("drizzle")
+}

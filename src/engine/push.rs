@@ -1,0 +1,327 @@
+//! Push: precheck, `drizzle-kit generate`, `drizzle-kit migrate`, backup. Any failure puts drizzle/ back exactly
+//! as it was and keeps what the failed run wrote.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::diagnosis::{self, Diagnosis};
+use super::runner::{self, RunOutput};
+use super::swap::Journal;
+use super::{Engine, Sink, compact_timestamp, host_name, rfc3339, shown_paths};
+use crate::archive::{self, Packed};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::manifest::{self, Tree};
+use crate::project::Project;
+use crate::store::PushRecord;
+
+/// Where a push stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Precheck,
+    Generate,
+    Migrate,
+    Backup,
+}
+
+/// The outcome of a push, in the contract's JSON shape.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum PushReport {
+    Ok {
+        ok: bool,
+        push_id: String,
+        files: usize,
+        /// True when drizzle/ and the schema were already exactly the last push: no new backup was made.
+        unchanged: bool,
+    },
+    Failed(PushFailure),
+}
+
+/// A failed push.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushFailure {
+    pub ok: bool,
+    pub stage: Stage,
+    pub diagnosis: Diagnosis,
+    /// True when drizzle/ is exactly as it was before the push.
+    pub rolled_back: bool,
+    /// Where what the failed run wrote (and its output) was kept.
+    pub quarantine: Option<PathBuf>,
+}
+
+impl PushReport {
+    pub fn ok(&self) -> bool {
+        matches!(self, PushReport::Ok { .. })
+    }
+}
+
+fn precheck_failure(code: &str, message: String, hint: &str) -> PushReport {
+    PushReport::Failed(PushFailure {
+        ok: false,
+        stage: Stage::Precheck,
+        diagnosis: Diagnosis::new(code, message, hint),
+        rolled_back: true,
+        quarantine: None,
+    })
+}
+
+impl Engine {
+    /// Runs a whole push on `project`.
+    pub fn push(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
+        let _lock = self.lock(project)?;
+        self.recover(project, sink)?;
+        let drizzle = project.drizzle();
+        let baseline = self.baseline(project)?;
+        let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
+
+        if let Some(base) = &baseline {
+            let violations = manifest::diff(&base.files, &tree);
+            if !violations.is_empty() {
+                let paths: Vec<String> = violations.iter().map(|v| v.path.clone()).collect();
+                return Ok(precheck_failure(
+                    "drizzle-tampered",
+                    format!(
+                        "drizzle/ was changed by hand since push {}: {}",
+                        base.id,
+                        shown_paths(&paths, 5)
+                    ),
+                    "generating on top of hand-edited files makes wrong migrations: run `dreamer database restore` \
+                     first (it keeps your edits in quarantine), move any schema change into src/schema.ts, then \
+                     `dreamer push` again",
+                ));
+            }
+        }
+        let before = match archive::pack(&drizzle, &tree) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok(precheck_failure(
+                    "drizzle-tampered",
+                    e.to_string(),
+                    &e.hint().unwrap_or_else(|| "fix drizzle/, then push again".into()),
+                ));
+            }
+        };
+        let project_id = project.ensure_id()?;
+
+        // The tree from before is on disk before drizzle-kit runs, so even a crash can roll it back.
+        let mut journal = Journal {
+            op: "push".into(),
+            phase: "generate".into(),
+            root: project.root.clone(),
+            quarantine: None,
+            target: None,
+            before: Some(before.files.clone()),
+            before_existed: tree.exists,
+        };
+        let snapshot = self.snapshot_path(project);
+        fsutil::create_private_dir(snapshot.parent().expect("has a parent")).ctx("create", &snapshot)?;
+        fsutil::atomic_write(&snapshot, &before.bytes).ctx("write", &snapshot)?;
+        self.write_journal(project, &journal)?;
+
+        let timeout = Duration::from_secs(self.config.push.timeout_secs);
+        let secs = self.config.push.timeout_secs;
+        let mut logs: Vec<(&str, RunOutput)> = Vec::new();
+
+        sink.progress(&format!("running {}", self.config.push.generate.join(" ")));
+        let generated = runner::run(&self.config.push.generate, &project.root, timeout, sink);
+        let verdict = match &generated {
+            Err(e) => Some(diagnosis::spawn_failed("generate", e)),
+            Ok(out) => diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project)),
+        };
+        if let Ok(out) = generated {
+            logs.push(("generate", out));
+        }
+        if let Some(diag) = verdict {
+            return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
+        }
+
+        journal.phase = "migrate".into();
+        self.write_journal(project, &journal)?;
+        sink.progress(&format!("running {}", self.config.push.migrate.join(" ")));
+        let migrated = runner::run(&self.config.push.migrate, &project.root, timeout, sink);
+        let verdict = match &migrated {
+            Err(e) => Some(diagnosis::spawn_failed("migrate", e)),
+            Ok(out) => diagnosis::judge_migrate(out, secs),
+        };
+        if let Ok(out) = migrated {
+            logs.push(("migrate", out));
+        }
+        if let Some(diag) = verdict {
+            return self.fail(project, Stage::Migrate, diag, &mut journal, &logs);
+        }
+
+        journal.phase = "backup".into();
+        self.write_journal(project, &journal)?;
+        let result = self.back_up(project, &project_id, baseline.as_ref());
+        match result {
+            Ok(report) => {
+                self.clear_journal(project)?;
+                Ok(report)
+            }
+            Err(e) => {
+                // The database now holds the new migrations, so drizzle/ must keep them: no rollback here.
+                let quarantine = self.new_quarantine(project, "failed-backup")?;
+                write_logs(&quarantine, &logs);
+                let _ = archive::unpack_verified(
+                    &before.bytes,
+                    &before.files,
+                    &quarantine.join("drizzle-before-push"),
+                    archive::Limits::default(),
+                );
+                self.clear_journal(project)?;
+                Ok(PushReport::Failed(PushFailure {
+                    ok: false,
+                    stage: Stage::Backup,
+                    diagnosis: Diagnosis::new(
+                        "backup-failed",
+                        format!("the migration was applied, but its backup could not be stored: {e}"),
+                        "drizzle/ keeps the new migrations (the database has them); free space or fix the store, \
+                         then run `dreamerd push` again to store the backup",
+                    ),
+                    rolled_back: false,
+                    quarantine: Some(quarantine),
+                }))
+            }
+        }
+    }
+
+    /// After generate: what it wrote must be a coherent drizzle/ (it exits 0 on errors, so check by content).
+    fn judge_written(&self, project: &Project) -> Option<Diagnosis> {
+        let drizzle = project.drizzle();
+        let tree = match manifest::scan(&drizzle) {
+            Ok(t) => t,
+            Err(e) => {
+                return Some(Diagnosis::new("unknown", format!("cannot read drizzle/: {e}"), "try again"));
+            }
+        };
+        if let Some((path, kind)) = tree.specials().next() {
+            return Some(Diagnosis::new(
+                "unknown",
+                format!("after generate, drizzle/{path} is a {kind:?}, not a regular file").to_lowercase(),
+                "remove it, then push again",
+            ));
+        }
+        journal_problem(&drizzle, &tree).map(|m| {
+            Diagnosis::new(
+                "unknown",
+                format!("drizzle-kit generate left drizzle/ incoherent: {m}"),
+                "push again; if it repeats, run `dreamer database restore` first",
+            )
+        })
+    }
+
+    /// Archives drizzle/ and stores it as the new latest push (unless nothing changed).
+    fn back_up(
+        &self,
+        project: &Project,
+        project_id: &str,
+        baseline: Option<&PushRecord>,
+    ) -> Result<PushReport> {
+        let drizzle = project.drizzle();
+        let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
+        let packed: Packed = archive::pack(&drizzle, &tree)?;
+        let schema = manifest::hash_path(&project.schema()).ctx("read", &project.schema())?;
+        if let Some(base) = baseline {
+            if base.files == packed.files && base.schema_blake3 == schema {
+                return Ok(PushReport::Ok {
+                    ok: true,
+                    push_id: base.id.clone(),
+                    files: packed.files.len(),
+                    unchanged: true,
+                });
+            }
+        }
+        let now = SystemTime::now();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let record = PushRecord {
+            format: 1,
+            id: format!("{}-{}", compact_timestamp(now), &suffix[..8]),
+            project_id: project_id.to_string(),
+            at: rfc3339(now),
+            files: packed.files.clone(),
+            schema_blake3: schema,
+            archive_blake3: packed.blake3.clone(),
+            archive_size: packed.bytes.len() as u64,
+            host: host_name(),
+            root: project.root.display().to_string(),
+        };
+        self.store.save(&record, &packed.bytes)?;
+        Ok(PushReport::Ok { ok: true, push_id: record.id, files: record.files.len(), unchanged: false })
+    }
+
+    /// Rolls drizzle/ back to the snapshot and reports the failure; the failed run's files and output are kept.
+    fn fail(
+        &self,
+        project: &Project,
+        stage: Stage,
+        diagnosis: Diagnosis,
+        journal: &mut Journal,
+        logs: &[(&str, RunOutput)],
+    ) -> Result<PushReport> {
+        let quarantine = self.new_quarantine(project, "failed-push")?;
+        write_logs(&quarantine, logs);
+        let rolled_back = match self.rollback_to_snapshot(project, &quarantine, journal) {
+            Ok(()) => true,
+            Err(e) => {
+                return Err(Error::failed(
+                    format!(
+                        "the push failed ({}), and rolling drizzle/ back failed too: {e}",
+                        diagnosis.message
+                    ),
+                    "nothing was lost: the next dreamerd operation on this project finishes the rollback",
+                ));
+            }
+        };
+        Ok(PushReport::Failed(PushFailure {
+            ok: false,
+            stage,
+            diagnosis,
+            rolled_back,
+            quarantine: Some(quarantine),
+        }))
+    }
+}
+
+/// Keeps each program's full output next to the quarantined files.
+fn write_logs(quarantine: &std::path::Path, logs: &[(&str, RunOutput)]) {
+    for (name, out) in logs {
+        let text = format!(
+            "exit: {}\ntimed out: {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n",
+            out.status.map(|s| s.to_string()).unwrap_or_else(|| "none".into()),
+            out.timed_out,
+            out.stdout,
+            out.stderr
+        );
+        let _ = fs::write(quarantine.join(format!("{name}.log")), text);
+    }
+}
+
+/// A problem with `meta/_journal.json` that means generate did not finish: unreadable, or naming a missing .sql.
+fn journal_problem(drizzle: &std::path::Path, tree: &Tree) -> Option<String> {
+    if !tree.nodes.contains_key("meta/_journal.json") {
+        return None;
+    }
+    let text = match fs::read(drizzle.join("meta/_journal.json")) {
+        Ok(t) => t,
+        Err(e) => return Some(format!("meta/_journal.json: {e}")),
+    };
+    let journal: serde_json::Value = match serde_json::from_slice(&text) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("meta/_journal.json is not valid JSON: {e}")),
+    };
+    let entries = journal.get("entries").and_then(|e| e.as_array())?;
+    for entry in entries {
+        if let Some(tag) = entry.get("tag").and_then(|t| t.as_str()) {
+            let sql = format!("{tag}.sql");
+            if !tree.nodes.contains_key(&sql) {
+                return Some(format!("meta/_journal.json names {sql}, which does not exist"));
+            }
+        }
+    }
+    None
+}

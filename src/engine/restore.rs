@@ -1,0 +1,95 @@
+//! Restore: put drizzle/ back to a successful push, atomically, keeping what it replaces.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::swap::{Journal, holds_exactly};
+use super::{Engine, Sink};
+use crate::error::{Error, IoContext, Result};
+use crate::manifest::{self, Violation};
+use crate::project::Project;
+
+/// The outcome of a restore, in the contract's JSON shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub ok: bool,
+    pub push_id: String,
+    pub files: usize,
+    /// Where the replaced tree was kept; `None` when drizzle/ already matched.
+    pub quarantine: Option<PathBuf>,
+    /// Only with `--dry-run`: true, and nothing was changed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// How drizzle/ differs from the push (what the restore undoes), in the shape of status violations.
+    pub changes: Vec<Violation>,
+}
+
+impl Engine {
+    /// Restores drizzle/ to push `push_id` (default: the latest successful push).
+    pub fn restore(
+        &self,
+        project: &Project,
+        push_id: Option<&str>,
+        dry_run: bool,
+        sink: &dyn Sink,
+    ) -> Result<RestoreReport> {
+        let _lock = self.lock(project)?;
+        if !dry_run {
+            self.recover(project, sink)?;
+        }
+        let nothing = || {
+            Error::failed(
+                format!("no successful push yet for {}, nothing to restore", project.root.display()),
+                "run `dreamer push` to make the first backup",
+            )
+        };
+        let project_id = project.id()?.ok_or_else(nothing)?;
+        let record = match push_id {
+            None => self.store.latest(&project_id)?.ok_or_else(nothing)?,
+            Some(id) => self.store.record(&project_id, id)?.ok_or_else(|| {
+                Error::failed(
+                    format!("push {id} is not in the history of {}", project.root.display()),
+                    "`dreamerd history` lists the pushes that can be restored",
+                )
+            })?,
+        };
+        let archive = self.store.archive(&record)?;
+        let drizzle = project.drizzle();
+        let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
+        let changes = manifest::diff(&record.files, &tree);
+        let report = |quarantine, changes| RestoreReport {
+            ok: true,
+            push_id: record.id.clone(),
+            files: record.files.len(),
+            quarantine,
+            dry_run,
+            changes,
+        };
+        if dry_run {
+            return Ok(report(None, changes));
+        }
+        if holds_exactly(&drizzle, &record.files) {
+            return Ok(report(None, changes));
+        }
+        sink.progress(&format!("restoring drizzle/ to push {}", record.id));
+        let quarantine = self.new_quarantine(project, "restore")?;
+        let mut journal = Journal {
+            op: "restore".into(),
+            phase: "swap".into(),
+            root: project.root.clone(),
+            quarantine: None,
+            target: None,
+            before: None,
+            before_existed: tree.exists,
+        };
+        self.install(project, Some((&archive, &record.files)), &quarantine, &mut journal)?;
+        if quarantine.join("drizzle").exists() {
+            Ok(report(Some(quarantine), changes))
+        } else {
+            // There was no drizzle/ to replace: nothing was kept, so no empty folder is left either.
+            std::fs::remove_dir(&quarantine).ctx("remove", &quarantine)?;
+            Ok(report(None, changes))
+        }
+    }
+}

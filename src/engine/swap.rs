@@ -1,0 +1,261 @@
+//! Replacing `drizzle/` atomically, and finishing a replacement that a crash interrupted.
+//!
+//! The new tree is unpacked and verified beside `drizzle/` (same filesystem), then swapped in with one
+//! `renameat2(RENAME_EXCHANGE)`; where the filesystem cannot exchange, two renames do it. A journal in the state
+//! directory records what is being installed, so the next operation on the project completes the swap and
+//! moves whatever was replaced to quarantine. Nothing the user had is ever deleted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, Sink};
+use crate::archive::{self, Limits};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::manifest::{self, FileEntry};
+use crate::project::Project;
+
+/// The transient folder beside `drizzle/` where a new tree is built; it exists only during a swap.
+pub const STAGING: &str = ".dreamerd-tmp";
+
+/// What an operation in progress is doing, persisted so a crash can be finished at the next start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Journal {
+    /// `push` or `restore`.
+    pub op: String,
+    /// push: `generate`, `migrate`, `backup`; any op: `swap` while drizzle/ is being replaced.
+    pub phase: String,
+    pub root: PathBuf,
+    /// Where replaced files go.
+    pub quarantine: Option<PathBuf>,
+    /// The files being installed; `None` with phase `swap` means drizzle/ is being removed.
+    pub target: Option<Vec<FileEntry>>,
+    /// For a push: what drizzle/ held before it (its archive sits beside the journal).
+    pub before: Option<Vec<FileEntry>>,
+    pub before_existed: bool,
+}
+
+impl Engine {
+    fn ops_dir(&self, project: &Project) -> PathBuf {
+        self.dirs.state.join("ops").join(project.local_key())
+    }
+
+    pub(crate) fn snapshot_path(&self, project: &Project) -> PathBuf {
+        self.ops_dir(project).join("before-push.tar.zst")
+    }
+
+    pub(crate) fn write_journal(&self, project: &Project, journal: &Journal) -> Result<()> {
+        let dir = self.ops_dir(project);
+        fsutil::create_private_dir(&dir).ctx("create", &dir)?;
+        let path = dir.join("journal.json");
+        let json = serde_json::to_vec_pretty(journal).expect("journal serialises");
+        fsutil::atomic_write(&path, &json).ctx("write", &path)
+    }
+
+    pub(crate) fn clear_journal(&self, project: &Project) -> Result<()> {
+        let dir = self.ops_dir(project);
+        fsutil::remove_any(&dir).ctx("remove", &dir)
+    }
+
+    fn read_journal(&self, project: &Project) -> Result<Option<Journal>> {
+        let path = self.ops_dir(project).join("journal.json");
+        match fs::read(&path) {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("read", &path),
+        }
+    }
+
+    /// Replaces drizzle/ with `target` (an archive and its files), or removes it when `target` is `None`.
+    /// What was there goes to `quarantine/drizzle`. The caller holds the project lock.
+    pub(crate) fn install(
+        &self,
+        project: &Project,
+        target: Option<(&[u8], &[FileEntry])>,
+        quarantine: &Path,
+        journal: &mut Journal,
+    ) -> Result<()> {
+        let staging = project.root.join(STAGING);
+        if fsutil::exists_nofollow(&staging) {
+            return Err(Error::failed(
+                format!("{} is in the way", staging.display()),
+                "it is dreamerd's scratch folder: move it away, then try again",
+            ));
+        }
+        journal.phase = "swap".into();
+        journal.target = target.map(|(_, files)| files.to_vec());
+        journal.quarantine = Some(quarantine.to_path_buf());
+        self.write_journal(project, journal)?;
+        fs::create_dir(&staging).ctx("create", &staging)?;
+        if let Some((bytes, files)) = target {
+            if let Err(e) = archive::unpack_verified(bytes, files, &staging.join("new"), Limits::default()) {
+                let _ = fs::remove_dir_all(&staging);
+                self.clear_journal(project)?;
+                return Err(e);
+            }
+        }
+        self.finish_swap(project, journal)
+    }
+
+    /// Brings a swap to its end from wherever it stopped: puts the new tree in place if it is complete and not
+    /// there yet, then quarantines everything else left in the staging folder.
+    fn finish_swap(&self, project: &Project, journal: &Journal) -> Result<()> {
+        let drizzle = project.drizzle();
+        let staging = project.root.join(STAGING);
+        let new = staging.join("new");
+        let failed = |what: &str, e: std::io::Error| {
+            Error::failed(
+                format!("cannot {what} while replacing {}: {e}", drizzle.display()),
+                format!(
+                    "nothing was lost: the next dreamerd operation on this project finishes the swap; \
+                     the files are in {}",
+                    staging.display()
+                ),
+            )
+        };
+        match &journal.target {
+            Some(files) => {
+                if holds_exactly(&new, files) && !holds_exactly(&drizzle, files) {
+                    if fsutil::exists_nofollow(&drizzle) {
+                        if !fsutil::exchange(&drizzle, &new).map_err(|e| failed("swap in the new tree", e))? {
+                            fs::rename(&drizzle, staging.join("old"))
+                                .map_err(|e| failed("move drizzle/ aside", e))?;
+                            fs::rename(&new, &drizzle).map_err(|e| failed("move the new tree in", e))?;
+                        }
+                    } else {
+                        fs::rename(&new, &drizzle).map_err(|e| failed("move the new tree in", e))?;
+                    }
+                    fsutil::fsync_dir(&project.root).map_err(|e| failed("sync the project folder", e))?;
+                }
+            }
+            None => {
+                if fsutil::exists_nofollow(&drizzle) {
+                    fs::rename(&drizzle, staging.join("old"))
+                        .map_err(|e| failed("move drizzle/ aside", e))?;
+                }
+            }
+        }
+        self.drain_staging(project, journal.target.as_deref(), journal.quarantine.as_deref())?;
+        self.clear_journal(project)
+    }
+
+    /// Empties the staging folder: copies of the target are dropped, anything else is quarantined.
+    fn drain_staging(
+        &self,
+        project: &Project,
+        target: Option<&[FileEntry]>,
+        quarantine: Option<&Path>,
+    ) -> Result<()> {
+        let staging = project.root.join(STAGING);
+        let entries = match fs::read_dir(&staging) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e).ctx("read", &staging),
+        };
+        let mut quarantine = quarantine.map(Path::to_path_buf);
+        for entry in entries {
+            let path = entry.ctx("read", &staging)?.path();
+            if target.is_some_and(|files| holds_exactly(&path, files)) {
+                fsutil::remove_any(&path).ctx("remove", &path)?;
+                continue;
+            }
+            let q = match &quarantine {
+                Some(q) => q.clone(),
+                None => {
+                    let q = self.new_quarantine(project, "leftover")?;
+                    quarantine = Some(q.clone());
+                    q
+                }
+            };
+            let mut dest = q.join("drizzle");
+            if fsutil::exists_nofollow(&dest) {
+                dest = q.join(entry_name(&path));
+            }
+            fsutil::move_tree(&path, &dest).ctx("quarantine", &path)?;
+        }
+        fs::remove_dir(&staging).ctx("remove", &staging)?;
+        fsutil::fsync_dir(&project.root).ctx("sync", &project.root)
+    }
+
+    /// Finishes whatever an interrupted operation left: a swap is completed, a push that died before migrate is
+    /// rolled back, and nothing found is deleted. Call with the project lock held.
+    pub(crate) fn recover(&self, project: &Project, sink: &dyn Sink) -> Result<()> {
+        let journal = self.read_journal(project)?;
+        let staging = project.root.join(STAGING);
+        let Some(mut journal) = journal else {
+            if fsutil::exists_nofollow(&staging) {
+                sink.progress(&format!("found a leftover {}; moving it to quarantine", staging.display()));
+                self.drain_staging(project, None, None)?;
+            }
+            return self.clear_journal(project);
+        };
+        match journal.phase.as_str() {
+            "swap" => {
+                sink.progress("finishing an interrupted replacement of drizzle/");
+                if journal.quarantine.is_none() {
+                    journal.quarantine = Some(self.new_quarantine(project, "interrupted")?);
+                }
+                self.finish_swap(project, &journal)
+            }
+            "generate" => {
+                sink.progress("rolling back a push that was interrupted before migrate");
+                let quarantine = self.new_quarantine(project, "interrupted-push")?;
+                self.rollback_to_snapshot(project, &quarantine, &mut journal)
+            }
+            _ => {
+                // The database may already hold the new migrations: drizzle/ stays as generated, and the tree from
+                // before the push is kept.
+                let quarantine = self.new_quarantine(project, "interrupted-push")?;
+                if let Some(files) = &journal.before {
+                    let bytes =
+                        fs::read(self.snapshot_path(project)).ctx("read", &self.snapshot_path(project))?;
+                    archive::unpack_verified(&bytes, files, &quarantine.join("drizzle"), Limits::default())?;
+                }
+                sink.progress(&format!(
+                    "a push was interrupted after migrate started; drizzle/ is left as generated and the tree \
+                     from before the push is in {}",
+                    quarantine.display()
+                ));
+                self.clear_journal(project)
+            }
+        }
+    }
+
+    /// Puts drizzle/ back to the snapshot taken before a push; what the push left goes to `quarantine`.
+    pub(crate) fn rollback_to_snapshot(
+        &self,
+        project: &Project,
+        quarantine: &Path,
+        journal: &mut Journal,
+    ) -> Result<()> {
+        let before = journal.before.clone().unwrap_or_default();
+        if !journal.before_existed {
+            return self.install(project, None, quarantine, journal);
+        }
+        if holds_exactly(&project.drizzle(), &before) {
+            return self.clear_journal(project);
+        }
+        let path = self.snapshot_path(project);
+        let bytes = fs::read(&path).ctx("read", &path)?;
+        self.install(project, Some((&bytes, &before)), quarantine, journal)
+    }
+}
+
+/// True if `dir` is a directory holding exactly these regular files and nothing else but directories.
+pub(crate) fn holds_exactly(dir: &Path, files: &[FileEntry]) -> bool {
+    match manifest::scan(dir) {
+        Ok(tree) => {
+            tree.exists
+                && !tree.nodes.contains_key(".")
+                && tree.specials().next().is_none()
+                && tree.files() == files
+        }
+        Err(_) => false,
+    }
+}
+
+fn entry_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "entry".into())
+}

@@ -1,0 +1,89 @@
+//! The library's error type and how each error maps to the contract's exit codes.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Everything that can go wrong in dreamerd, grouped by what the user has to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file is malformed or holds an unknown key or a wrong type.
+    #[error("{message}")]
+    Config { message: String },
+    /// The command line or the project layout does not make sense.
+    #[error("{0}")]
+    Usage(String),
+    /// The machine is not set up as dreamerd needs (unreadable directories, bad permissions...).
+    #[error("{context}: {source}")]
+    Environment {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// An operation was attempted and failed; nothing was changed unless the message says so.
+    #[error("{message}")]
+    Failed { message: String, hint: Option<String> },
+    /// Another push or restore holds the project.
+    #[error("{0}")]
+    Busy(String),
+    /// A stored backup is damaged or hostile.
+    #[error("{0}")]
+    Corrupt(String),
+    /// The daemon is not running and `--no-spawn` forbids starting it.
+    #[error("{0}")]
+    DaemonUnreachable(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The process exit code the contract assigns to this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } | Error::Usage(_) | Error::Environment { .. } => 2,
+            Error::Failed { .. } | Error::Busy(_) | Error::Corrupt(_) => 1,
+            Error::DaemonUnreachable(_) => 3,
+        }
+    }
+
+    /// What the user should do next, when there is something useful to say.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Failed { hint, .. } => hint.clone(),
+            Error::Config { .. } => {
+                Some("every key and its default are documented in config/dreamerd.toml".to_string())
+            }
+            Error::Busy(_) => Some("wait for the running operation to finish, then try again".into()),
+            Error::Corrupt(_) => {
+                Some("restore another push with `dreamerd restore --push ID` (see `dreamerd history`)".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// An operation failure with a hint.
+    pub fn failed(message: impl Into<String>, hint: impl Into<String>) -> Error {
+        Error::Failed { message: message.into(), hint: Some(hint.into()) }
+    }
+}
+
+/// Attaches a path and a verb to an I/O error so the message says what was being done to what.
+pub trait IoContext<T> {
+    fn ctx(self, what: &str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, what: &str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Environment {
+            context: format!("cannot {what} {}", path.display()),
+            source,
+        })
+    }
+}
+
+/// The path in a form fit for messages.
+pub fn shown(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Convenience for functions that return a path they created.
+pub type PathResult = Result<PathBuf>;

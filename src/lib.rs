@@ -1,0 +1,16 @@
+//! dreamerd guards the `drizzle/` migration folder of drizzle-orm projects: it detects hand edits against the
+//! manifest of the last successful push, and makes push and restore safe.
+//!
+//! All behaviour lives in this library; the `dreamerd` and `dreamer` binaries only parse arguments and call
+//! [`cli::main`].
+
+pub mod archive;
+pub mod cli;
+pub mod config;
+pub mod dirs;
+pub mod engine;
+pub mod error;
+pub mod fsutil;
+pub mod manifest;
+pub mod project;
+pub mod store;

@@ -1,0 +1,397 @@
+//! What `drizzle/` holds: scanning and hashing the tree, and diffing it against the manifest of a push.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// One regular file of a manifest: its path relative to `drizzle/` (with `/`), size and blake3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub blake3: String,
+}
+
+/// What is found at one path of the current tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    File {
+        size: u64,
+        blake3: String,
+    },
+    /// Anything that is not a regular file; never followed or read.
+    Special(SpecialKind),
+}
+
+/// The kinds of non-regular entries dreamerd reports but never follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecialKind {
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    Device,
+}
+
+/// The current state of a `drizzle/` directory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tree {
+    /// False when `drizzle/` does not exist at all.
+    pub exists: bool,
+    /// Every entry below `drizzle/`, directories included, keyed by relative path. If `drizzle/` itself is not a
+    /// directory, it appears under the key `.`.
+    pub nodes: BTreeMap<String, Node>,
+}
+
+impl Tree {
+    /// The regular files, as manifest entries in path order.
+    pub fn files(&self) -> Vec<FileEntry> {
+        self.nodes
+            .iter()
+            .filter_map(|(path, node)| match node {
+                Node::File { size, blake3 } => {
+                    Some(FileEntry { path: path.clone(), size: *size, blake3: blake3.clone() })
+                }
+                Node::Special(_) => None,
+            })
+            .collect()
+    }
+
+    /// Entries that are neither regular files nor directories.
+    pub fn specials(&self) -> impl Iterator<Item = (&String, SpecialKind)> {
+        self.nodes.iter().filter_map(|(p, n)| match n {
+            Node::Special(k) if *k != SpecialKind::Directory => Some((p, *k)),
+            _ => None,
+        })
+    }
+}
+
+/// Hashes one file by streaming it; never loads it whole.
+pub fn hash_file(file: &mut File) -> io::Result<(u64, String)> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(file)?;
+    let size = hasher.count();
+    Ok((size, hasher.finalize().to_hex().to_string()))
+}
+
+/// Hashes a file at a path, or `None` if it does not exist.
+pub fn hash_path(path: &Path) -> io::Result<Option<String>> {
+    match open_regular(path) {
+        Ok(Some(mut f)) => Ok(Some(hash_file(&mut f)?.1)),
+        Ok(None) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens a path only if it is a regular file, without following symlinks or blocking on fifos.
+pub fn open_regular(path: &Path) -> io::Result<Option<File>> {
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = match OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path) {
+        Ok(f) => f,
+        // ELOOP: the final component is a symlink.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(file.metadata()?.is_file().then_some(file))
+}
+
+fn special_kind(ft: &fs::FileType) -> SpecialKind {
+    if ft.is_dir() {
+        SpecialKind::Directory
+    } else if ft.is_symlink() {
+        SpecialKind::Symlink
+    } else if ft.is_fifo() {
+        SpecialKind::Fifo
+    } else if ft.is_socket() {
+        SpecialKind::Socket
+    } else {
+        SpecialKind::Device
+    }
+}
+
+/// Scans and hashes everything under `dir`, never following links.
+pub fn scan(dir: &Path) -> io::Result<Tree> {
+    let mut tree = Tree::default();
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(tree),
+        Err(e) => return Err(e),
+    };
+    tree.exists = true;
+    if !meta.is_dir() {
+        tree.nodes.insert(".".into(), Node::Special(special_kind(&meta.file_type())));
+        return Ok(tree);
+    }
+    walk(dir, "", &mut tree.nodes)?;
+    Ok(tree)
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let path = entry.path();
+        // A file can vanish between readdir and open: that is simply "not there".
+        let ft = match entry.file_type() {
+            Ok(ft) => ft,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if ft.is_dir() {
+            out.insert(rel.clone(), Node::Special(SpecialKind::Directory));
+            match walk(&path, &rel, out) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        } else if ft.is_file() {
+            match open_regular(&path) {
+                Ok(Some(mut f)) => {
+                    let (size, blake3) = hash_file(&mut f)?;
+                    out.insert(rel, Node::File { size, blake3 });
+                }
+                // Replaced by something else between readdir and open.
+                Ok(None) => {
+                    let ft = fs::symlink_metadata(&path)?.file_type();
+                    out.insert(rel, Node::Special(special_kind(&ft)));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            out.insert(rel, Node::Special(special_kind(&ft)));
+        }
+    }
+    Ok(())
+}
+
+/// How the current tree departs from a manifest at one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ViolationKind {
+    Modified,
+    Deleted,
+    Created,
+    Renamed,
+}
+
+/// One departure from the manifest, in the contract's JSON shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Set when the entry at `path` is not a regular file (a symlink, fifo, directory...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_type: Option<SpecialKind>,
+}
+
+impl Violation {
+    fn new(kind: ViolationKind, path: &str) -> Violation {
+        Violation { kind, path: path.to_string(), from: None, file_type: None }
+    }
+
+    /// One human line: `modified  meta/_journal.json`.
+    pub fn human(&self) -> String {
+        let what = match (&self.from, self.file_type) {
+            (Some(from), _) => format!("{from} -> {}", self.path),
+            (None, Some(kind)) => format!("{} (now a {})", self.path, serde_plain(kind)),
+            (None, None) => self.path.clone(),
+        };
+        format!("{:<9} {what}", serde_plain(self.kind))
+    }
+}
+
+fn serde_plain<T: Serialize>(v: T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+/// Compares `tree` with the files of a manifest. Identical content that moved is one `renamed`; moved and
+/// changed is a `deleted` plus a `created`. The result is sorted by path.
+pub fn diff(baseline: &[FileEntry], tree: &Tree) -> Vec<Violation> {
+    let mut out = Vec::new();
+    let mut deleted: Vec<&FileEntry> = Vec::new();
+    let known: HashMap<&str, &FileEntry> = baseline.iter().map(|f| (f.path.as_str(), f)).collect();
+
+    for entry in baseline {
+        match tree.nodes.get(&entry.path) {
+            Some(Node::File { size, blake3 }) => {
+                if *size != entry.size || *blake3 != entry.blake3 {
+                    out.push(Violation::new(ViolationKind::Modified, &entry.path));
+                }
+            }
+            Some(Node::Special(kind)) => out.push(Violation {
+                file_type: Some(*kind),
+                ..Violation::new(ViolationKind::Modified, &entry.path)
+            }),
+            None => deleted.push(entry),
+        }
+    }
+
+    // Deleted files wait, by content, for a created file with the same content: that pair is a rename.
+    let mut by_content: HashMap<(u64, &str), VecDeque<&str>> = HashMap::new();
+    for d in &deleted {
+        by_content.entry((d.size, d.blake3.as_str())).or_default().push_back(&d.path);
+    }
+    let mut renamed_from = std::collections::HashSet::new();
+    for (path, node) in &tree.nodes {
+        if known.contains_key(path.as_str()) {
+            continue;
+        }
+        match node {
+            Node::File { size, blake3 } => {
+                match by_content.get_mut(&(*size, blake3.as_str())).and_then(VecDeque::pop_front) {
+                    Some(from) => {
+                        renamed_from.insert(from);
+                        out.push(Violation {
+                            from: Some(from.to_string()),
+                            ..Violation::new(ViolationKind::Renamed, path)
+                        });
+                    }
+                    None => out.push(Violation::new(ViolationKind::Created, path)),
+                }
+            }
+            // New directories are only containers; their files speak for them.
+            Node::Special(SpecialKind::Directory) => {}
+            Node::Special(kind) => {
+                out.push(Violation { file_type: Some(*kind), ..Violation::new(ViolationKind::Created, path) })
+            }
+        }
+    }
+    for d in deleted {
+        if !renamed_from.contains(d.path.as_str()) {
+            out.push(Violation::new(ViolationKind::Deleted, &d.path));
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path).then(a.kind.cmp(&b.kind)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn write(root: &Path, rel: &str, body: &str) {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, body).unwrap();
+    }
+
+    fn setup() -> (tempfile::TempDir, Vec<FileEntry>) {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "0000_a.sql", "create a");
+        write(dir.path(), "0001_b.sql", "create b");
+        write(dir.path(), "meta/_journal.json", "{}");
+        let base = scan(dir.path()).unwrap().files();
+        (dir, base)
+    }
+
+    fn kinds(v: &[Violation]) -> Vec<(ViolationKind, &str, Option<&str>)> {
+        v.iter().map(|v| (v.kind, v.path.as_str(), v.from.as_deref())).collect()
+    }
+
+    #[test]
+    fn clean_tree_has_no_violations() {
+        let (dir, base) = setup();
+        assert_eq!(base.len(), 3);
+        assert!(diff(&base, &scan(dir.path()).unwrap()).is_empty());
+    }
+
+    #[test]
+    fn every_kind_is_found_and_sorted() {
+        let (dir, base) = setup();
+        write(dir.path(), "meta/_journal.json", "{\"x\":1}");
+        fs::rename(dir.path().join("0000_a.sql"), dir.path().join("0000_z.sql")).unwrap();
+        fs::remove_file(dir.path().join("0001_b.sql")).unwrap();
+        write(dir.path(), "0002_new.sql", "new");
+        let v = diff(&base, &scan(dir.path()).unwrap());
+        assert_eq!(
+            kinds(&v),
+            vec![
+                (ViolationKind::Renamed, "0000_z.sql", Some("0000_a.sql")),
+                (ViolationKind::Deleted, "0001_b.sql", None),
+                (ViolationKind::Created, "0002_new.sql", None),
+                (ViolationKind::Modified, "meta/_journal.json", None),
+            ]
+        );
+    }
+
+    #[test]
+    fn moved_and_changed_is_delete_plus_create() {
+        let (dir, base) = setup();
+        fs::remove_file(dir.path().join("0000_a.sql")).unwrap();
+        write(dir.path(), "0000_z.sql", "create a, changed");
+        let v = diff(&base, &scan(dir.path()).unwrap());
+        assert_eq!(
+            kinds(&v),
+            vec![(ViolationKind::Deleted, "0000_a.sql", None), (ViolationKind::Created, "0000_z.sql", None)]
+        );
+    }
+
+    #[test]
+    fn symlink_where_a_file_was_is_modified_and_not_followed() {
+        let (dir, base) = setup();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        fs::write(outside.path(), "create a").unwrap();
+        fs::remove_file(dir.path().join("0000_a.sql")).unwrap();
+        symlink(outside.path(), dir.path().join("0000_a.sql")).unwrap();
+        let v = diff(&base, &scan(dir.path()).unwrap());
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].kind, ViolationKind::Modified);
+        assert_eq!(v[0].file_type, Some(SpecialKind::Symlink));
+        let json = serde_json::to_string(&v[0]).unwrap();
+        assert_eq!(json, r#"{"kind":"modified","path":"0000_a.sql","file_type":"symlink"}"#);
+    }
+
+    #[test]
+    fn fifo_and_directory_are_reported_without_blocking() {
+        let (dir, base) = setup();
+        fs::remove_file(dir.path().join("0001_b.sql")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.path().join("0001_b.sql"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        fs::remove_file(dir.path().join("0000_a.sql")).unwrap();
+        fs::create_dir(dir.path().join("0000_a.sql")).unwrap();
+        let v = diff(&base, &scan(dir.path()).unwrap());
+        let types: Vec<_> = v.iter().map(|v| (v.path.as_str(), v.file_type)).collect();
+        assert_eq!(
+            types,
+            vec![("0000_a.sql", Some(SpecialKind::Directory)), ("0001_b.sql", Some(SpecialKind::Fifo))]
+        );
+    }
+
+    #[test]
+    fn missing_drizzle_dir_deletes_everything() {
+        let (dir, base) = setup();
+        fs::remove_dir_all(dir.path()).unwrap();
+        let tree = scan(dir.path()).unwrap();
+        assert!(!tree.exists);
+        assert_eq!(diff(&base, &tree).len(), 3);
+    }
+
+    #[test]
+    fn duplicate_contents_pair_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a", "same");
+        write(dir.path(), "b", "same");
+        let base = scan(dir.path()).unwrap().files();
+        fs::rename(dir.path().join("a"), dir.path().join("c")).unwrap();
+        let v = diff(&base, &scan(dir.path()).unwrap());
+        assert_eq!(kinds(&v), vec![(ViolationKind::Renamed, "c", Some("a"))]);
+    }
+}

@@ -1,0 +1,152 @@
+//! A drizzle project: where its root is, its migration folder, its schema, and its identity.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::store::valid_id;
+
+/// Files whose presence marks a directory as a project root.
+const ROOT_MARKERS: &[&str] = &[
+    "drizzle.config.ts",
+    "drizzle.config.js",
+    "drizzle.config.mjs",
+    "drizzle.config.cjs",
+    "drizzle.config.json",
+    "src/schema.ts",
+];
+
+/// The project file that carries the identity. Committed with the project, so a clone finds its backups.
+pub const ID_FILE: &str = ".dreamerd.toml";
+
+/// A discovered project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    /// Canonical absolute root.
+    pub root: PathBuf,
+}
+
+impl Project {
+    /// Finds the project at `dir` (default: the current directory) or its nearest ancestor with a marker.
+    pub fn discover(dir: Option<&Path>) -> Result<Project> {
+        let start = match dir {
+            Some(d) => d.to_path_buf(),
+            None => std::env::current_dir().ctx("read", Path::new("the current directory"))?,
+        };
+        let canonical = fs::canonicalize(&start).map_err(|e| {
+            Error::Usage(format!("cannot use {} as a project directory: {e}", start.display()))
+        })?;
+        for candidate in canonical.ancestors() {
+            if ROOT_MARKERS.iter().any(|m| candidate.join(m).is_file()) {
+                return Ok(Project { root: candidate.to_path_buf() });
+            }
+        }
+        Err(Error::Usage(format!(
+            "no drizzle project at or above {}: none of drizzle.config.{{ts,js,mjs,cjs,json}} or src/schema.ts \
+             was found; run dreamerd inside the project or pass its directory",
+            canonical.display()
+        )))
+    }
+
+    /// `<root>/drizzle`
+    pub fn drizzle(&self) -> PathBuf {
+        self.root.join("drizzle")
+    }
+
+    /// `<root>/src/schema.ts`
+    pub fn schema(&self) -> PathBuf {
+        self.root.join("src/schema.ts")
+    }
+
+    /// A short, readable key for this checkout in the state directory: folder name plus a hash of the path.
+    pub fn local_key(&self) -> String {
+        let name: String = self
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .take(40)
+            .collect();
+        let hash = blake3::hash(self.root.as_os_str().as_encoded_bytes()).to_hex();
+        format!("{name}-{}", &hash[..12])
+    }
+
+    /// The project's identity, if it has one yet.
+    pub fn id(&self) -> Result<Option<String>> {
+        let path = self.root.join(ID_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("read", &path),
+        };
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct IdFile {
+            id: String,
+        }
+        let parsed: IdFile = toml::from_str(&text).map_err(|e| Error::Config {
+            message: format!("{} is not a dreamerd project file: {}", path.display(), e.message().trim()),
+        })?;
+        if !valid_id(&parsed.id) {
+            return Err(Error::Config {
+                message: format!("{}: id {:?} is not a valid project id", path.display(), parsed.id),
+            });
+        }
+        Ok(Some(parsed.id))
+    }
+
+    /// The project's identity, created on first use: a random id in the project file, so two different projects
+    /// never share backups (whatever their package names) and a clone of this one finds them.
+    pub fn ensure_id(&self) -> Result<String> {
+        if let Some(id) = self.id()? {
+            return Ok(id);
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let text = format!(
+            "# dreamerd project identity: ties this project to its backups.\n\
+             # Commit this file. Do not copy it into another project.\n\
+             id = \"{id}\"\n"
+        );
+        let path = self.root.join(ID_FILE);
+        fsutil::write_new(&path, text.as_bytes()).ctx("write", &path)?;
+        // Another process may have won the race: its id is the one.
+        self.id()?.ok_or_else(|| Error::failed(format!("{} vanished", path.display()), "try again"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discovers_nearest_root_from_a_subdirectory() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("app/src/deep")).unwrap();
+        fs::write(dir.path().join("app/drizzle.config.ts"), "").unwrap();
+        let p = Project::discover(Some(&dir.path().join("app/src/deep"))).unwrap();
+        assert_eq!(p.root, fs::canonicalize(dir.path().join("app")).unwrap());
+    }
+
+    #[test]
+    fn no_project_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Project::discover(Some(dir.path())).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let pa = Project { root: a.path().into() };
+        let pb = Project { root: b.path().into() };
+        let id = pa.ensure_id().unwrap();
+        assert_eq!(pa.ensure_id().unwrap(), id);
+        assert_ne!(pb.ensure_id().unwrap(), id);
+        fs::write(a.path().join(ID_FILE), "id = \"../../x\"\n").unwrap();
+        assert!(pa.id().is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! The local directory store: one file per object, written atomically.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+
+/// Objects as files under a root directory (mode 0700 for what it creates).
+pub struct LocalBlobs {
+    root: PathBuf,
+}
+
+impl LocalBlobs {
+    pub fn new(root: PathBuf) -> LocalBlobs {
+        LocalBlobs { root }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        // Keys are built by Store from validated ids, never from user paths.
+        self.root.join(key)
+    }
+}
+
+fn store_failed(what: &str, key: &str, e: io::Error) -> Error {
+    Error::failed(
+        format!("cannot {what} {key} in the local store: {e}"),
+        "check that the store directory is writable and the disk is not full",
+    )
+}
+
+impl super::Blobs for LocalBlobs {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        let path = self.path(key);
+        if let Some(parent) = path.parent() {
+            fsutil::create_private_dir(parent).map_err(|e| store_failed("create the folder of", key, e))?;
+        }
+        fsutil::atomic_write(&path, data).map_err(|e| store_failed("write", key, e))
+    }
+
+    fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let path = self.path(key);
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(store_failed("read", key, e)),
+        };
+        let len = file.metadata().ctx("read", &path)?.len();
+        if len > max {
+            return Err(Error::Corrupt(format!(
+                "{} is {len} bytes, over the {max} byte limit",
+                path.display()
+            )));
+        }
+        let mut data = Vec::with_capacity(len as usize);
+        file.take(max + 1).read_to_end(&mut data).map_err(|e| store_failed("read", key, e))?;
+        Ok(Some(data))
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let (dir_part, _) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        walk(&self.root.join(dir_part), dir_part, &mut out).map_err(|e| store_failed("list", prefix, e))?;
+        out.retain(|k| k.starts_with(prefix));
+        out.sort();
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("the local store {}", self.root.display())
+    }
+}
+
+fn walk(dir: &std::path::Path, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(String::from) else { continue };
+        if name.starts_with('.') {
+            continue; // temp files of an atomic write in progress
+        }
+        let key = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        if entry.file_type()?.is_dir() {
+            walk(&entry.path(), &key, out)?;
+        } else {
+            out.push(key);
+        }
+    }
+    Ok(())
+}
