@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 pub const DOCUMENTED: &str = include_str!("../config/dreamerd.toml");
 
 /// The whole configuration. Every key is optional.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub push: PushConfig,
@@ -48,17 +48,6 @@ pub struct NotifyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
     pub debounce_ms: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            push: PushConfig::default(),
-            store: StoreConfig::default(),
-            notify: NotifyConfig::default(),
-            watch: WatchConfig::default(),
-        }
-    }
 }
 
 impl Default for NotifyConfig {
@@ -184,21 +173,14 @@ fn located_error(text: &str, origin: &Path, err: &toml::de::Error) -> Error {
         .map(str::trim)
         .find(|l| l.starts_with('[') && !l.starts_with("[["))
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    let key = if let Some(unknown) =
-        message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next())
-    {
-        Some(unknown.to_string())
-    } else if let Some(eq) = line.find('=') {
-        Some(line[..eq].trim().trim_matches('"').to_string())
-    } else {
-        None
-    };
+    let key = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(String::from)
+        .or_else(|| line.find('=').map(|eq| line[..eq].trim().trim_matches('"').to_string()));
     let dotted = match (section, key) {
-        (Some(s), Some(k)) if line.trim_start().starts_with('[') => {
-            // The error is on a table header: the key is the table itself.
-            let _ = s;
-            Some(k)
-        }
+        // An error on a table header names the table itself.
+        (_, Some(k)) if line.trim_start().starts_with('[') => Some(k),
         (Some(s), Some(k)) => Some(format!("{s}.{k}")),
         (None, k) => k,
         (Some(s), None) => Some(s),

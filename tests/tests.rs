@@ -1,1 +1,6 @@
+//! One integration-test binary: every scenario runs the real `dreamerd` and `dreamer` binaries.
 
+mod support;
+
+mod drizzle_e2e;
+mod push_restore;

@@ -226,15 +226,16 @@ impl Engine {
         let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
         let packed: Packed = archive::pack(&drizzle, &tree)?;
         let schema = manifest::hash_path(&project.schema()).ctx("read", &project.schema())?;
-        if let Some(base) = baseline {
-            if base.files == packed.files && base.schema_blake3 == schema {
-                return Ok(PushReport::Ok {
-                    ok: true,
-                    push_id: base.id.clone(),
-                    files: packed.files.len(),
-                    unchanged: true,
-                });
-            }
+        if let Some(base) = baseline
+            && base.files == packed.files
+            && base.schema_blake3 == schema
+        {
+            return Ok(PushReport::Ok {
+                ok: true,
+                push_id: base.id.clone(),
+                files: packed.files.len(),
+                unchanged: true,
+            });
         }
         let now = SystemTime::now();
         let suffix = uuid::Uuid::new_v4().simple().to_string();

@@ -40,7 +40,7 @@ impl Engine {
         }
         let nothing = || {
             Error::failed(
-                format!("no successful push yet for {}, nothing to restore", project.root.display()),
+                format!("no successful push yet, nothing to restore (project {})", project.root.display()),
                 "run `dreamer push` to make the first backup",
             )
         };

@@ -89,12 +89,12 @@ impl Engine {
         journal.quarantine = Some(quarantine.to_path_buf());
         self.write_journal(project, journal)?;
         fs::create_dir(&staging).ctx("create", &staging)?;
-        if let Some((bytes, files)) = target {
-            if let Err(e) = archive::unpack_verified(bytes, files, &staging.join("new"), Limits::default()) {
-                let _ = fs::remove_dir_all(&staging);
-                self.clear_journal(project)?;
-                return Err(e);
-            }
+        if let Some((bytes, files)) = target
+            && let Err(e) = archive::unpack_verified(bytes, files, &staging.join("new"), Limits::default())
+        {
+            let _ = fs::remove_dir_all(&staging);
+            self.clear_journal(project)?;
+            return Err(e);
         }
         self.finish_swap(project, journal)
     }

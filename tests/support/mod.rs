@@ -1,0 +1,177 @@
+//! The test harness: throwaway projects and XDG directories, and the real binaries run inside them.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The node_modules the test command installs for the drizzle fixture.
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture")
+}
+
+/// One test's world: a project folder and its own XDG directories.
+pub struct World {
+    pub tmp: tempfile::TempDir,
+    pub root: PathBuf,
+}
+
+impl World {
+    /// A project with the real drizzle-kit (the fixture's node_modules linked in).
+    pub fn drizzle() -> World {
+        let modules = fixture_dir().join("node_modules");
+        assert!(
+            modules.join(".bin/drizzle-kit").exists(),
+            "the drizzle fixture is not installed: run scripts/test (it runs npm ci in tests/fixture)"
+        );
+        let world = World::empty();
+        for f in ["package.json", "drizzle.config.ts", "src/schema.ts"] {
+            world.write(f, &fs::read_to_string(fixture_dir().join(f)).unwrap());
+        }
+        std::os::unix::fs::symlink(&modules, world.root.join("node_modules")).unwrap();
+        world
+    }
+
+    /// A project folder with only src/schema.ts and no drizzle-kit; configure stand-ins with `config`.
+    pub fn empty() -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("proj");
+        fs::create_dir_all(root.join("src")).unwrap();
+        fs::write(root.join("src/schema.ts"), "export const x = 1;\n").unwrap();
+        let root = fs::canonicalize(root).unwrap();
+        World { tmp, root }
+    }
+
+    pub fn xdg(&self, which: &str) -> PathBuf {
+        self.tmp.path().join("xdg").join(which)
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.xdg("state").join("dreamerd")
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.xdg("data").join("dreamerd/store")
+    }
+
+    /// Writes the user configuration file ($XDG_CONFIG_HOME/dreamerd/config.toml).
+    pub fn config(&self, toml: &str) {
+        let p = self.xdg("config").join("dreamerd/config.toml");
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, toml).unwrap();
+    }
+
+    /// Configures shell scripts as generate and migrate.
+    pub fn stand_ins(&self, generate: &str, migrate: &str) {
+        self.write("gen.sh", generate);
+        self.write("mig.sh", migrate);
+        self.config(
+            "[push]\ngenerate = [\"/bin/sh\", \"./gen.sh\"]\nmigrate = [\"/bin/sh\", \"./mig.sh\"]\ntimeout_secs = 5\n",
+        );
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, body: &str) {
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, body).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        fs::read_to_string(self.path(rel)).unwrap()
+    }
+
+    /// A command for one of the binaries, with this world's environment and the project as cwd.
+    pub fn cmd(&self, bin: &str, args: &[&str]) -> Command {
+        let exe = match bin {
+            "dreamerd" => env!("CARGO_BIN_EXE_dreamerd"),
+            "dreamer" => env!("CARGO_BIN_EXE_dreamer"),
+            other => panic!("no binary {other}"),
+        };
+        let mut c = Command::new(exe);
+        c.args(args)
+            .current_dir(&self.root)
+            .env("HOME", self.tmp.path())
+            .env("XDG_CONFIG_HOME", self.xdg("config"))
+            .env("XDG_STATE_HOME", self.xdg("state"))
+            .env("XDG_DATA_HOME", self.xdg("data"))
+            .env_remove("DREAMERD_CONFIG")
+            .env_remove("DREAMERD_LOG");
+        c
+    }
+
+    pub fn run(&self, bin: &str, args: &[&str]) -> Run {
+        Run::from(self.cmd(bin, args).output().unwrap())
+    }
+
+    /// Runs with `--json` and parses stdout.
+    pub fn json(&self, bin: &str, args: &[&str]) -> (i32, Value) {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let run = self.run(bin, &all);
+        let value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {run:?}"));
+        (run.code, value)
+    }
+
+    /// Every regular file under `rel`, with its bytes.
+    pub fn tree(&self, rel: &str) -> BTreeMap<String, Vec<u8>> {
+        tree_of(&self.path(rel))
+    }
+
+    /// Pushes (real drizzle-kit or stand-ins) and asserts it worked; returns the push id.
+    pub fn push_ok(&self) -> String {
+        let (code, v) = self.json("dreamer", &["push"]);
+        assert_eq!(code, 0, "push failed: {v}");
+        assert_eq!(v["ok"], true);
+        v["push_id"].as_str().unwrap().to_string()
+    }
+}
+
+/// Every regular file under `dir`, with its bytes (symlinks are listed with their target).
+pub fn tree_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for e in entries {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                walk(&e.path(), &rel, out);
+            } else if ft.is_symlink() {
+                out.insert(rel, format!("-> {}", fs::read_link(e.path()).unwrap().display()).into_bytes());
+            } else {
+                out.insert(rel, fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    walk(dir, "", &mut out);
+    out
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
