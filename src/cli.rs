@@ -4,12 +4,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::dirs::Dirs;
-use crate::engine::{Engine, ProjectState, ProjectStatus, PushReport, RestoreReport, Sink, Stream};
+use crate::daemon;
+use crate::engine::{Engine, ProjectState, ProjectStatus, PushReport, RestoreReport};
 use crate::error::{Error, Result};
+use crate::ipc::{self, Client, Reply, Request};
 use crate::project::Project;
 
 /// Which binary is running.
@@ -48,14 +50,48 @@ struct DreamerdCli {
 
 #[derive(Debug, Subcommand)]
 enum DreamerdCommand {
+    /// Run the daemon in the foreground (what the systemd unit starts).
+    Daemon,
+    /// State of one project, or of every watched project (from the daemon).
+    Status(StatusArgs),
     /// Verify drizzle/ against the last successful push, in-process (CI, git hooks). Exit 1 on violations.
     Check(DirArg),
+    /// Add a project to the daemon's watch list (it persists across restarts).
+    Watch(RequiredDir),
+    /// Remove a project from the daemon's watch list.
+    Unwatch(RequiredDir),
     /// Run drizzle-kit generate and migrate, then back up drizzle/. Rolls back on any failure.
     Push(DirArg),
     /// Put drizzle/ back to the last successful push (or --push ID), keeping what it replaces.
     Restore(RestoreArgs),
     /// List the successful pushes of a project, newest first.
     History(DirArg),
+    /// Violations, pushes and restores as they happen (JSON lines with --json).
+    Events(EventsArgs),
+    /// Ask the daemon to shut down cleanly.
+    Stop,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The project directory (default: the current directory, or its nearest ancestor that is a project).
+    dir: Option<PathBuf>,
+    /// Every watched project.
+    #[arg(long, conflicts_with = "dir")]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+struct RequiredDir {
+    /// The project directory.
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct EventsArgs {
+    /// Keep streaming new events until interrupted.
+    #[arg(long)]
+    follow: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,10 +144,16 @@ enum DatabaseCommand {
 
 /// What to do, whichever binary was asked.
 enum Action {
+    Daemon,
+    Status(StatusArgs),
     Check(Option<PathBuf>),
+    Watch(PathBuf),
+    Unwatch(PathBuf),
     Push(Option<PathBuf>),
     Restore(RestoreArgs),
     History(Option<PathBuf>),
+    Events(bool),
+    Stop,
 }
 
 /// Runs the binary and returns its exit code.
@@ -120,6 +162,12 @@ pub fn main(flavor: Flavor) -> i32 {
         Flavor::Dreamerd => {
             let cli = DreamerdCli::parse();
             let action = match cli.command {
+                DreamerdCommand::Daemon => Action::Daemon,
+                DreamerdCommand::Status(s) => Action::Status(s),
+                DreamerdCommand::Watch(d) => Action::Watch(d.dir),
+                DreamerdCommand::Unwatch(d) => Action::Unwatch(d.dir),
+                DreamerdCommand::Events(e) => Action::Events(e.follow),
+                DreamerdCommand::Stop => Action::Stop,
                 DreamerdCommand::Check(d) => Action::Check(d.dir),
                 DreamerdCommand::Push(d) => Action::Push(d.dir),
                 DreamerdCommand::Restore(r) => Action::Restore(r),
@@ -136,17 +184,20 @@ pub fn main(flavor: Flavor) -> i32 {
             (cli.global, action)
         }
     };
-    init_logging();
+    init_logging(matches!(action, Action::Daemon));
     match run(&global, action) {
         Ok(code) => code,
         Err(e) => report_error(&global, &e),
     }
 }
 
-fn init_logging() {
+/// The daemon logs at info by default (its log is the record of violations); commands only warn.
+fn init_logging(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DREAMERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 fn engine(global: &Global) -> Result<Engine> {
@@ -155,9 +206,46 @@ fn engine(global: &Global) -> Result<Engine> {
     Engine::new(config, dirs)
 }
 
+/// Validates the configuration (so a broken file is exit 2 even while a daemon runs) and connects.
+fn client(global: &Global) -> Result<Client> {
+    let dirs = Dirs::from_env()?;
+    Config::load(global.config.as_deref(), &dirs)?;
+    Client::connect(&dirs, global.config.as_deref(), global.no_spawn)
+}
+
+/// Sends one request and waits for its result, streaming operation output to stderr meanwhile.
+fn call(global: &Global, request: Request) -> Result<(i32, serde_json::Value)> {
+    let mut client = client(global)?;
+    client.send(request)?;
+    client.finish(|reply| match reply {
+        Reply::Output { line, .. } => eprintln!("  {line}"),
+        Reply::Progress { message } => eprintln!("dreamerd: {message}"),
+        _ => {}
+    })
+}
+
+fn typed<T: serde::de::DeserializeOwned>(data: &serde_json::Value) -> Result<T> {
+    serde_json::from_value(data.clone())
+        .map_err(|e| Error::failed(format!("unexpected answer from the daemon: {e}"), "run `dreamerd stop` and retry"))
+}
+
+fn print_raw(global: &Global, data: &serde_json::Value, human: impl FnOnce() -> Result<String>) -> Result<()> {
+    if global.json {
+        println!("{data}");
+    } else {
+        print!("{}", human()?);
+    }
+    Ok(())
+}
+
 fn run(global: &Global, action: Action) -> Result<i32> {
-    let sink = TerminalSink;
     match action {
+        Action::Daemon => {
+            let engine = engine(global)?;
+            let dirs = engine.dirs.clone();
+            daemon::run(engine, dirs)?;
+            Ok(0)
+        }
         Action::Check(dir) => {
             let engine = engine(global)?;
             let project = Project::discover(dir.as_deref())?;
@@ -165,52 +253,111 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             emit(global, &status, || human_status(&status));
             Ok(if status.is_clean() { 0 } else { 1 })
         }
+        Action::Status(args) => {
+            let dir = if args.all { None } else { Some(Project::discover(args.dir.as_deref())?.root) };
+            let (exit, data) = call(global, Request::Status { dir, all: args.all })?;
+            print_raw(global, &data, || {
+                let projects = data["projects"].as_array().cloned().unwrap_or_default();
+                if projects.is_empty() {
+                    return Ok("no project is watched (add one with `dreamerd watch DIR`)\n".into());
+                }
+                let mut out = String::new();
+                for p in &projects {
+                    out += &human_status(&typed::<ProjectStatus>(p)?);
+                    out += &human_watch(&p["watch"]);
+                }
+                Ok(out)
+            })?;
+            Ok(exit)
+        }
+        Action::Watch(dir) => {
+            let root = Project::discover(Some(&dir))?.root;
+            let (exit, data) = call(global, Request::Watch { dir: root.clone() })?;
+            print_raw(global, &data, || {
+                let status = typed::<ProjectStatus>(&data["project"])?;
+                Ok(format!("watching {}\n{}", root.display(), human_status(&status)))
+            })?;
+            Ok(exit)
+        }
+        Action::Unwatch(dir) => {
+            // The project may be gone already: use the path as given, made absolute.
+            let root = std::fs::canonicalize(&dir).unwrap_or_else(|_| std::path::absolute(&dir).unwrap_or(dir));
+            let (exit, data) = call(global, Request::Unwatch { dir: root.clone() })?;
+            print_raw(global, &data, || {
+                Ok(if data["was_watched"] == true {
+                    format!("no longer watching {}\n", root.display())
+                } else {
+                    format!("{} was not watched\n", root.display())
+                })
+            })?;
+            Ok(exit)
+        }
         Action::Push(dir) => {
-            let engine = engine(global)?;
-            let project = Project::discover(dir.as_deref())?;
-            let report = engine.push(&project, &sink)?;
-            emit(global, &report, || human_push(&report));
-            Ok(if report.ok() { 0 } else { 1 })
+            let root = Project::discover(dir.as_deref())?.root;
+            let (exit, data) = call(global, Request::Push { dir: root })?;
+            print_raw(global, &data, || Ok(human_push(&typed(&data)?)))?;
+            Ok(exit)
         }
         Action::Restore(args) => {
-            let engine = engine(global)?;
-            let project = Project::discover(args.dir.as_deref())?;
-            let report = engine.restore(&project, args.push.as_deref(), args.dry_run, &sink)?;
-            emit(global, &report, || human_restore(&report));
-            Ok(0)
+            let root = Project::discover(args.dir.as_deref())?.root;
+            let request = Request::Restore { dir: root, push: args.push, dry_run: args.dry_run };
+            let (exit, data) = call(global, request)?;
+            print_raw(global, &data, || Ok(human_restore(&typed(&data)?)))?;
+            Ok(exit)
         }
         Action::History(dir) => {
-            let engine = engine(global)?;
-            let project = Project::discover(dir.as_deref())?;
-            let history = match project.id()? {
-                Some(id) => engine.store.history(&id)?,
-                None => Vec::new(),
+            let root = Project::discover(dir.as_deref())?.root;
+            let (exit, data) = call(global, Request::History { dir: root })?;
+            print_raw(global, &data, || Ok(human_history(&typed(&data)?)))?;
+            Ok(exit)
+        }
+        Action::Events(follow) => {
+            let mut client = client(global)?;
+            client.send(Request::Events { follow })?;
+            let json = global.json;
+            let (exit, _) = client.finish(|reply| {
+                if let Reply::Event { event } = reply {
+                    let mut out = std::io::stdout().lock();
+                    let line = if json { event.to_string() } else { human_event(event) };
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                }
+            })?;
+            Ok(exit)
+        }
+        Action::Stop => {
+            let dirs = Dirs::from_env()?;
+            let socket = ipc::socket_path(&dirs);
+            let mut client = match Client::connect(&dirs, None, true) {
+                Ok(c) => c,
+                Err(Error::DaemonUnreachable(_)) => {
+                    emit(global, &serde_json::json!({"ok": true, "was_running": false}), || {
+                        "no daemon is running\n".into()
+                    });
+                    return Ok(0);
+                }
+                Err(e) => return Err(e),
             };
-            let doc = HistoryDoc {
-                root: project.root.clone(),
-                pushes: history
-                    .iter()
-                    .map(|r| HistoryEntry {
-                        id: r.id.clone(),
-                        at: r.at.clone(),
-                        files: r.files.len(),
-                        host: r.host.clone(),
-                    })
-                    .collect(),
-            };
-            emit(global, &doc, || human_history(&doc));
+            client.send(Request::Stop)?;
+            client.finish(|_| {})?;
+            // Return once it is really gone, so `dreamerd stop && dreamerd daemon` works.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while ipc::daemon_alive(&socket) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            emit(global, &serde_json::json!({"ok": true, "was_running": true}), || "daemon stopped\n".into());
             Ok(0)
         }
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct HistoryDoc {
     root: PathBuf,
     pushes: Vec<HistoryEntry>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct HistoryEntry {
     id: String,
     at: String,
@@ -246,18 +393,6 @@ fn report_error(global: &Global, err: &Error) -> i32 {
         eprintln!("dreamerd: hint: {h}");
     }
     err.exit_code()
-}
-
-/// Streams drizzle-kit's output and dreamerd's steps to stderr, so stdout stays the result alone.
-struct TerminalSink;
-
-impl Sink for TerminalSink {
-    fn output(&self, _stream: Stream, line: &str) {
-        eprintln!("  {line}");
-    }
-    fn progress(&self, message: &str) {
-        eprintln!("dreamerd: {message}");
-    }
 }
 
 fn human_status(s: &ProjectStatus) -> String {
@@ -360,4 +495,46 @@ fn human_history(h: &HistoryDoc) -> String {
         out += &format!("  {}  {}  {:>3} files  {}{latest}\n", p.id, p.at, p.files, p.host);
     }
     out
+}
+
+fn human_watch(watch: &serde_json::Value) -> String {
+    let mut out = String::new();
+    if watch["overflows"].as_u64().unwrap_or(0) > 0 {
+        out += &format!(
+            "  note: file events were lost {} time(s) (queue overflow); full rescans were done instead\n",
+            watch["overflows"]
+        );
+    }
+    for w in watch["warnings"].as_array().into_iter().flatten() {
+        out += &format!("  warning: {}\n", w.as_str().unwrap_or_default());
+    }
+    if watch["watched"] == false {
+        out += "  (not watched: `dreamerd watch` it to be warned of hand edits at once)\n";
+    }
+    out
+}
+
+fn human_event(e: &serde_json::Value) -> String {
+    let at = e["at"].as_str().unwrap_or("");
+    let root = e["root"].as_str().unwrap_or("");
+    let kind = e["type"].as_str().unwrap_or("event");
+    let detail = match kind {
+        "violation" => e["violations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_value::<crate::manifest::Violation>(v.clone()).ok())
+            .map(|v| v.human().split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "push" if e["ok"] == true => format!("ok {}", e["push_id"].as_str().unwrap_or("")),
+        "push" => format!("FAILED at {} [{}]", e["stage"].as_str().unwrap_or(""), e["code"].as_str().unwrap_or("")),
+        "restore" => format!(
+            "{}{}",
+            if e["automatic"] == true { "automatic " } else { "" },
+            e["push_id"].as_str().unwrap_or("failed")
+        ),
+        _ => String::new(),
+    };
+    format!("{at}  {kind:<14} {root}  {detail}")
 }

@@ -48,6 +48,18 @@ pub struct NotifyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct WatchConfig {
     pub debounce_ms: u64,
+    pub on_violation: OnViolation,
+}
+
+/// What the daemon does when it finds drizzle/ changed by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnViolation {
+    /// Log a warning and show a desktop notification.
+    #[default]
+    Warn,
+    /// Also restore drizzle/ to the last push at once, keeping the edited files in quarantine.
+    Restore,
 }
 
 impl Default for NotifyConfig {
@@ -58,7 +70,7 @@ impl Default for NotifyConfig {
 
 impl Default for WatchConfig {
     fn default() -> Self {
-        WatchConfig { debounce_ms: 100 }
+        WatchConfig { debounce_ms: 100, on_violation: OnViolation::Warn }
     }
 }
 
@@ -234,5 +246,13 @@ mod tests {
         let err = Config::parse("[push]\ngenerate = []\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("push.generate"));
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn on_violation_values() {
+        let c = Config::parse("[watch]\non_violation = \"restore\"\n", Path::new("c.toml")).unwrap();
+        assert_eq!(c.watch.on_violation, OnViolation::Restore);
+        let err = Config::parse("[watch]\non_violation = \"panic\"\n", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("key watch.on_violation"), "{err}");
     }
 }

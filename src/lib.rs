@@ -14,3 +14,6 @@ pub mod fsutil;
 pub mod manifest;
 pub mod project;
 pub mod store;
+pub mod alerts;
+pub mod daemon;
+pub mod ipc;

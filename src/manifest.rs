@@ -28,7 +28,7 @@ pub enum Node {
 }
 
 /// The kinds of non-regular entries dreamerd reports but never follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpecialKind {
     Directory,
@@ -183,15 +183,26 @@ pub enum ViolationKind {
     Renamed,
 }
 
+impl std::fmt::Display for ViolationKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ViolationKind::Modified => "modified",
+            ViolationKind::Deleted => "deleted",
+            ViolationKind::Created => "created",
+            ViolationKind::Renamed => "renamed",
+        })
+    }
+}
+
 /// One departure from the manifest, in the contract's JSON shape.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
     pub kind: ViolationKind,
     pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// Set when the entry at `path` is not a regular file (a symlink, fifo, directory...).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_type: Option<SpecialKind>,
 }
 
@@ -207,7 +218,7 @@ impl Violation {
             (None, Some(kind)) => format!("{} (now a {})", self.path, serde_plain(kind)),
             (None, None) => self.path.clone(),
         };
-        format!("{:<9} {what}", serde_plain(self.kind))
+        format!("{:<9} {what}", self.kind.to_string())
     }
 }
 

@@ -303,15 +303,15 @@ fn an_interrupted_push_is_rolled_back_by_the_next_operation() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    while !w.path("drizzle/0001_half.sql").exists() {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // A crash: dreamer dies at once, and so does the drizzle-kit it started.
-    child.kill().unwrap();
-    child.wait().unwrap();
+    w.wait_for("generate to start writing", || w.path("drizzle/0001_half.sql").exists());
+    // A crash: the daemon running the push dies at once, and so does the drizzle-kit it started.
+    let daemon = w.daemon_pid().expect("the push runs in the daemon");
+    std::process::Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap();
     let pid = w.read("gen.pid");
     let _ = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status();
+    child.wait().unwrap();
     assert!(w.path("drizzle/0001_half.sql").exists());
+    assert!(w.socket().exists(), "kill -9 leaves a stale socket behind");
 
     w.write("gen.sh", GENERATE);
     let id = w.push_ok();

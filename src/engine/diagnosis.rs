@@ -1,12 +1,12 @@
 //! Turning what drizzle-kit did into a diagnosis: a stable code, a message quoting the real error, and a hint
 //! that follows the recovery workflow (restore, fix `src/schema.ts`, push again).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::runner::{RunOutput, SpawnError};
 
 /// Why a push failed, for people and scripts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diagnosis {
     /// Stable, documented in the README's troubleshooting table.
     pub code: String,

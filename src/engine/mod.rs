@@ -12,7 +12,7 @@ use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::dirs::Dirs;
@@ -26,7 +26,7 @@ pub use restore::RestoreReport;
 pub use status::{LastPush, ProjectState, ProjectStatus};
 
 /// Which output stream of a child process a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -75,14 +75,19 @@ impl Engine {
         let path = self.lock_path(project);
         fsutil::create_private_dir(path.parent().expect("has a parent")).ctx("create", &path)?;
         let file = File::options().create(true).truncate(false).write(true).open(&path).ctx("open", &path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(ProjectLock { _file: file }),
-            Err(TryLockError::WouldBlock) => Err(Error::Busy(format!(
-                "{} is busy: another push or restore is running on it",
-                project.root.display()
-            ))),
-            Err(TryLockError::Error(e)) => Err(e).ctx("lock", &path),
+        // `is_busy` (status, check) holds a shared lock for an instant; only a lock held past a short grace is
+        // a real operation.
+        for attempt in 0.. {
+            match file.try_lock() {
+                Ok(()) => return Ok(ProjectLock { _file: file }),
+                Err(TryLockError::WouldBlock) if attempt < 20 => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(TryLockError::WouldBlock) => break,
+                Err(TryLockError::Error(e)) => return Err(e).ctx("lock", &path),
+            }
         }
+        Err(Error::Busy(format!("{} is busy: another push or restore is running on it", project.root.display())))
     }
 
     /// True if another process holds the project's operation lock right now.

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::diagnosis::{self, Diagnosis};
 use super::runner::{self, RunOutput};
@@ -19,7 +19,7 @@ use crate::project::Project;
 use crate::store::PushRecord;
 
 /// Where a push stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Precheck,
@@ -29,7 +29,7 @@ pub enum Stage {
 }
 
 /// The outcome of a push, in the contract's JSON shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PushReport {
     Ok {
@@ -43,7 +43,7 @@ pub enum PushReport {
 }
 
 /// A failed push.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PushFailure {
     pub ok: bool,
     pub stage: Stage,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::swap::{Journal, holds_exactly};
 use super::{Engine, Sink};
@@ -11,7 +11,7 @@ use crate::manifest::{self, Violation};
 use crate::project::Project;
 
 /// The outcome of a restore, in the contract's JSON shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestoreReport {
     pub ok: bool,
     pub push_id: String,
@@ -19,7 +19,7 @@ pub struct RestoreReport {
     /// Where the replaced tree was kept; `None` when drizzle/ already matched.
     pub quarantine: Option<PathBuf>,
     /// Only with `--dry-run`: true, and nothing was changed.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
     /// How drizzle/ differs from the push (what the restore undoes), in the shape of status violations.
     pub changes: Vec<Violation>,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Engine;
 use crate::error::{IoContext, Result};
@@ -10,7 +10,7 @@ use crate::manifest::{self, Violation};
 use crate::project::Project;
 
 /// The state of a project, as the contract names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProjectState {
     Clean,
@@ -20,7 +20,7 @@ pub enum ProjectState {
 }
 
 /// The last successful push, briefly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastPush {
     pub id: String,
     pub at: String,
@@ -28,7 +28,7 @@ pub struct LastPush {
 }
 
 /// One project's status, in the contract's JSON shape.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProjectStatus {
     pub root: PathBuf,
     pub state: ProjectState,

@@ -43,6 +43,9 @@ impl World {
         fs::create_dir_all(root.join("src")).unwrap();
         fs::write(root.join("src/schema.ts"), "export const x = 1;\n").unwrap();
         let root = fs::canonicalize(root).unwrap();
+        let run = tmp.path().join("xdg/run");
+        fs::create_dir_all(&run).unwrap();
+        fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
         World { tmp, root }
     }
 
@@ -102,6 +105,9 @@ impl World {
             .env("XDG_CONFIG_HOME", self.xdg("config"))
             .env("XDG_STATE_HOME", self.xdg("state"))
             .env("XDG_DATA_HOME", self.xdg("data"))
+            .env("XDG_RUNTIME_DIR", self.xdg("run"))
+            // No test talks to the desktop of whoever runs it; the notification test brings its own bus.
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env_remove("DREAMERD_CONFIG")
             .env_remove("DREAMERD_LOG");
         c
@@ -132,6 +138,65 @@ impl World {
         assert_eq!(code, 0, "push failed: {v}");
         assert_eq!(v["ok"], true);
         v["push_id"].as_str().unwrap().to_string()
+    }
+}
+
+impl World {
+    pub fn runtime(&self) -> PathBuf {
+        self.xdg("run").join("dreamerd")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.runtime().join("dreamerd.sock")
+    }
+
+    /// The pid of this world's daemon, if one runs.
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.runtime().join("dreamerd.pid")).ok()?.trim().parse().ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    /// The daemon's log (a spawned daemon writes it in the state directory).
+    pub fn daemon_log(&self) -> String {
+        fs::read_to_string(self.state().join("dreamerd.log")).unwrap_or_default()
+    }
+
+    /// Waits until `check` holds, polling; panics with `what` after a generous deadline (never a timing assertion:
+    /// the deadline only keeps a broken build from hanging).
+    pub fn wait_for(&self, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !check() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}\nlog:\n{}", self.daemon_log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// `status --json` of the project, through the daemon.
+    pub fn status(&self) -> Value {
+        let (_, v) = self.json("dreamerd", &["status"]);
+        v["projects"][0].clone()
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    // Signal 0 only checks; a zombie still counts as gone once reaped by init.
+    std::process::Command::new("kill").args(["-0", &pid.to_string()]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
+        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+impl Drop for World {
+    /// Every daemon a test started is stopped with the test.
+    fn drop(&mut self) {
+        if let Some(pid) = self.daemon_pid() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while alive(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if alive(pid) {
+                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        }
     }
 }
 

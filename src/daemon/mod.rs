@@ -1,0 +1,308 @@
+//! The daemon: watches every registered project, warns about hand edits at once, and serves the CLI over the
+//! local socket. Push and restore run the very same engine code as in-process, on blocking threads.
+
+mod serve;
+mod watch;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName, prelude::*};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::alerts::Desktop;
+use crate::dirs::Dirs;
+use crate::engine::{Engine, ProjectStatus, rfc3339};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::ipc;
+use crate::project::Project;
+
+/// Default capacity of the channel between the file watcher and the scheduler. When it is full, events are not
+/// queued but every project is marked for a full rescan instead.
+const DEFAULT_QUEUE: usize = 4096;
+/// How many past events `dreamerd events` shows.
+const RECENT_EVENTS: usize = 200;
+
+/// What the daemon knows about one watched project.
+#[derive(Default)]
+struct Watched {
+    status: Option<ProjectStatus>,
+    /// The violations already warned about (as JSON text), so each is logged and notified once.
+    reported: BTreeSet<String>,
+    schema_pending: Option<bool>,
+    rescans: u64,
+    overflows: u64,
+    warnings: BTreeSet<String>,
+    /// Watched directories and the (dev, inode) each watch was made on, to notice a re-created directory.
+    watches: BTreeMap<PathBuf, (u64, u64)>,
+    /// Serialises rescans of this project.
+    scan_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Per-project watch details added to status by the daemon (an addition to the contract).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WatchInfo {
+    pub watched: bool,
+    /// Rescans since the daemon started.
+    pub rescans: u64,
+    /// Times events were lost (inotify overflow, full queue) and a full rescan was forced instead.
+    pub overflows: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    projects: BTreeMap<PathBuf, Watched>,
+    /// Push or restore operations in flight, by project root.
+    ops: HashMap<PathBuf, usize>,
+    /// Projects with file events waiting for the quiet period: (first event, due).
+    pending: HashMap<PathBuf, (Instant, Instant)>,
+}
+
+/// The running daemon.
+pub(crate) struct Daemon {
+    engine: Engine,
+    dirs: Dirs,
+    state: Mutex<State>,
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    events: broadcast::Sender<serde_json::Value>,
+    recent: Mutex<VecDeque<serde_json::Value>>,
+    desktop: Arc<Desktop>,
+    shutdown: Notify,
+    stopping: AtomicBool,
+    ops_in_flight: AtomicU64,
+    ops_done: Notify,
+    /// Wakes the scheduler: a project needs a rescan now, or events were lost.
+    rescan_tx: mpsc::UnboundedSender<Wake>,
+}
+
+/// What the scheduler is told besides file events.
+enum Wake {
+    Rescan(PathBuf),
+    Overflow(&'static str),
+}
+
+/// The daemon's pid file, locked for as long as it runs: the guarantee of one daemon per user.
+struct PidLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl PidLock {
+    fn acquire(runtime: &Path) -> Result<PidLock> {
+        let path = runtime.join("dreamerd.pid");
+        let mut file =
+            File::options().create(true).truncate(false).read(true).write(true).open(&path).ctx("open", &path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(Error::Usage(format!(
+                    "another dreamerd daemon is already running (pid {}); there is one per user. Stop it with \
+                     `dreamerd stop` first",
+                    pid.trim()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e).ctx("lock", &path),
+        }
+        file.set_len(0).ctx("write", &path)?;
+        writeln!(file, "{}", std::process::id()).ctx("write", &path)?;
+        Ok(PidLock { _file: file, path })
+    }
+}
+
+impl Drop for PidLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The persisted watch list.
+#[derive(Default, Serialize, Deserialize)]
+struct WatchList {
+    projects: Vec<PathBuf>,
+}
+
+/// Runs the daemon in the foreground until SIGTERM, SIGINT or `dreamerd stop`.
+pub fn run(engine: Engine, dirs: Dirs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}"), "check system limits"))?;
+    runtime.block_on(main_loop(engine, dirs))
+}
+
+async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
+    let runtime_dir = ipc::runtime_dir(&dirs);
+    ipc::secure_runtime_dir(&runtime_dir)?;
+    let pid_lock = PidLock::acquire(&runtime_dir)?;
+    let socket = ipc::socket_path(&dirs);
+    reclaim_stale_socket(&socket)?;
+    let name = socket.as_path().to_fs_name::<GenericFilePath>().ctx("name", &socket)?;
+    let listener = ListenerOptions::new().name(name).mode(0o600).create_tokio().ctx("listen on", &socket)?;
+
+    let queue = std::env::var("DREAMERD_EVENT_QUEUE").ok().and_then(|q| q.parse().ok()).unwrap_or(DEFAULT_QUEUE);
+    let (fs_tx, fs_rx) = mpsc::channel(queue.max(1));
+    let (rescan_tx, rescan_rx) = mpsc::unbounded_channel();
+    let desktop = Arc::new(Desktop::new(engine.config.notify.desktop));
+    let daemon = Arc::new(Daemon {
+        engine,
+        dirs,
+        state: Mutex::new(State::default()),
+        watcher: Mutex::new(None),
+        events: broadcast::channel(1024).0,
+        recent: Mutex::new(VecDeque::new()),
+        desktop,
+        shutdown: Notify::new(),
+        stopping: AtomicBool::new(false),
+        ops_in_flight: AtomicU64::new(0),
+        ops_done: Notify::new(),
+        rescan_tx,
+    });
+    daemon.start_watcher(fs_tx)?;
+    tokio::spawn(daemon.clone().scheduler(fs_rx, rescan_rx));
+    for root in daemon.load_watchlist() {
+        daemon.add_project(&root, false);
+    }
+    tracing::info!(
+        version = ipc::VERSION,
+        protocol = ipc::PROTOCOL,
+        pid = std::process::id(),
+        socket = %socket.display(),
+        "dreamerd daemon listening"
+    );
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::failed(e.to_string(), ""))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::failed(e.to_string(), ""))?;
+    loop {
+        tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok(conn) => { tokio::spawn(daemon.clone().handle(conn)); }
+                Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
+            },
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = daemon.shutdown.notified() => { tracing::info!("stop requested: shutting down"); break; }
+        }
+    }
+    daemon.stopping.store(true, Ordering::SeqCst);
+    // A running push or restore finishes or rolls back by itself; it is never cut in the middle.
+    while daemon.ops_in_flight.load(Ordering::SeqCst) > 0 {
+        tracing::info!("waiting for running operations to finish");
+        daemon.ops_done.notified().await;
+    }
+    drop(listener); // removes the socket file
+    drop(pid_lock);
+    tracing::info!("dreamerd stopped");
+    Ok(())
+}
+
+/// Removes a socket file left by a daemon that died, but only once connecting to it is refused.
+fn reclaim_stale_socket(socket: &Path) -> Result<()> {
+    if !fsutil::exists_nofollow(socket) {
+        return Ok(());
+    }
+    let name = socket.to_fs_name::<GenericFilePath>().ctx("name", socket)?;
+    match interprocess::local_socket::Stream::connect(name) {
+        Ok(_) => Err(Error::Usage(format!(
+            "another daemon answers on {} although the pid lock was free; stop it first",
+            socket.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %socket.display(), "removing the stale socket of a daemon that died");
+            std::fs::remove_file(socket).ctx("remove", socket)
+        }
+        Err(e) => Err(Error::Usage(format!("{} exists and cannot be used: {e}; remove it", socket.display()))),
+    }
+}
+
+impl Daemon {
+    fn watchlist_path(&self) -> PathBuf {
+        self.dirs.state.join("watchlist.json")
+    }
+
+    fn load_watchlist(&self) -> Vec<PathBuf> {
+        match std::fs::read(self.watchlist_path()) {
+            Ok(bytes) => match serde_json::from_slice::<WatchList>(&bytes) {
+                Ok(list) => list.projects,
+                Err(e) => {
+                    tracing::error!(error = %e, path = %self.watchlist_path().display(), "the watch list is unreadable; starting with none");
+                    Vec::new()
+                }
+            },
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn save_watchlist(&self) -> Result<()> {
+        let projects: Vec<PathBuf> = self.state.lock().expect("state").projects.keys().cloned().collect();
+        let path = self.watchlist_path();
+        fsutil::create_private_dir(&self.dirs.state).ctx("create", &self.dirs.state)?;
+        let json = serde_json::to_vec_pretty(&WatchList { projects }).expect("serialises");
+        fsutil::atomic_write(&path, &json).ctx("write", &path)
+    }
+
+    /// Starts watching a project (idempotent) and schedules its first scan.
+    fn add_project(&self, root: &Path, persist: bool) -> bool {
+        let added = {
+            let mut state = self.state.lock().expect("state");
+            if state.projects.contains_key(root) {
+                false
+            } else {
+                state.projects.insert(root.to_path_buf(), Watched::default());
+                true
+            }
+        };
+        if added {
+            tracing::info!(project = %root.display(), "watching");
+            self.ensure_watches(root);
+            if persist && let Err(e) = self.save_watchlist() {
+                tracing::error!(error = %e, "cannot save the watch list");
+            }
+        }
+        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
+        added
+    }
+
+    fn remove_project(&self, root: &Path) -> Result<bool> {
+        let removed = self.state.lock().expect("state").projects.remove(root);
+        let Some(watched) = removed else { return Ok(false) };
+        if let Some(w) = self.watcher.lock().expect("watcher").as_mut() {
+            for path in watched.watches.keys() {
+                let _ = notify::Watcher::unwatch(w, path);
+            }
+        }
+        tracing::info!(project = %root.display(), "no longer watching");
+        self.save_watchlist()?;
+        Ok(true)
+    }
+
+    /// Records and broadcasts an event.
+    fn emit(&self, mut event: serde_json::Value) {
+        event["at"] = serde_json::Value::String(rfc3339(std::time::SystemTime::now()));
+        {
+            let mut recent = self.recent.lock().expect("recent");
+            if recent.len() == RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        let _ = self.events.send(event);
+    }
+
+    fn project(&self, root: &Path) -> Project {
+        Project { root: root.to_path_buf() }
+    }
+}

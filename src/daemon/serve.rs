@@ -1,0 +1,329 @@
+//! One connection: hello, one bounded request, the streamed answer.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Stream as LocalStream;
+use interprocess::local_socket::traits::StreamCommon as _;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::{Daemon, WatchInfo};
+use crate::engine::{ProjectStatus, PushReport, Sink, Stream};
+use crate::error::{Error, Result};
+use crate::ipc::{self, Envelope, Reply, Request};
+
+/// How long a client may take to send its request after the hello.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Streams an operation's output to the client from the blocking thread that runs it.
+struct ChannelSink(mpsc::UnboundedSender<Reply>);
+
+impl Sink for ChannelSink {
+    fn output(&self, stream: Stream, line: &str) {
+        let _ = self.0.send(Reply::Output { stream, line: line.to_string() });
+    }
+    fn progress(&self, message: &str) {
+        let _ = self.0.send(Reply::Progress { message: message.to_string() });
+    }
+}
+
+fn error_reply(e: &Error) -> Reply {
+    Reply::Error { exit: e.exit_code(), error: e.to_string(), hint: e.hint() }
+}
+
+impl Daemon {
+    pub(super) async fn handle(self: Arc<Self>, conn: LocalStream) {
+        let me = rustix::process::geteuid().as_raw();
+        match conn.peer_creds().map(|c| c.euid()) {
+            Ok(Some(uid)) if uid == me => {}
+            other => {
+                tracing::warn!(peer = ?other.map(|c| c), "refused a connection from another user");
+                return;
+            }
+        }
+        let mut send = &conn;
+        let hello = Reply::Hello {
+            daemon_version: ipc::VERSION.into(),
+            protocol: ipc::PROTOCOL,
+            pid: std::process::id(),
+        };
+        if send.write_all(hello.line().as_bytes()).await.is_err() {
+            return;
+        }
+        let mut reader = BufReader::new(&conn);
+        let mut line = Vec::new();
+        let read = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            (&mut reader).take(ipc::MAX_REQUEST as u64 + 1).read_until(b'\n', &mut line),
+        )
+        .await;
+        let request = match read {
+            Err(_) => Err(format!("no request within {}s", REQUEST_TIMEOUT.as_secs())),
+            Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
+            Ok(Ok(0)) => return, // the client went away
+            Ok(Ok(_)) if line.len() > ipc::MAX_REQUEST => {
+                Err(format!("the request is larger than {} bytes", ipc::MAX_REQUEST))
+            }
+            Ok(Ok(_)) => serde_json::from_slice::<Envelope>(&line).map_err(|e| format!("malformed request: {e}")),
+        };
+        let request = match request {
+            Ok(env) if env.protocol == ipc::PROTOCOL => env.request,
+            Ok(env) => {
+                let e = Error::Usage(format!(
+                    "protocol {} is not spoken here; this daemon speaks protocol {}",
+                    env.protocol,
+                    ipc::PROTOCOL
+                ));
+                let _ = send.write_all(error_reply(&e).line().as_bytes()).await;
+                return;
+            }
+            Err(why) => {
+                tracing::warn!(%why, "refused a bad request");
+                let _ = send.write_all(error_reply(&Error::Usage(why)).line().as_bytes()).await;
+                return;
+            }
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+        let work = tokio::spawn(self.clone().dispatch(request, tx));
+        while let Some(reply) = rx.recv().await {
+            if send.write_all(reply.line().as_bytes()).await.is_err() {
+                break; // the client left; the operation itself goes on to its end
+            }
+        }
+        let _ = work.await;
+    }
+
+    /// Runs one request; every reply, the last included, goes through `tx`.
+    async fn dispatch(self: Arc<Self>, request: Request, tx: mpsc::UnboundedSender<Reply>) {
+        let result = match request {
+            Request::Events { follow } => {
+                self.stream_events(follow, &tx).await;
+                return;
+            }
+            Request::Stop => {
+                self.shutdown.notify_one();
+                Ok((0, json!({"ok": true, "stopping": true})))
+            }
+            Request::Status { dir, all } => self.status(dir.as_deref(), all).await,
+            Request::Watch { dir } => self.watch(&dir).await,
+            Request::Unwatch { dir } => self.remove_project(&dir).map(|removed| (0, json!({"ok": true, "root": dir, "was_watched": removed}))),
+            Request::History { dir } => {
+                let this = self.clone();
+                let project = self.project(&dir);
+                tokio::task::spawn_blocking(move || -> Result<(i32, Value)> {
+                    let history = match project.id()? {
+                        Some(id) => this.engine.store.history(&id)?,
+                        None => Vec::new(),
+                    };
+                    let pushes: Vec<Value> = history
+                        .iter()
+                        .map(|r| json!({"id": r.id, "at": r.at, "files": r.files.len(), "host": r.host}))
+                        .collect();
+                    Ok((0, json!({"root": project.root, "pushes": pushes})))
+                })
+                .await
+                .unwrap_or_else(|e| Err(Error::failed(format!("history panicked: {e}"), "")))
+            }
+            Request::Push { dir } => {
+                let this = self.clone();
+                let sink = ChannelSink(tx.clone());
+                let project = self.project(&dir);
+                let report = self.run_op(&dir, move || this.engine.push(&project, &sink)).await;
+                if let Ok(r) = &report {
+                    let event = match r {
+                        PushReport::Ok { push_id, files, unchanged, .. } => {
+                            json!({"type": "push", "root": dir, "ok": true, "push_id": push_id, "files": files, "unchanged": unchanged})
+                        }
+                        PushReport::Failed(f) => {
+                            json!({"type": "push", "root": dir, "ok": false, "stage": f.stage, "code": f.diagnosis.code})
+                        }
+                    };
+                    tracing::info!(project = %dir.display(), event = %event, "push finished");
+                    self.emit(event);
+                }
+                self.after_op(&dir);
+                report.map(|r| (if r.ok() { 0 } else { 1 }, serde_json::to_value(r).expect("serialises")))
+            }
+            Request::Restore { dir, push, dry_run } => {
+                let this = self.clone();
+                let sink = ChannelSink(tx.clone());
+                let project = self.project(&dir);
+                let report =
+                    self.run_op(&dir, move || this.engine.restore(&project, push.as_deref(), dry_run, &sink)).await;
+                if let Ok(r) = &report
+                    && !dry_run
+                {
+                    tracing::info!(project = %dir.display(), push_id = %r.push_id, "restored");
+                    self.emit(json!({"type": "restore", "root": dir, "ok": true, "automatic": false,
+                                     "push_id": r.push_id, "quarantine": r.quarantine}));
+                }
+                if !dry_run {
+                    self.after_op(&dir);
+                }
+                report.map(|r| (0, serde_json::to_value(r).expect("serialises")))
+            }
+        };
+        let last = match result {
+            Ok((exit, data)) => Reply::Result { exit, data },
+            Err(e) => error_reply(&e),
+        };
+        let _ = tx.send(last);
+    }
+
+    /// Runs a push or restore on a blocking thread, marked so that its own writes are never reported as
+    /// violations and so that shutdown waits for it.
+    pub(super) async fn run_op<T: Send + 'static>(
+        self: &Arc<Self>,
+        root: &Path,
+        op: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Error::Busy("the daemon is shutting down".into()));
+        }
+        self.ops_in_flight.fetch_add(1, Ordering::SeqCst);
+        *self.state.lock().expect("state").ops.entry(root.to_path_buf()).or_default() += 1;
+        let outcome = tokio::task::spawn_blocking(op).await;
+        {
+            let mut state = self.state.lock().expect("state");
+            if let Some(n) = state.ops.get_mut(root) {
+                *n -= 1;
+                if *n == 0 {
+                    state.ops.remove(root);
+                }
+            }
+        }
+        self.ops_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.ops_done.notify_waiters();
+        outcome.unwrap_or_else(|e| Err(Error::failed(format!("the operation panicked: {e}"), "see the daemon's log")))
+    }
+
+    /// A project pushed or restored through the daemon is watched from then on; it is rescanned now.
+    fn after_op(&self, root: &Path) {
+        if !self.stopping.load(Ordering::SeqCst) {
+            self.add_project(root, true);
+        }
+    }
+
+    async fn watch(self: &Arc<Self>, dir: &Path) -> Result<(i32, Value)> {
+        crate::project::Project::discover(Some(dir))?;
+        let added = self.add_project(dir, true);
+        self.rescan(dir).await;
+        let status = self.project_status(dir).await?;
+        Ok((0, json!({"ok": true, "root": dir, "newly_watched": added, "project": status})))
+    }
+
+    /// The daemon's view of one project: the cached status of a watched one (rescanned first if events are
+    /// pending), or a fresh scan of an unwatched one.
+    async fn project_status(self: &Arc<Self>, root: &Path) -> Result<Value> {
+        let (watched, pending) = {
+            let state = self.state.lock().expect("state");
+            (state.projects.contains_key(root), state.pending.contains_key(root))
+        };
+        if watched && pending {
+            self.rescan(root).await;
+        }
+        let cached = {
+            let state = self.state.lock().expect("state");
+            state.projects.get(root).map(|w| {
+                (
+                    w.status.clone(),
+                    WatchInfo {
+                        watched: true,
+                        rescans: w.rescans,
+                        overflows: w.overflows,
+                        warnings: w.warnings.iter().cloned().collect(),
+                    },
+                )
+            })
+        };
+        let busy_now = self.state.lock().expect("state").ops.contains_key(root);
+        let (status, info) = match cached {
+            Some((Some(status), info)) if !busy_now => (status, info),
+            other => {
+                let info = other.map(|(_, i)| i).unwrap_or(WatchInfo {
+                    watched: false,
+                    rescans: 0,
+                    overflows: 0,
+                    warnings: Vec::new(),
+                });
+                let this = self.clone();
+                let project = self.project(root);
+                let status: ProjectStatus = tokio::task::spawn_blocking(move || this.engine.status(&project))
+                    .await
+                    .unwrap_or_else(|e| Err(Error::failed(format!("status panicked: {e}"), "")))?;
+                (status, info)
+            }
+        };
+        let mut value = serde_json::to_value(status).expect("serialises");
+        value["watch"] = serde_json::to_value(info).expect("serialises");
+        Ok(value)
+    }
+
+    async fn status(self: &Arc<Self>, dir: Option<&Path>, all: bool) -> Result<(i32, Value)> {
+        let roots: Vec<std::path::PathBuf> = match (dir, all) {
+            (Some(d), false) => vec![d.to_path_buf()],
+            _ => self.state.lock().expect("state").projects.keys().cloned().collect(),
+        };
+        let mut projects = Vec::new();
+        let mut exit = 0;
+        for root in roots {
+            let value = self.project_status(&root).await?;
+            let clean = matches!(value["state"].as_str(), Some("clean" | "no-baseline"))
+                && value["drift"].as_array().is_none_or(Vec::is_empty);
+            if !clean {
+                exit = 1;
+            }
+            projects.push(value);
+        }
+        let daemon = json!({"version": ipc::VERSION, "protocol": ipc::PROTOCOL, "pid": std::process::id()});
+        Ok((exit, json!({"daemon": daemon, "projects": projects})))
+    }
+
+    async fn stream_events(&self, follow: bool, tx: &mpsc::UnboundedSender<Reply>) {
+        // Subscribe before copying the backlog so nothing falls between the two.
+        let mut live = self.events.subscribe();
+        let backlog: Vec<Value> = self.recent.lock().expect("recent").iter().cloned().collect();
+        for event in backlog {
+            if tx.send(Reply::Event { event }).is_err() {
+                return;
+            }
+        }
+        if !follow {
+            let _ = tx.send(Reply::Result { exit: 0, data: json!({"ok": true}) });
+            return;
+        }
+        loop {
+            tokio::select! {
+                event = live.recv() => match event {
+                    Ok(event) => {
+                        if tx.send(Reply::Event { event }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let event = json!({"type": "lagged", "missed": n});
+                        if tx.send(Reply::Event { event }).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+                () = self.shutdown_signalled() => {
+                    let _ = tx.send(Reply::Result { exit: 0, data: json!({"ok": true, "daemon": "stopped"}) });
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn shutdown_signalled(&self) {
+        while !self.stopping.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

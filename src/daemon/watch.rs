@@ -1,0 +1,372 @@
+//! File events are hints: they mark a project dirty, and after a quiet period the project is rescanned and
+//! diffed against its manifest. Lost events (inotify overflow, a full queue, a watch-limit error) force a full
+//! rescan and show in status; nothing is dropped silently. While idle, nothing runs.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{Daemon, Wake, Watched};
+use crate::config::OnViolation;
+use crate::engine::{NullSink, ProjectState, ProjectStatus};
+use crate::error::{Error, Result};
+
+/// A project is rescanned at the latest this many quiet periods after its first pending event, even if events
+/// keep coming.
+const MAX_DELAY_FACTOR: u32 = 10;
+
+/// What to watch in a project: drizzle/ recursively; src/ and the root itself non-recursively, so that editors'
+/// atomic saves of src/schema.ts and the deletion and re-creation of drizzle/ or src/ are seen.
+fn wanted(root: &Path) -> [(PathBuf, RecursiveMode); 3] {
+    [
+        (root.to_path_buf(), RecursiveMode::NonRecursive),
+        (root.join("src"), RecursiveMode::NonRecursive),
+        (root.join("drizzle"), RecursiveMode::Recursive),
+    ]
+}
+
+/// Whether an event path matters to the project at `root`.
+fn relevant(root: &Path, path: &Path) -> bool {
+    let Ok(rel) = path.strip_prefix(root) else {
+        // The parent of a vanished project root: only the root's own re-appearance counts.
+        return root.parent() == path.parent() && path == root;
+    };
+    let rel = rel.to_string_lossy();
+    rel.is_empty() || rel == "drizzle" || rel.starts_with("drizzle/") || rel == "src" || rel == "src/schema.ts"
+}
+
+fn dir_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+}
+
+impl Daemon {
+    pub(super) fn start_watcher(self: &Arc<Self>, tx: mpsc::Sender<notify::Result<notify::Event>>) -> Result<()> {
+        let wake = self.rescan_tx.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(e) = &event
+                && matches!(e.kind, EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+            {
+                return; // reads (our own hashing among them) change nothing
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {
+                let _ = wake.send(Wake::Overflow("the event queue was full"));
+            }
+        })
+        .map_err(|e| Error::failed(format!("cannot start the file watcher: {e}"), "check inotify limits"))?;
+        *self.watcher.lock().expect("watcher") = Some(watcher);
+        Ok(())
+    }
+
+    /// Puts the watches of a project in place: adds missing ones, re-adds those whose directory was re-created,
+    /// and watches the parent while the root itself is gone.
+    pub(super) fn ensure_watches(&self, root: &Path) {
+        let mut want: Vec<(PathBuf, RecursiveMode)> = wanted(root).into();
+        if dir_id(root).is_none()
+            && let Some(parent) = root.parent()
+        {
+            want.push((parent.to_path_buf(), RecursiveMode::NonRecursive));
+        }
+        let mut guard = self.watcher.lock().expect("watcher");
+        let Some(watcher) = guard.as_mut() else { return };
+        let mut state = self.state.lock().expect("state");
+        let Some(watched) = state.projects.get_mut(root) else { return };
+        let wanted_paths: BTreeSet<&PathBuf> = want.iter().map(|(p, _)| p).collect();
+        watched.watches.retain(|p, _| {
+            let keep = wanted_paths.contains(p);
+            if !keep {
+                let _ = watcher.unwatch(p);
+            }
+            keep
+        });
+        for (path, mode) in &want {
+            let id = dir_id(path);
+            match (id, watched.watches.get(path).copied()) {
+                (Some(now), Some(before)) if now == before => {}
+                (Some(now), _) => match watcher.watch(path, *mode) {
+                    Ok(()) => {
+                        watched.watches.insert(path.clone(), now);
+                    }
+                    Err(e) => {
+                        let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
+                        let warning = if limit {
+                            format!(
+                                "cannot watch {}: the inotify watch limit is reached; raise \
+                                 fs.inotify.max_user_watches. Changes are found only by rescans until then",
+                                path.display()
+                            )
+                        } else {
+                            format!("cannot watch {}: {e}", path.display())
+                        };
+                        tracing::warn!(project = %root.display(), "{warning}");
+                        watched.warnings.insert(warning);
+                    }
+                },
+                (None, Some(_)) => {
+                    let _ = watcher.unwatch(path);
+                    watched.watches.remove(path);
+                }
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// The single worker that turns file events into rescans.
+    pub(super) async fn scheduler(
+        self: Arc<Self>,
+        mut fs_rx: mpsc::Receiver<notify::Result<notify::Event>>,
+        mut wake_rx: mpsc::UnboundedReceiver<Wake>,
+    ) {
+        let debounce = Duration::from_millis(self.engine.config.watch.debounce_ms);
+        loop {
+            let next_due = self.state.lock().expect("state").pending.values().map(|(_, due)| *due).min();
+            let sleep = async {
+                match next_due {
+                    Some(due) => tokio::time::sleep_until(due.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = fs_rx.recv() => match event {
+                    Some(Ok(event)) => self.on_event(&event, debounce),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "file watcher error; rescanning every project");
+                        self.mark_all(debounce, "a watcher error");
+                    }
+                    None => return,
+                },
+                wake = wake_rx.recv() => match wake {
+                    Some(Wake::Rescan(root)) => self.mark(&root, Instant::now()),
+                    Some(Wake::Overflow(why)) => self.mark_all(debounce, why),
+                    None => return,
+                },
+                () = sleep => {
+                    let now = Instant::now();
+                    let due: Vec<PathBuf> = {
+                        let mut state = self.state.lock().expect("state");
+                        let due: Vec<PathBuf> =
+                            state.pending.iter().filter(|(_, (_, d))| *d <= now).map(|(r, _)| r.clone()).collect();
+                        for r in &due {
+                            state.pending.remove(r);
+                        }
+                        due
+                    };
+                    for root in due {
+                        let this = self.clone();
+                        tokio::spawn(async move { this.rescan(&root).await });
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&self, event: &notify::Event, debounce: Duration) {
+        if event.need_rescan() || event.paths.is_empty() {
+            self.mark_all(debounce, "the kernel's event queue overflowed");
+            return;
+        }
+        let roots: Vec<PathBuf> = {
+            let state = self.state.lock().expect("state");
+            state
+                .projects
+                .keys()
+                .filter(|root| event.paths.iter().any(|p| relevant(root, p)))
+                .cloned()
+                .collect()
+        };
+        let now = Instant::now();
+        for root in roots {
+            let mut state = self.state.lock().expect("state");
+            let entry = state.pending.entry(root).or_insert((now, now));
+            let cap = entry.0 + debounce * MAX_DELAY_FACTOR;
+            entry.1 = (now + debounce).min(cap);
+        }
+    }
+
+    /// Schedules a rescan of one project right away.
+    fn mark(&self, root: &Path, when: Instant) {
+        let mut state = self.state.lock().expect("state");
+        if state.projects.contains_key(root) {
+            state.pending.insert(root.to_path_buf(), (when, when));
+        }
+    }
+
+    /// Events were lost: every project gets a full rescan, and the loss is counted in its status.
+    fn mark_all(&self, debounce: Duration, why: &str) {
+        let mut state = self.state.lock().expect("state");
+        let due = Instant::now() + debounce;
+        let roots: Vec<PathBuf> = state.projects.keys().cloned().collect();
+        for root in roots {
+            if let Some(w) = state.projects.get_mut(&root) {
+                w.overflows += 1;
+            }
+            state.pending.insert(root, (due, due));
+        }
+        tracing::warn!(reason = why, "file events were lost; every project will be rescanned in full");
+    }
+
+    /// Rescans a project now (if no push or restore is running on it) and reports what changed.
+    pub(super) async fn rescan(self: &Arc<Self>, root: &Path) {
+        let lock = {
+            let state = self.state.lock().expect("state");
+            match state.projects.get(root) {
+                Some(w) => w.scan_lock.clone(),
+                None => return,
+            }
+        };
+        let _scan = lock.lock().await;
+        let project = self.project(root);
+        let busy = self.state.lock().expect("state").ops.get(root).copied().unwrap_or(0) > 0
+            || self.engine.is_busy(&project);
+        if busy {
+            // Our own writes (or another process's push) are not violations; look again once it is done.
+            let later = Instant::now() + Duration::from_millis(self.engine.config.watch.debounce_ms.max(50));
+            self.mark(root, later);
+            return;
+        }
+        self.ensure_watches(root);
+        let this = self.clone();
+        let p = project.clone();
+        let scanned = tokio::task::spawn_blocking(move || this.engine.status(&p)).await;
+        let status = match scanned {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let mut state = self.state.lock().expect("state");
+                if let Some(w) = state.projects.get_mut(root) {
+                    w.rescans += 1;
+                    w.status = None;
+                    w.warnings.insert(format!("cannot scan the project: {e}"));
+                }
+                tracing::warn!(project = %root.display(), error = %e, "cannot scan the project");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "a rescan panicked");
+                return;
+            }
+        };
+        self.record(root, status);
+    }
+
+    /// Updates the cached status and warns about what is new: each violation once, in the log and in one
+    /// desktop notification per project and rescan.
+    fn record(self: &Arc<Self>, root: &Path, status: ProjectStatus) {
+        let now: BTreeSet<String> =
+            status.violations.iter().map(|v| serde_json::to_string(v).expect("serialises")).collect();
+        let (new, cleared, schema_changed) = {
+            let mut state = self.state.lock().expect("state");
+            let Some(w): Option<&mut Watched> = state.projects.get_mut(root) else { return };
+            w.rescans += 1;
+            w.warnings.retain(|warning| !warning.starts_with("cannot scan"));
+            let new: Vec<_> = status
+                .violations
+                .iter()
+                .filter(|v| !w.reported.contains(&serde_json::to_string(v).expect("serialises")))
+                .cloned()
+                .collect();
+            let cleared = now.is_empty() && !w.reported.is_empty();
+            w.reported = now;
+            let schema_changed =
+                status.state != ProjectState::Busy && w.schema_pending.replace(status.schema_pending) != Some(status.schema_pending);
+            w.status = Some(status.clone());
+            (new, cleared, schema_changed && status.schema_pending)
+        };
+        let shown = root.display().to_string();
+        if !new.is_empty() {
+            for v in &new {
+                tracing::warn!(
+                    project = %shown,
+                    kind = %v.kind,
+                    path = %v.path,
+                    from = v.from.as_deref().unwrap_or(""),
+                    "drizzle/ changed by hand: run `dreamer database restore` to put it back"
+                );
+            }
+            self.emit(json!({"type": "violation", "root": root, "violations": new}));
+            let auto = self.engine.config.watch.on_violation == OnViolation::Restore;
+            if !auto {
+                self.desktop.notify(
+                    format!("drizzle/ changed by hand in {}", project_name(root)),
+                    format!(
+                        "{}\n\nOnly `dreamer push` may write drizzle/. Run `dreamer database restore` in {shown}.",
+                        list_violations(&new)
+                    ),
+                );
+            } else {
+                let this = self.clone();
+                let root = root.to_path_buf();
+                tokio::spawn(async move { this.auto_restore(&root, list_violations(&new)).await });
+            }
+        }
+        if cleared {
+            tracing::info!(project = %shown, "drizzle/ matches the last push again; violation cleared");
+            self.emit(json!({"type": "cleared", "root": root}));
+        }
+        if schema_changed {
+            tracing::info!(project = %shown, "src/schema.ts changed since the last push; run `dreamer push` to apply it");
+            self.emit(json!({"type": "schema-changed", "root": root, "schema_pending": true}));
+        }
+    }
+
+    /// `watch.on_violation = "restore"`: puts drizzle/ back at once and says so.
+    async fn auto_restore(self: &Arc<Self>, root: &Path, what: String) {
+        let this = self.clone();
+        let project = self.project(root);
+        let outcome = self.run_op(root, move || this.engine.restore(&project, None, false, &NullSink)).await;
+        let shown = root.display().to_string();
+        match outcome {
+            Ok(report) => {
+                let kept = report.quarantine.as_ref().map(|q| q.display().to_string()).unwrap_or_default();
+                tracing::warn!(project = %shown, push_id = %report.push_id, quarantine = %kept, "drizzle/ was changed by hand and has been restored automatically");
+                self.emit(json!({"type": "restore", "root": root, "ok": true, "automatic": true,
+                                 "push_id": report.push_id, "quarantine": report.quarantine}));
+                self.desktop.notify(
+                    format!("drizzle/ restored in {}", project_name(root)),
+                    format!("{what}\n\nThe hand edits were undone; they are kept in {kept}."),
+                );
+            }
+            Err(e) => {
+                tracing::error!(project = %shown, error = %e, "automatic restore failed");
+                self.emit(json!({"type": "restore", "root": root, "ok": false, "automatic": true, "error": e.to_string()}));
+            }
+        }
+        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
+    }
+}
+
+fn project_name(root: &Path) -> String {
+    root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| root.display().to_string())
+}
+
+/// At most a handful of lines: a burst of 50 files is one short notification.
+fn list_violations(violations: &[crate::manifest::Violation]) -> String {
+    let mut lines: Vec<String> = violations.iter().take(5).map(|v| v.human().trim_end().to_string()).collect();
+    if violations.len() > 5 {
+        lines.push(format!("… and {} more", violations.len() - 5));
+    }
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relevance() {
+        let root = Path::new("/p/app");
+        assert!(relevant(root, Path::new("/p/app/drizzle/meta/_journal.json")));
+        assert!(relevant(root, Path::new("/p/app/drizzle")));
+        assert!(relevant(root, Path::new("/p/app/src/schema.ts")));
+        assert!(relevant(root, Path::new("/p/app/src")));
+        assert!(relevant(root, Path::new("/p/app")));
+        assert!(!relevant(root, Path::new("/p/app/local.db")));
+        assert!(!relevant(root, Path::new("/p/app/src/other.ts")));
+        assert!(!relevant(root, Path::new("/p/app/.dreamerd-tmp/new/x.sql")));
+        assert!(!relevant(root, Path::new("/p/other")));
+    }
+}
