@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::dirs::Dirs;
 use crate::daemon;
+use crate::dirs::Dirs;
 use crate::engine::{Engine, ProjectState, ProjectStatus, PushReport, RestoreReport};
 use crate::error::{Error, Result};
 use crate::ipc::{self, Client, Reply, Request};
@@ -197,7 +197,11 @@ fn init_logging(daemon: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DREAMERD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn engine(global: &Global) -> Result<Engine> {
@@ -225,11 +229,16 @@ fn call(global: &Global, request: Request) -> Result<(i32, serde_json::Value)> {
 }
 
 fn typed<T: serde::de::DeserializeOwned>(data: &serde_json::Value) -> Result<T> {
-    serde_json::from_value(data.clone())
-        .map_err(|e| Error::failed(format!("unexpected answer from the daemon: {e}"), "run `dreamerd stop` and retry"))
+    serde_json::from_value(data.clone()).map_err(|e| {
+        Error::failed(format!("unexpected answer from the daemon: {e}"), "run `dreamerd stop` and retry")
+    })
 }
 
-fn print_raw(global: &Global, data: &serde_json::Value, human: impl FnOnce() -> Result<String>) -> Result<()> {
+fn print_raw(
+    global: &Global,
+    data: &serde_json::Value,
+    human: impl FnOnce() -> Result<String>,
+) -> Result<()> {
     if global.json {
         println!("{data}");
     } else {
@@ -281,7 +290,8 @@ fn run(global: &Global, action: Action) -> Result<i32> {
         }
         Action::Unwatch(dir) => {
             // The project may be gone already: use the path as given, made absolute.
-            let root = std::fs::canonicalize(&dir).unwrap_or_else(|_| std::path::absolute(&dir).unwrap_or(dir));
+            let root =
+                std::fs::canonicalize(&dir).unwrap_or_else(|_| std::path::absolute(&dir).unwrap_or(dir));
             let (exit, data) = call(global, Request::Unwatch { dir: root.clone() })?;
             print_raw(global, &data, || {
                 Ok(if data["was_watched"] == true {
@@ -528,7 +538,9 @@ fn human_event(e: &serde_json::Value) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         "push" if e["ok"] == true => format!("ok {}", e["push_id"].as_str().unwrap_or("")),
-        "push" => format!("FAILED at {} [{}]", e["stage"].as_str().unwrap_or(""), e["code"].as_str().unwrap_or("")),
+        "push" => {
+            format!("FAILED at {} [{}]", e["stage"].as_str().unwrap_or(""), e["code"].as_str().unwrap_or(""))
+        }
         "restore" => format!(
             "{}{}",
             if e["automatic"] == true { "automatic " } else { "" },

@@ -155,7 +155,8 @@ impl Client {
     fn open(socket: &Path) -> io::Result<(Client, Reply)> {
         let stream = connect_raw(socket)?;
         let mut client = Client { reader: BufReader::new(stream) };
-        let hello = client.next()?.ok_or_else(|| io::Error::other("the daemon closed the connection"))?;
+        let hello =
+            client.next_reply()?.ok_or_else(|| io::Error::other("the daemon closed the connection"))?;
         Ok((client, hello))
     }
 
@@ -163,7 +164,8 @@ impl Client {
     /// protocol or version.
     pub fn connect(dirs: &Dirs, config: Option<&Path>, no_spawn: bool) -> Result<Client> {
         let socket = socket_path(dirs);
-        let unreachable = |why: String| Error::DaemonUnreachable(format!("{why} (and --no-spawn forbids starting one)"));
+        let unreachable =
+            |why: String| Error::DaemonUnreachable(format!("{why} (and --no-spawn forbids starting one)"));
         match Client::open(&socket) {
             Ok((client, Reply::Hello { protocol, daemon_version, .. }))
                 if protocol == PROTOCOL && (daemon_version == VERSION || no_spawn) =>
@@ -172,13 +174,20 @@ impl Client {
             }
             Ok((client, Reply::Hello { protocol, daemon_version, pid })) => {
                 if no_spawn {
-                    return Err(unreachable(format!("the running daemon speaks protocol {protocol}, not {PROTOCOL}")));
+                    return Err(unreachable(format!(
+                        "the running daemon speaks protocol {protocol}, not {PROTOCOL}"
+                    )));
                 }
                 tracing::info!(pid, daemon_version, protocol, "restarting a daemon of another version");
                 drop(client);
                 stop_and_wait(&socket)?;
             }
-            Ok(_) => return Err(Error::failed("the daemon did not greet properly", "run `dreamerd stop` and retry")),
+            Ok(_) => {
+                return Err(Error::failed(
+                    "the daemon did not greet properly",
+                    "run `dreamerd stop` and retry",
+                ));
+            }
             Err(e) if no_spawn => {
                 return Err(unreachable(format!("no daemon is running at {} ({e})", socket.display())));
             }
@@ -204,20 +213,20 @@ impl Client {
     }
 
     /// The next reply line, or `None` when the daemon closed the connection.
-    pub fn next(&mut self) -> io::Result<Option<Reply>> {
+    pub fn next_reply(&mut self) -> io::Result<Option<Reply>> {
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
             return Ok(None);
         }
-        serde_json::from_str(&line)
-            .map(Some)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply from the daemon: {e}")))
+        serde_json::from_str(&line).map(Some).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad reply from the daemon: {e}"))
+        })
     }
 
     /// Reads replies until the final one, handing the others to `each`. Returns the result's exit code and data.
     pub fn finish(&mut self, mut each: impl FnMut(&Reply)) -> Result<(i32, serde_json::Value)> {
         loop {
-            match self.next().map_err(lost)? {
+            match self.next_reply().map_err(lost)? {
                 Some(Reply::Result { exit, data }) => return Ok((exit, data)),
                 Some(Reply::Error { exit, error, hint }) => return Err(remote_error(exit, error, hint)),
                 Some(other) => each(&other),
@@ -278,7 +287,8 @@ fn spawn_daemon(dirs: &Dirs, config: Option<&Path>) -> Result<()> {
     let runtime = runtime_dir(dirs);
     secure_runtime_dir(&runtime)?;
     let lock_path = runtime.join("spawn.lock");
-    let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).ctx("open", &lock_path)?;
+    let lock =
+        File::options().create(true).truncate(false).write(true).open(&lock_path).ctx("open", &lock_path)?;
     lock.lock().ctx("lock", &lock_path)?;
     let socket = socket_path(dirs);
     if daemon_alive(&socket) {
@@ -301,7 +311,9 @@ fn spawn_daemon(dirs: &Dirs, config: Option<&Path>) -> Result<()> {
         .stdout(log.try_clone().ctx("open", &log_path)?)
         .stderr(log)
         .spawn()
-        .map_err(|e| Error::failed(format!("cannot start the daemon: {e}"), "is dreamerd installed on PATH?"))?;
+        .map_err(|e| {
+            Error::failed(format!("cannot start the daemon: {e}"), "is dreamerd installed on PATH?")
+        })?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if daemon_alive(&socket) {
@@ -310,7 +322,15 @@ fn spawn_daemon(dirs: &Dirs, config: Option<&Path>) -> Result<()> {
         }
         if let Ok(Some(status)) = child.try_wait() {
             let tail = fs::read_to_string(&log_path).unwrap_or_default();
-            let last = tail.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let last = tail
+                .lines()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
             return Err(Error::failed(
                 format!("the daemon exited at start ({status}): {last}"),
                 format!("see {}", log_path.display()),

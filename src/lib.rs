@@ -4,16 +4,16 @@
 //! All behaviour lives in this library; the `dreamerd` and `dreamer` binaries only parse arguments and call
 //! [`cli::main`].
 
+pub mod alerts;
 pub mod archive;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dirs;
 pub mod engine;
 pub mod error;
 pub mod fsutil;
+pub mod ipc;
 pub mod manifest;
 pub mod project;
 pub mod store;
-pub mod alerts;
-pub mod daemon;
-pub mod ipc;

@@ -6,24 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::support::{World, tree_of};
-
-/// A generate stand-in that writes one new migration per run, like drizzle-kit does.
-const GENERATE: &str = r#"
-mkdir -p drizzle/meta
-n=$(ls drizzle/*.sql 2>/dev/null | wc -l)
-printf 'CREATE TABLE t%s (id integer);' "$n" > "drizzle/000${n}_step.sql"
-printf '{"version":"7","entries":[]}' > drizzle/meta/_journal.json
-printf '{"id":"%s"}' "$n" > "drizzle/meta/000${n}_snapshot.json"
-echo "[ok] wrote migration $n"
-"#;
-const MIGRATE_OK: &str = "echo migrated\n";
-
-fn stand_in_world() -> World {
-    let w = World::empty();
-    w.stand_ins(GENERATE, MIGRATE_OK);
-    w
-}
+use crate::support::{GENERATE, World, stand_in_world, tree_of};
 
 fn violations(w: &World) -> Value {
     let (code, v) = w.json("dreamerd", &["check"]);

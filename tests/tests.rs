@@ -2,5 +2,6 @@
 
 mod support;
 
+mod daemon;
 mod drizzle_e2e;
 mod push_restore;

@@ -100,8 +100,13 @@ struct PidLock {
 impl PidLock {
     fn acquire(runtime: &Path) -> Result<PidLock> {
         let path = runtime.join("dreamerd.pid");
-        let mut file =
-            File::options().create(true).truncate(false).read(true).write(true).open(&path).ctx("open", &path)?;
+        let mut file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .ctx("open", &path)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -135,11 +140,10 @@ struct WatchList {
 
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or `dreamerd stop`.
 pub fn run(engine: Engine, dirs: Dirs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::failed(format!("cannot start the async runtime: {e}"), "check system limits"))?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
+            Error::failed(format!("cannot start the async runtime: {e}"), "check system limits")
+        })?;
     runtime.block_on(main_loop(engine, dirs))
 }
 
@@ -152,7 +156,8 @@ async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
     let name = socket.as_path().to_fs_name::<GenericFilePath>().ctx("name", &socket)?;
     let listener = ListenerOptions::new().name(name).mode(0o600).create_tokio().ctx("listen on", &socket)?;
 
-    let queue = std::env::var("DREAMERD_EVENT_QUEUE").ok().and_then(|q| q.parse().ok()).unwrap_or(DEFAULT_QUEUE);
+    let queue =
+        std::env::var("DREAMERD_EVENT_QUEUE").ok().and_then(|q| q.parse().ok()).unwrap_or(DEFAULT_QUEUE);
     let (fs_tx, fs_rx) = mpsc::channel(queue.max(1));
     let (rescan_tx, rescan_rx) = mpsc::unbounded_channel();
     let desktop = Arc::new(Desktop::new(engine.config.notify.desktop));
@@ -224,7 +229,9 @@ fn reclaim_stale_socket(socket: &Path) -> Result<()> {
             tracing::info!(socket = %socket.display(), "removing the stale socket of a daemon that died");
             std::fs::remove_file(socket).ctx("remove", socket)
         }
-        Err(e) => Err(Error::Usage(format!("{} exists and cannot be used: {e}; remove it", socket.display()))),
+        Err(e) => {
+            Err(Error::Usage(format!("{} exists and cannot be used: {e}; remove it", socket.display())))
+        }
     }
 }
 

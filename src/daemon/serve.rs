@@ -41,7 +41,7 @@ impl Daemon {
         match conn.peer_creds().map(|c| c.euid()) {
             Ok(Some(uid)) if uid == me => {}
             other => {
-                tracing::warn!(peer = ?other.map(|c| c), "refused a connection from another user");
+                tracing::warn!(peer = ?other, "refused a connection from another user");
                 return;
             }
         }
@@ -68,7 +68,9 @@ impl Daemon {
             Ok(Ok(_)) if line.len() > ipc::MAX_REQUEST => {
                 Err(format!("the request is larger than {} bytes", ipc::MAX_REQUEST))
             }
-            Ok(Ok(_)) => serde_json::from_slice::<Envelope>(&line).map_err(|e| format!("malformed request: {e}")),
+            Ok(Ok(_)) => {
+                serde_json::from_slice::<Envelope>(&line).map_err(|e| format!("malformed request: {e}"))
+            }
         };
         let request = match request {
             Ok(env) if env.protocol == ipc::PROTOCOL => env.request,
@@ -110,7 +112,9 @@ impl Daemon {
             }
             Request::Status { dir, all } => self.status(dir.as_deref(), all).await,
             Request::Watch { dir } => self.watch(&dir).await,
-            Request::Unwatch { dir } => self.remove_project(&dir).map(|removed| (0, json!({"ok": true, "root": dir, "was_watched": removed}))),
+            Request::Unwatch { dir } => self
+                .remove_project(&dir)
+                .map(|removed| (0, json!({"ok": true, "root": dir, "was_watched": removed}))),
             Request::History { dir } => {
                 let this = self.clone();
                 let project = self.project(&dir);
@@ -152,8 +156,9 @@ impl Daemon {
                 let this = self.clone();
                 let sink = ChannelSink(tx.clone());
                 let project = self.project(&dir);
-                let report =
-                    self.run_op(&dir, move || this.engine.restore(&project, push.as_deref(), dry_run, &sink)).await;
+                let report = self
+                    .run_op(&dir, move || this.engine.restore(&project, push.as_deref(), dry_run, &sink))
+                    .await;
                 if let Ok(r) = &report
                     && !dry_run
                 {
@@ -198,7 +203,9 @@ impl Daemon {
         }
         self.ops_in_flight.fetch_sub(1, Ordering::SeqCst);
         self.ops_done.notify_waiters();
-        outcome.unwrap_or_else(|e| Err(Error::failed(format!("the operation panicked: {e}"), "see the daemon's log")))
+        outcome.unwrap_or_else(|e| {
+            Err(Error::failed(format!("the operation panicked: {e}"), "see the daemon's log"))
+        })
     }
 
     /// A project pushed or restored through the daemon is watched from then on; it is rescanned now.

@@ -38,7 +38,11 @@ fn relevant(root: &Path, path: &Path) -> bool {
         return root.parent() == path.parent() && path == root;
     };
     let rel = rel.to_string_lossy();
-    rel.is_empty() || rel == "drizzle" || rel.starts_with("drizzle/") || rel == "src" || rel == "src/schema.ts"
+    rel.is_empty()
+        || rel == "drizzle"
+        || rel.starts_with("drizzle/")
+        || rel == "src"
+        || rel == "src/schema.ts"
 }
 
 fn dir_id(path: &Path) -> Option<(u64, u64)> {
@@ -46,7 +50,10 @@ fn dir_id(path: &Path) -> Option<(u64, u64)> {
 }
 
 impl Daemon {
-    pub(super) fn start_watcher(self: &Arc<Self>, tx: mpsc::Sender<notify::Result<notify::Event>>) -> Result<()> {
+    pub(super) fn start_watcher(
+        self: &Arc<Self>,
+        tx: mpsc::Sender<notify::Result<notify::Event>>,
+    ) -> Result<()> {
         let wake = self.rescan_tx.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(e) = &event
@@ -271,8 +278,8 @@ impl Daemon {
                 .collect();
             let cleared = now.is_empty() && !w.reported.is_empty();
             w.reported = now;
-            let schema_changed =
-                status.state != ProjectState::Busy && w.schema_pending.replace(status.schema_pending) != Some(status.schema_pending);
+            let schema_changed = status.state != ProjectState::Busy
+                && w.schema_pending.replace(status.schema_pending) != Some(status.schema_pending);
             w.status = Some(status.clone());
             (new, cleared, schema_changed && status.schema_pending)
         };
@@ -283,7 +290,7 @@ impl Daemon {
                     project = %shown,
                     kind = %v.kind,
                     path = %v.path,
-                    from = v.from.as_deref().unwrap_or(""),
+                    from = %v.from.as_deref().unwrap_or(""),
                     "drizzle/ changed by hand: run `dreamer database restore` to put it back"
                 );
             }
@@ -345,7 +352,8 @@ fn project_name(root: &Path) -> String {
 
 /// At most a handful of lines: a burst of 50 files is one short notification.
 fn list_violations(violations: &[crate::manifest::Violation]) -> String {
-    let mut lines: Vec<String> = violations.iter().take(5).map(|v| v.human().trim_end().to_string()).collect();
+    let mut lines: Vec<String> =
+        violations.iter().take(5).map(|v| v.human().trim_end().to_string()).collect();
     if violations.len() > 5 {
         lines.push(format!("… and {} more", violations.len() - 5));
     }

@@ -87,7 +87,10 @@ impl Engine {
                 Err(TryLockError::Error(e)) => return Err(e).ctx("lock", &path),
             }
         }
-        Err(Error::Busy(format!("{} is busy: another push or restore is running on it", project.root.display())))
+        Err(Error::Busy(format!(
+            "{} is busy: another push or restore is running on it",
+            project.root.display()
+        )))
     }
 
     /// True if another process holds the project's operation lock right now.

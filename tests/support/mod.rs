@@ -18,6 +18,8 @@ pub fn fixture_dir() -> PathBuf {
 pub struct World {
     pub tmp: tempfile::TempDir,
     pub root: PathBuf,
+    /// Extra environment for every command (and so for the daemon they spawn).
+    pub env: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl World {
@@ -42,11 +44,12 @@ impl World {
         let root = tmp.path().join("proj");
         fs::create_dir_all(root.join("src")).unwrap();
         fs::write(root.join("src/schema.ts"), "export const x = 1;\n").unwrap();
+        fs::write(root.join("drizzle.config.ts"), "export default {};\n").unwrap();
         let root = fs::canonicalize(root).unwrap();
         let run = tmp.path().join("xdg/run");
         fs::create_dir_all(&run).unwrap();
         fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-        World { tmp, root }
+        World { tmp, root, env: Default::default() }
     }
 
     pub fn xdg(&self, which: &str) -> PathBuf {
@@ -109,7 +112,11 @@ impl World {
             // No test talks to the desktop of whoever runs it; the notification test brings its own bus.
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env_remove("DREAMERD_CONFIG")
+            .env_remove("DREAMERD_EVENT_QUEUE")
             .env_remove("DREAMERD_LOG");
+        for (k, v) in self.env.borrow().iter() {
+            c.env(k, v);
+        }
         c
     }
 
@@ -142,6 +149,10 @@ impl World {
 }
 
 impl World {
+    pub fn set_env(&self, key: &str, value: &str) {
+        self.env.borrow_mut().push((key.into(), value.into()));
+    }
+
     pub fn runtime(&self) -> PathBuf {
         self.xdg("run").join("dreamerd")
     }
@@ -166,7 +177,11 @@ impl World {
     pub fn wait_for(&self, what: &str, mut check: impl FnMut() -> bool) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while !check() {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}\nlog:\n{}", self.daemon_log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}\nlog:\n{}",
+                self.daemon_log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
@@ -180,8 +195,13 @@ impl World {
 
 pub fn alive(pid: i32) -> bool {
     // Signal 0 only checks; a zombie still counts as gone once reaped by init.
-    std::process::Command::new("kill").args(["-0", &pid.to_string()]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success())
-        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+    std::process::Command::new("kill")
+        .args(["-0", &pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+        && !fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
 }
 
 impl Drop for World {
@@ -198,6 +218,23 @@ impl Drop for World {
             }
         }
     }
+}
+
+/// A generate stand-in that writes one new migration per run, like drizzle-kit does.
+pub const GENERATE: &str = r#"
+mkdir -p drizzle/meta
+n=$(ls drizzle/*.sql 2>/dev/null | wc -l)
+printf 'CREATE TABLE t%s (id integer);' "$n" > "drizzle/000${n}_step.sql"
+printf '{"version":"7","entries":[]}' > drizzle/meta/_journal.json
+printf '{"id":"%s"}' "$n" > "drizzle/meta/000${n}_snapshot.json"
+echo "[ok] wrote migration $n"
+"#;
+pub const MIGRATE_OK: &str = "echo migrated\n";
+
+pub fn stand_in_world() -> World {
+    let w = World::empty();
+    w.stand_ins(GENERATE, MIGRATE_OK);
+    w
 }
 
 /// Every regular file under `dir`, with its bytes (symlinks are listed with their target).

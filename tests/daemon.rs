@@ -1,0 +1,487 @@
+//! The real daemon on throwaway XDG directories, over its real socket.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::support::{GENERATE, World, alive, stand_in_world};
+
+fn violations(w: &World) -> Value {
+    w.status()["violations"].clone()
+}
+
+fn wait_violations(w: &World, expected: Value) {
+    w.wait_for(&format!("status violations {expected}"), || violations(w) == expected);
+}
+
+fn restore(w: &World) {
+    let (code, v) = w.json("dreamer", &["database", "restore"]);
+    assert_eq!(code, 0, "{v}");
+}
+
+#[test]
+fn each_violation_kind_shows_in_status_and_clears_after_restore() {
+    let w = stand_in_world();
+    w.push_ok(); // spawns the daemon, which watches the project from then on
+    assert_eq!(w.status()["state"], "clean");
+    assert_eq!(w.status()["watch"]["watched"], true);
+    let cases: Vec<(Box<dyn Fn()>, Value)> = vec![
+        (
+            Box::new(|| w.write("drizzle/meta/_journal.json", "{}")),
+            json!([{"kind": "modified", "path": "meta/_journal.json"}]),
+        ),
+        (
+            Box::new(|| fs::remove_file(w.path("drizzle/0000_step.sql")).unwrap()),
+            json!([{"kind": "deleted", "path": "0000_step.sql"}]),
+        ),
+        (
+            Box::new(|| w.write("drizzle/meta/extra.json", "{}")),
+            json!([{"kind": "created", "path": "meta/extra.json"}]),
+        ),
+        (
+            Box::new(|| {
+                fs::rename(w.path("drizzle/0000_step.sql"), w.path("drizzle/0000_moved.sql")).unwrap()
+            }),
+            json!([{"kind": "renamed", "path": "0000_moved.sql", "from": "0000_step.sql"}]),
+        ),
+    ];
+    for (change, expected) in cases {
+        change();
+        wait_violations(&w, expected);
+        assert_eq!(w.status()["state"], "violated");
+        let (code, _) = w.json("dreamerd", &["status"]);
+        assert_eq!(code, 1, "status exits 1 while violated");
+        restore(&w);
+        wait_violations(&w, json!([]));
+        assert_eq!(w.status()["state"], "clean");
+    }
+    let log = w.daemon_log();
+    assert!(
+        log.contains("WARN") && log.contains("kind=modified") && log.contains("path=meta/_journal.json"),
+        "{log}"
+    );
+    assert!(
+        log.contains("kind=renamed")
+            && log.contains("path=0000_moved.sql")
+            && log.contains("from=0000_step.sql")
+    );
+    assert!(log.contains("violation cleared"));
+    // The daemon's own restores were never reported as violations: one warning per hand change.
+    assert_eq!(log.matches("drizzle/ changed by hand").count(), 4, "{log}");
+
+    let run = w.run("dreamerd", &["events", "--json"]);
+    let kinds: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "violation").count(), 4, "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| *k == "cleared").count(), 4, "{kinds:?}");
+    assert!(kinds.contains(&"push".to_string()) && kinds.contains(&"restore".to_string()));
+}
+
+#[test]
+fn atomic_schema_save_and_recreated_drizzle_are_seen() {
+    let w = stand_in_world();
+    w.push_ok();
+    assert_eq!(w.status()["schema_pending"], false);
+    // An editor's atomic save: temp file, then rename over src/schema.ts.
+    w.write("src/.schema.ts.swp", "export const x = 2;\n");
+    fs::rename(w.path("src/.schema.ts.swp"), w.path("src/schema.ts")).unwrap();
+    w.wait_for("schema_pending", || w.status()["schema_pending"] == true);
+
+    let pushed = w.tree("drizzle");
+    fs::remove_dir_all(w.path("drizzle")).unwrap();
+    w.wait_for("drizzle/ deleted", || violations(&w).as_array().unwrap().len() == pushed.len());
+    // Re-created by hand with the same content: clean again, and its new watch works.
+    for (path, body) in &pushed {
+        let p = w.path(&format!("drizzle/{path}"));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, body).unwrap();
+    }
+    wait_violations(&w, json!([]));
+    w.write("drizzle/meta/_journal.json", "edited in the new folder");
+    wait_violations(&w, json!([{"kind": "modified", "path": "meta/_journal.json"}]));
+
+    // src/ deleted and re-created is seen too.
+    fs::remove_dir_all(w.path("src")).unwrap();
+    w.wait_for("schema gone", || w.status()["schema_pending"] == true);
+    w.write("src/schema.ts", "export const x = 1;\n");
+    w.write("src/schema.ts", "export const x = 3;\n");
+    w.wait_for("schema back", || w.status()["schema_pending"] == true);
+}
+
+/// A private session bus with python-dbusmock's notification daemon logging every Notify call.
+struct Bus {
+    daemon: std::process::Child,
+    mock: std::process::Child,
+    address: String,
+    log: std::path::PathBuf,
+}
+
+impl Bus {
+    fn start(dir: &std::path::Path) -> Bus {
+        let socket = dir.join("bus");
+        let mut daemon = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .arg(format!("--address=unix:path={}", socket.display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon is installed by scripts/test");
+        let mut address = String::new();
+        BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut address).unwrap();
+        let address = address.trim().to_string();
+        let log = dir.join("notifications.log");
+        let mock = Command::new("/usr/bin/python3")
+            .args(["-m", "dbusmock", "--session", "-t", "notification_daemon", "-l"])
+            .arg(&log)
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3-dbusmock is installed by scripts/test");
+        let bus = Bus { daemon, mock, address, log };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let out = Command::new("dbus-send")
+                .args([
+                    "--session",
+                    "--print-reply",
+                    "--dest=org.freedesktop.DBus",
+                    "/",
+                    "org.freedesktop.DBus.NameHasOwner",
+                    "string:org.freedesktop.Notifications",
+                ])
+                .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains("boolean true") {
+                return bus;
+            }
+            assert!(std::time::Instant::now() < deadline, "the mock notification daemon did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Each Notify call as logged (its body spans several lines).
+    fn notifications(&self) -> Vec<String> {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        log.split(" Notify ").skip(1).map(String::from).collect()
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.mock.kill();
+        let _ = self.daemon.kill();
+        let _ = self.mock.wait();
+        let _ = self.daemon.wait();
+    }
+}
+
+#[test]
+fn desktop_notification_over_a_real_session_bus() {
+    let w = stand_in_world();
+    let bus = Bus::start(w.tmp.path());
+    w.set_env("DBUS_SESSION_BUS_ADDRESS", &bus.address);
+    w.push_ok();
+    w.write("drizzle/0000_step.sql", "-- edited by an agent");
+    w.wait_for("a notification", || !bus.notifications().is_empty());
+    let n = bus.notifications();
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert!(n[0].contains("proj"), "names the project: {n:?}");
+    assert!(n[0].contains("0000_step.sql"), "names the file: {n:?}");
+    assert!(n[0].contains("dreamer database restore"), "says what to do: {n:?}");
+    restore(&w);
+    wait_violations(&w, json!([]));
+
+    // A burst of 50 files is coalesced, not one notification per file.
+    for i in 0..50 {
+        w.write(&format!("drizzle/burst_{i:02}.sql"), "x");
+    }
+    w.wait_for("the burst", || violations(&w).as_array().unwrap().len() == 50);
+    w.wait_for("its notification", || bus.notifications().len() >= 2);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let burst = bus.notifications().len() - 1;
+    assert!(burst < 5, "50 changed files gave {burst} notifications");
+    assert!(bus.notifications()[1].contains("more"), "{:?}", bus.notifications());
+}
+
+#[test]
+fn without_any_bus_the_daemon_keeps_working() {
+    let w = stand_in_world();
+    w.set_env("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/bus");
+    w.push_ok();
+    w.write("drizzle/0000_step.sql", "edit 1");
+    wait_violations(&w, json!([{"kind": "modified", "path": "0000_step.sql"}]));
+    restore(&w);
+    w.write("drizzle/meta/_journal.json", "edit 2");
+    wait_violations(&w, json!([{"kind": "modified", "path": "meta/_journal.json"}]));
+    let log = w.daemon_log();
+    assert_eq!(log.matches("desktop notifications are unavailable").count(), 1, "logged once: {log}");
+
+    // And with notify.desktop = false nothing is even tried.
+    let quiet = stand_in_world();
+    quiet.config(
+        &(fs::read_to_string(quiet.xdg("config").join("dreamerd/config.toml")).unwrap()
+            + "[notify]\ndesktop = false\n"),
+    );
+    quiet.push_ok();
+    quiet.write("drizzle/0000_step.sql", "edit");
+    wait_violations(&quiet, json!([{"kind": "modified", "path": "0000_step.sql"}]));
+    assert!(!quiet.daemon_log().contains("desktop notifications are unavailable"));
+}
+
+/// Sends raw bytes on the socket after reading the hello; returns what the daemon answered.
+fn raw(w: &World, payload: &[u8]) -> String {
+    let mut s = UnixStream::connect(w.socket()).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut hello = String::new();
+    reader.read_line(&mut hello).unwrap();
+    assert!(hello.contains("\"hello\""), "{hello}");
+    let _ = s.write_all(payload); // the daemon may close early on a huge line
+    let mut reply = String::new();
+    let _ = reader.read_to_string(&mut reply);
+    reply
+}
+
+#[test]
+fn socket_permissions_and_hostile_clients() {
+    let w = stand_in_world();
+    let (code, _) = w.json("dreamerd", &["status", "--all"]);
+    assert_eq!(code, 0);
+    let dir_mode = fs::metadata(w.runtime()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    let sock_mode = fs::metadata(w.socket()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(sock_mode, 0o600);
+
+    let garbage = raw(&w, b"this is not json\n");
+    let v: Value = serde_json::from_str(garbage.trim()).unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["exit"], 2);
+    assert!(v["error"].as_str().unwrap().contains("malformed request"));
+
+    let unknown = raw(&w, b"{\"protocol\":1,\"cmd\":\"format-disk\"}\n");
+    assert!(unknown.contains("malformed request"), "{unknown}");
+    let other_protocol = raw(&w, b"{\"protocol\":99,\"cmd\":\"stop\"}\n");
+    assert!(other_protocol.contains("protocol 99"), "{other_protocol}");
+
+    let huge = vec![b'x'; 8 << 20];
+    let reply = raw(&w, &huge);
+    assert!(reply.is_empty() || reply.contains("larger than"), "{reply}");
+
+    // Abrupt disconnects: before the hello is read, and in the middle of a request.
+    drop(UnixStream::connect(w.socket()).unwrap());
+    let mut s = UnixStream::connect(w.socket()).unwrap();
+    s.write_all(b"{\"protocol\":1,\"cmd\":\"sta").unwrap();
+    drop(s);
+
+    let (code, v) = w.json("dreamerd", &["status", "--all"]);
+    assert_eq!(code, 0, "the daemon still answers: {v}");
+    assert_eq!(v["daemon"]["protocol"], 1);
+    assert!(v["daemon"]["version"].is_string());
+}
+
+#[test]
+fn runtime_directory_writable_by_others_is_refused() {
+    let w = stand_in_world();
+    fs::create_dir_all(w.runtime()).unwrap();
+    fs::set_permissions(w.runtime(), fs::Permissions::from_mode(0o777)).unwrap();
+    let run = w.run("dreamerd", &["status", "--all"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("can be written by other users"), "{}", run.stderr);
+    assert!(!w.socket().exists());
+    if rustix_euid() == 0 {
+        fs::set_permissions(w.runtime(), fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(w.runtime(), Some(65534), Some(65534)).unwrap();
+        let run = w.run("dreamerd", &["status", "--all"]);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(run.stderr.contains("not to you"), "{}", run.stderr);
+    }
+}
+
+fn rustix_euid() -> u32 {
+    // SAFETY-free: read our uid from /proc.
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn lifecycle_spawn_no_spawn_second_daemon_and_stale_socket() {
+    let w = stand_in_world();
+    let run = w.run("dreamerd", &["status", "--all", "--no-spawn"]);
+    assert_eq!(run.code, 3, "{run:?}");
+    assert!(w.daemon_pid().is_none(), "--no-spawn started nothing");
+    let run = w.run("dreamer", &["push", "--no-spawn"]);
+    assert_eq!(run.code, 3);
+
+    // Auto-spawn from cold.
+    let (code, _) = w.json("dreamerd", &["status", "--all"]);
+    assert_eq!(code, 0);
+    let first = w.daemon_pid().expect("a daemon was started");
+
+    // A second daemon is refused while the first runs.
+    let run = w.run("dreamerd", &["daemon"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("already running"), "{}", run.stderr);
+    assert_eq!(w.daemon_pid(), Some(first));
+
+    // kill -9 leaves the socket behind; the next command reclaims it with a new daemon.
+    Command::new("kill").args(["-KILL", &first.to_string()]).status().unwrap();
+    w.wait_for("the daemon to die", || !alive(first));
+    assert!(w.socket().exists());
+    let (code, _) = w.json("dreamerd", &["status", "--all"]);
+    assert_eq!(code, 0);
+    let second = w.daemon_pid().unwrap();
+    assert_ne!(first, second);
+    assert!(w.daemon_log().contains("removing the stale socket"));
+
+    // Clean stop removes the socket and the pid file.
+    let run = w.run("dreamerd", &["stop"]);
+    assert_eq!(run.code, 0);
+    assert!(!w.socket().exists());
+    w.wait_for("the daemon to exit", || !alive(second));
+    let run = w.run("dreamerd", &["stop"]);
+    assert_eq!(run.code, 0, "stopping no daemon is fine");
+    assert!(run.stdout.contains("no daemon"));
+
+    // SIGTERM is a clean shutdown too.
+    w.json("dreamerd", &["status", "--all"]);
+    let third = w.daemon_pid().unwrap();
+    Command::new("kill").args(["-TERM", &third.to_string()]).status().unwrap();
+    w.wait_for("SIGTERM shutdown", || !alive(third));
+    assert!(!w.socket().exists());
+}
+
+#[test]
+fn two_concurrent_pushes_one_runs_the_other_is_told_busy() {
+    let w = stand_in_world();
+    w.write("gen.sh", &format!("touch started\nwhile [ ! -f release ]; do sleep 0.05; done\n{GENERATE}"));
+    let first =
+        w.cmd("dreamer", &["push", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    w.wait_for("the first push to run generate", || w.path("started").exists());
+    let (code, v) = w.json("dreamer", &["push"]);
+    assert_eq!(code, 1);
+    assert!(v["error"].as_str().unwrap().contains("busy"), "{v}");
+    let (code, v) = w.json("dreamer", &["database", "restore"]);
+    assert_eq!(code, 1, "restore is refused too while a push runs: {v}");
+    let (_, status) = w.json("dreamerd", &["check"]);
+    assert_eq!(status["state"], "busy");
+    fs::write(w.path("release"), "").unwrap();
+    let out = first.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "the first push ran to its end: {v}");
+    assert_eq!(w.tree("drizzle").len(), 3);
+    wait_violations(&w, json!([]));
+}
+
+#[test]
+fn a_burst_of_thousands_of_changes_ends_with_the_right_status() {
+    let w = stand_in_world();
+    w.push_ok();
+    for i in 0..3000 {
+        w.write(&format!("drizzle/burst/{i:04}.sql"), "x");
+    }
+    w.wait_for("3000 created", || violations(&w).as_array().unwrap().len() == 3000);
+    restore(&w);
+    wait_violations(&w, json!([]));
+    assert!(!w.path("drizzle/burst").exists());
+}
+
+#[test]
+fn an_overflow_forced_with_a_small_queue_rescans_and_shows_in_status() {
+    let w = stand_in_world();
+    w.set_env("DREAMERD_EVENT_QUEUE", "4");
+    w.push_ok();
+    for i in 0..2000 {
+        w.write(&format!("drizzle/flood_{i:04}.sql"), "x");
+    }
+    fs::remove_file(w.path("drizzle/0000_step.sql")).unwrap();
+    w.wait_for("the flood", || violations(&w).as_array().unwrap().len() == 2001);
+    let status = w.status();
+    assert!(status["watch"]["overflows"].as_u64().unwrap() > 0, "{}", status["watch"]);
+    assert!(w.daemon_log().contains("file events were lost"));
+    restore(&w);
+    wait_violations(&w, json!([]));
+}
+
+#[test]
+fn watch_list_survives_restarts_and_unwatch_removes() {
+    let w = stand_in_world();
+    let other = World::empty();
+    let other_root = other.root.to_str().unwrap().to_string();
+    w.push_ok();
+    let (code, v) = w.json("dreamerd", &["watch", &other_root]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["project"]["state"], "no-baseline");
+    let roots = |w: &World| -> Vec<String> {
+        let (_, v) = w.json("dreamerd", &["status", "--all"]);
+        v["projects"].as_array().unwrap().iter().map(|p| p["root"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(roots(&w).len(), 2);
+    w.run("dreamerd", &["stop"]);
+    let after = roots(&w); // spawns a new daemon
+    assert!(
+        after.contains(&other_root) && after.contains(&w.root.to_str().unwrap().to_string()),
+        "{after:?}"
+    );
+    w.write("drizzle/0000_step.sql", "edited after the restart");
+    wait_violations(&w, json!([{"kind": "modified", "path": "0000_step.sql"}]));
+
+    let (code, v) = w.json("dreamerd", &["unwatch", &other_root]);
+    assert_eq!(code, 0);
+    assert_eq!(v["was_watched"], true);
+    assert_eq!(roots(&w), vec![w.root.to_str().unwrap().to_string()]);
+    let nowhere = w.tmp.path().join("nowhere");
+    fs::create_dir_all(&nowhere).unwrap();
+    let run = w.run("dreamerd", &["watch", nowhere.to_str().unwrap()]);
+    assert_eq!(run.code, 2);
+}
+
+#[test]
+fn on_violation_restore_puts_drizzle_back_by_itself() {
+    let w = stand_in_world();
+    let cfg = fs::read_to_string(w.xdg("config").join("dreamerd/config.toml")).unwrap();
+    w.config(&(cfg + "[watch]\non_violation = \"restore\"\n"));
+    w.push_ok();
+    let pushed = w.tree("drizzle");
+    w.write("drizzle/0000_step.sql", "-- an agent's edit");
+    w.wait_for("the automatic restore", || w.tree("drizzle") == pushed);
+    w.wait_for("the restore event", || {
+        let run = w.run("dreamerd", &["events", "--json"]);
+        run.stdout.lines().any(|l| l.contains("\"automatic\":true") && l.contains("\"ok\":true"))
+    });
+    let kept = crate::support::tree_of(&w.state().join("quarantine"));
+    assert!(kept.values().any(|v| v == b"-- an agent's edit"), "the edit is kept in quarantine");
+    assert!(w.daemon_log().contains("restored automatically"));
+}
+
+#[test]
+fn events_follow_streams_live() {
+    let w = stand_in_world();
+    w.push_ok();
+    let mut follow =
+        w.cmd("dreamerd", &["events", "--follow", "--json"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    // The backlog comes first: the push.
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "push");
+    w.write("drizzle/meta/_journal.json", "live edit");
+    let violation = lines
+        .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+        .find(|e| e["type"] == "violation")
+        .unwrap();
+    assert_eq!(violation["violations"], json!([{"kind": "modified", "path": "meta/_journal.json"}]));
+    assert_eq!(violation["root"], json!(w.root));
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}
