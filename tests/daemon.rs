@@ -485,3 +485,61 @@ fn events_follow_streams_live() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 }
+
+#[test]
+fn a_daemon_of_another_protocol_is_stopped_and_replaced() {
+    let w = stand_in_world();
+    fs::create_dir_all(w.runtime()).unwrap();
+    fs::set_permissions(w.runtime(), fs::Permissions::from_mode(0o700)).unwrap();
+    // An old daemon: speaks protocol 0, and stops when asked.
+    let listener = std::os::unix::net::UnixListener::bind(w.socket()).unwrap();
+    let socket = w.socket();
+    let old = std::thread::spawn(move || {
+        let mut asked_to_stop = false;
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            conn.write_all(b"{\"type\":\"hello\",\"daemon_version\":\"0.0.1\",\"protocol\":0,\"pid\":1}\n")
+                .unwrap();
+            let mut line = String::new();
+            let _ = BufReader::new(conn.try_clone().unwrap()).read_line(&mut line);
+            if line.contains("\"stop\"") {
+                let _ = conn.write_all(b"{\"type\":\"result\",\"exit\":0,\"data\":{}}\n");
+                asked_to_stop = true;
+                break;
+            }
+        }
+        fs::remove_file(socket).unwrap();
+        asked_to_stop
+    });
+    let (code, v) = w.json("dreamerd", &["status", "--all"]);
+    assert!(old.join().unwrap(), "the CLI asked the old daemon to stop");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["daemon"]["protocol"], 1, "a new daemon answered");
+    assert!(w.daemon_pid().is_some());
+}
+
+#[test]
+fn sigterm_during_a_push_lets_it_finish_first() {
+    let w = stand_in_world();
+    w.write("gen.sh", &format!("touch started\nwhile [ ! -f release ]; do sleep 0.05; done\n{GENERATE}"));
+    let push =
+        w.cmd("dreamer", &["push", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    w.wait_for("generate to start", || w.path("started").exists());
+    let pid = w.daemon_pid().unwrap();
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    w.wait_for("the daemon to log the shutdown", || {
+        w.daemon_log().contains("waiting for running operations")
+    });
+    assert!(alive(pid), "the daemon waits for the push");
+    let run = w.run("dreamer", &["push", "--no-spawn"]);
+    assert_ne!(run.code, 0, "no new operation is taken while stopping");
+    fs::write(w.path("release"), "").unwrap();
+    let out = push.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    w.wait_for("the daemon to exit", || !alive(pid));
+    assert!(!w.socket().exists());
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "the push was recorded: {v}");
+    assert_eq!(v["state"], "clean");
+}

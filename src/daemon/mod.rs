@@ -203,10 +203,22 @@ async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
         }
     }
     daemon.stopping.store(true, Ordering::SeqCst);
-    // A running push or restore finishes or rolls back by itself; it is never cut in the middle.
-    while daemon.ops_in_flight.load(Ordering::SeqCst) > 0 {
+    // A running push or restore finishes or rolls back by itself; it is never cut in the middle. Meanwhile the
+    // socket still answers (new operations are refused as the daemon is stopping), so no client hangs.
+    loop {
+        let done = daemon.ops_done.notified();
+        if daemon.ops_in_flight.load(Ordering::SeqCst) == 0 {
+            break;
+        }
         tracing::info!("waiting for running operations to finish");
-        daemon.ops_done.notified().await;
+        tokio::select! {
+            () = done => {}
+            conn = listener.accept() => {
+                if let Ok(conn) = conn {
+                    tokio::spawn(daemon.clone().handle(conn));
+                }
+            }
+        }
     }
     drop(listener); // removes the socket file
     drop(pid_lock);
