@@ -18,6 +18,14 @@ pub struct Config {
     pub store: StoreConfig,
     pub notify: NotifyConfig,
     pub watch: WatchConfig,
+    pub database: DatabaseConfig,
+}
+
+/// `[database]`: the SQLite database drizzle-kit migrates (read only, for drift checks and diagnosis).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    pub url: Option<String>,
 }
 
 /// `[push]`: how drizzle-kit is run.

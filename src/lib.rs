@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dirs;
+pub mod drizzle;
 pub mod engine;
 pub mod error;
 pub mod fsutil;

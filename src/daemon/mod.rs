@@ -81,6 +81,8 @@ pub(crate) struct Daemon {
     stopping: AtomicBool,
     ops_in_flight: AtomicU64,
     ops_done: Notify,
+    /// Open client connections, so shutdown delivers the last answers before the process exits.
+    connections: AtomicU64,
     /// Wakes the scheduler: a project needs a rescan now, or events were lost.
     rescan_tx: mpsc::UnboundedSender<Wake>,
 }
@@ -173,6 +175,7 @@ async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
         stopping: AtomicBool::new(false),
         ops_in_flight: AtomicU64::new(0),
         ops_done: Notify::new(),
+        connections: AtomicU64::new(0),
         rescan_tx,
     });
     daemon.start_watcher(fs_tx)?;
@@ -219,6 +222,11 @@ async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
                 }
             }
         }
+    }
+    // Let the handlers deliver their final answers (a streaming `events --follow` ends itself on shutdown).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while daemon.connections.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     drop(listener); // removes the socket file
     drop(pid_lock);

@@ -37,6 +37,12 @@ fn error_reply(e: &Error) -> Reply {
 
 impl Daemon {
     pub(super) async fn handle(self: Arc<Self>, conn: LocalStream) {
+        self.connections.fetch_add(1, Ordering::SeqCst);
+        self.clone().serve_connection(conn).await;
+        self.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    async fn serve_connection(self: Arc<Self>, conn: LocalStream) {
         let me = rustix::process::geteuid().as_raw();
         match conn.peer_creds().map(|c| c.euid()) {
             Ok(Some(uid)) if uid == me => {}

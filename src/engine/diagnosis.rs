@@ -161,8 +161,10 @@ pub fn classify_database_error(text: &str) -> Option<Diagnosis> {
             return Some(Diagnosis::new(
                 "out-of-sync",
                 format!("drizzle/ and the database disagree: {line}"),
-                "drizzle/ no longer matches what the database has applied: run `dreamer database restore` to \
-                 put drizzle/ back to the last successful push, then `dreamer push` again",
+                "drizzle/ no longer matches what the database has: if drizzle/ was changed, run `dreamer database \
+                 restore` to put it back to the last successful push; if the database was changed outside dreamerd \
+                 (drizzle-kit push, hand-run SQL), undo that change or reset your development database; then \
+                 `dreamer push` again",
             ));
         }
     }

@@ -12,6 +12,7 @@ use super::runner::{self, RunOutput};
 use super::swap::Journal;
 use super::{Engine, Sink, compact_timestamp, host_name, rfc3339, shown_paths};
 use crate::archive::{self, Packed};
+use crate::drizzle::{Drift, database};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::manifest::{self, Tree};
@@ -96,6 +97,18 @@ impl Engine {
                 ));
             }
         }
+        let drift: Vec<Drift> = database::check(&project.root, self.config.database.url.as_deref())
+            .into_iter()
+            .filter(Drift::blocks_push)
+            .collect();
+        if let Some(first) = drift.first() {
+            let all: Vec<String> = drift.iter().map(|d| format!("[{}] {}", d.code, d.message)).collect();
+            return Ok(precheck_failure(
+                &first.code,
+                format!("drizzle/ and the database disagree: {}", all.join("; ")),
+                first.hint(),
+            ));
+        }
         let before = match archive::pack(&drizzle, &tree) {
             Ok(p) => p,
             Err(e) => {
@@ -146,7 +159,9 @@ impl Engine {
         let migrated = runner::run(&self.config.push.migrate, &project.root, timeout, sink);
         let verdict = match &migrated {
             Err(e) => Some(diagnosis::spawn_failed("migrate", e)),
-            Ok(out) => diagnosis::judge_migrate(out, secs),
+            Ok(out) => {
+                diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
+            }
         };
         if let Ok(out) = migrated {
             logs.push(("migrate", out));
@@ -215,6 +230,61 @@ impl Engine {
         })
     }
 
+    /// `drizzle-kit migrate` fails without a word: replay its pending migrations on an in-memory copy of the
+    /// database to find the statement that fails and SQLite's message.
+    fn explain_migrate(&self, project: &Project, generic: Diagnosis) -> Diagnosis {
+        if generic.code != "unknown" {
+            return generic;
+        }
+        let db = match database::locate(&project.root, self.config.database.url.as_deref()) {
+            Ok(db) => db,
+            Err(why) => {
+                return Diagnosis {
+                    message: format!("{}; dreamerd cannot find the database: {why}", generic.message),
+                    ..generic
+                };
+            }
+        };
+        match database::replay(&project.drizzle(), &db) {
+            Ok(Some(failure)) => {
+                let statement: String = failure.statement.split_whitespace().collect::<Vec<_>>().join(" ");
+                let statement = if statement.chars().count() > 160 {
+                    format!("{}…", statement.chars().take(160).collect::<String>())
+                } else {
+                    statement
+                };
+                let quoted = format!("{} (in {}: {statement})", failure.error, failure.migration);
+                match diagnosis::classify_database_error(&failure.error) {
+                    Some(d) => Diagnosis {
+                        message: format!("{}: {quoted}", d.message.split(':').next().unwrap_or(&d.message)),
+                        ..d
+                    },
+                    None => Diagnosis::new(
+                        "unknown",
+                        format!("migrate failed: {quoted}"),
+                        "fix src/schema.ts (or the data the migration trips on), then `dreamer push` again; drizzle-kit's \
+                         full output is in the quarantine folder",
+                    ),
+                }
+            }
+            Ok(None) => Diagnosis {
+                message: format!(
+                    "{}; replaying the migrations on a copy of the database succeeded, so the cause is \
+                                  outside the SQL (see migrate.log in the quarantine folder)",
+                    generic.message
+                ),
+                ..generic
+            },
+            Err(why) => Diagnosis {
+                message: format!(
+                    "{}; dreamerd cannot open the database to find the real error: {why}",
+                    generic.message
+                ),
+                ..generic
+            },
+        }
+    }
+
     /// Archives drizzle/ and stores it as the new latest push (unless nothing changed).
     fn back_up(
         &self,
@@ -244,6 +314,7 @@ impl Engine {
             id: format!("{}-{}", compact_timestamp(now), &suffix[..8]),
             project_id: project_id.to_string(),
             at: rfc3339(now),
+            at_ms: now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
             files: packed.files.clone(),
             schema_blake3: schema,
             archive_blake3: packed.blake3.clone(),

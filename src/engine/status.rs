@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::Engine;
+use crate::drizzle::{Drift, database};
 use crate::error::{IoContext, Result};
 use crate::manifest::{self, Violation};
 use crate::project::Project;
@@ -35,8 +36,8 @@ pub struct ProjectStatus {
     pub violations: Vec<Violation>,
     pub schema_pending: bool,
     pub last_push: Option<LastPush>,
-    /// Disagreements between the database and drizzle/ (filled by the drift check).
-    pub drift: Vec<serde_json::Value>,
+    /// Journal faults and disagreements between the database and drizzle/.
+    pub drift: Vec<Drift>,
 }
 
 impl ProjectStatus {
@@ -66,6 +67,7 @@ impl Engine {
             status.schema_pending = false;
             return Ok(status);
         }
+        status.drift = database::check(&project.root, self.config.database.url.as_deref());
         if let Some(base) = baseline {
             let drizzle = project.drizzle();
             let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;

@@ -38,6 +38,9 @@ pub struct PushRecord {
     pub project_id: String,
     /// RFC 3339, UTC, seconds.
     pub at: String,
+    /// Milliseconds since the epoch: orders pushes made within one second.
+    #[serde(default)]
+    pub at_ms: u64,
     pub files: Vec<FileEntry>,
     /// blake3 of `src/schema.ts` as the push saw it; `None` if it had none.
     pub schema_blake3: Option<String>,
@@ -161,7 +164,7 @@ impl Store {
                 records.push(record);
             }
         }
-        records.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| b.id.cmp(&a.id)));
+        records.sort_by(|a, b| b.at.cmp(&a.at).then(b.at_ms.cmp(&a.at_ms)).then_with(|| b.id.cmp(&a.id)));
         Ok(records)
     }
 }
@@ -188,6 +191,7 @@ mod tests {
             id: id.into(),
             project_id: "p1".into(),
             at: at.into(),
+            at_ms: 0,
             files: vec![],
             schema_blake3: None,
             archive_blake3: blake3::hash(archive).to_hex().to_string(),

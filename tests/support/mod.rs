@@ -225,8 +225,16 @@ pub const GENERATE: &str = r#"
 mkdir -p drizzle/meta
 n=$(ls drizzle/*.sql 2>/dev/null | wc -l)
 printf 'CREATE TABLE t%s (id integer);' "$n" > "drizzle/000${n}_step.sql"
-printf '{"version":"7","entries":[]}' > drizzle/meta/_journal.json
-printf '{"id":"%s"}' "$n" > "drizzle/meta/000${n}_snapshot.json"
+entries=""
+i=0
+while [ $i -le $n ]; do
+  [ -n "$entries" ] && entries="$entries,"
+  entries="$entries{\"idx\":$i,\"version\":\"6\",\"when\":$((1700000000000 + i)),\"tag\":\"000${i}_step\",\"breakpoints\":true}"
+  i=$((i + 1))
+done
+printf '{"version":"7","dialect":"sqlite","entries":[%s]}' "$entries" > drizzle/meta/_journal.json
+if [ "$n" -eq 0 ]; then prev=00000000-0000-0000-0000-000000000000; else prev="snap-$((n - 1))"; fi
+printf '{"id":"snap-%s","prevId":"%s"}' "$n" "$prev" > "drizzle/meta/000${n}_snapshot.json"
 echo "[ok] wrote migration $n"
 "#;
 pub const MIGRATE_OK: &str = "echo migrated\n";

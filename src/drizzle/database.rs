@@ -1,0 +1,316 @@
+//! The SQLite database drizzle-kit migrates: where it is, what `__drizzle_migrations` says was applied, and a
+//! replay of pending migrations on an in-memory copy to find the error `drizzle-kit migrate` swallows.
+//! dreamerd only ever reads the database.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+use sha2::{Digest, Sha256};
+
+use super::Drift;
+use super::journal::{self, Entry};
+
+/// How long a read waits for a writer's lock before giving up; reads never hold the lock longer than a SELECT.
+const BUSY_TIMEOUT: Duration = Duration::from_millis(2000);
+
+const CONFIG_FILES: &[&str] = &[
+    "drizzle.config.ts",
+    "drizzle.config.js",
+    "drizzle.config.mjs",
+    "drizzle.config.cjs",
+    "drizzle.config.json",
+];
+
+/// The database file: `configured` (the `database.url` key) if set, else the `dbCredentials.url` that
+/// drizzle.config.* declares. Paths and `file:` URLs are taken relative to the project root.
+pub fn locate(root: &Path, configured: Option<&str>) -> Result<PathBuf, String> {
+    if let Some(url) = configured {
+        return from_url(root, url);
+    }
+    for name in CONFIG_FILES {
+        let Ok(text) = fs::read_to_string(root.join(name)) else { continue };
+        let url = if name.ends_with(".json") {
+            serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["dbCredentials"]["url"].as_str().map(String::from))
+        } else {
+            url_literal(&text)
+        };
+        return match url {
+            Some(url) => from_url(root, &url),
+            None => Err(format!(
+                "{name} declares no literal dbCredentials.url; set database.url in the dreamerd configuration"
+            )),
+        };
+    }
+    Err("no drizzle.config.* found; set database.url in the dreamerd configuration".into())
+}
+
+/// The first quoted `url:` after `dbCredentials` in a config file's source.
+fn url_literal(text: &str) -> Option<String> {
+    let start = text.find("dbCredentials")?;
+    let mut rest = &text[start..];
+    loop {
+        let at = rest.find("url")?;
+        let after = rest[at + 3..].trim_start();
+        let before_ok = at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric();
+        if before_ok && let Some(value) = after.strip_prefix(':') {
+            let value = value.trim_start();
+            let quote = value.chars().next()?;
+            if !matches!(quote, '\'' | '"' | '`') {
+                return None; // an expression such as process.env.DATABASE_URL
+            }
+            let end = value[1..].find(quote)?;
+            return Some(value[1..1 + end].to_string());
+        }
+        rest = &rest[at + 3..];
+    }
+}
+
+fn from_url(root: &Path, url: &str) -> Result<PathBuf, String> {
+    let path = url.strip_prefix("file://").or_else(|| url.strip_prefix("file:")).unwrap_or(url);
+    if path.is_empty() || path == ":memory:" || path.contains("://") {
+        return Err(format!("{url:?} is not a local SQLite file, so dreamerd cannot read it"));
+    }
+    Ok(root.join(path))
+}
+
+/// One row of `__drizzle_migrations`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub hash: String,
+    pub created_at: i64,
+}
+
+fn open_read_only(path: &Path) -> Result<Connection, String> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| format!("cannot open {} read-only: {e}", path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// The applied migrations, or `None` when the database has no migrations table yet.
+fn applied_in(conn: &Connection) -> Result<Option<Vec<Applied>>, String> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '__drizzle_migrations'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(|e| format!("cannot read the database: {e}"))?;
+    if !exists {
+        return Ok(None);
+    }
+    let mut stmt = conn
+        .prepare("SELECT hash, created_at FROM __drizzle_migrations")
+        .map_err(|e| format!("cannot read __drizzle_migrations: {e}"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            let created_at = match r.get::<_, rusqlite::types::Value>(1)? {
+                rusqlite::types::Value::Integer(i) => i,
+                rusqlite::types::Value::Real(f) => f as i64,
+                rusqlite::types::Value::Text(t) => t.trim().parse().unwrap_or(-1),
+                _ => -1,
+            };
+            Ok(Applied { hash: r.get(0)?, created_at })
+        })
+        .map_err(|e| format!("cannot read __drizzle_migrations: {e}"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map(Some)
+        .map_err(|e| format!("cannot read __drizzle_migrations: {e}"))
+}
+
+/// What the database at `path` has applied; `Ok(None)` if it does not exist or has no migrations table.
+pub fn applied(path: &Path) -> Result<Option<Vec<Applied>>, String> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    applied_in(&open_read_only(path)?)
+}
+
+/// sha256 hex of a file's text, as drizzle's migrator stores it.
+pub fn sql_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Disagreements between the journal and what the database applied. The migrator matches nothing but
+/// `created_at` against `when`, so neither does this.
+pub fn drift(drizzle: &Path, entries: &[Entry], applied: &[Applied]) -> Vec<Drift> {
+    let mut out = Vec::new();
+    let newest = applied.iter().map(|a| a.created_at).max();
+    for row in applied {
+        match entries.iter().find(|e| e.when == row.created_at) {
+            None => out.push(Drift::new(
+                "migration-missing",
+                format!(
+                    "the database applied a migration (created_at {}, sha256 {}…) that drizzle/ does not have",
+                    row.created_at,
+                    &row.hash[..row.hash.len().min(12)]
+                ),
+                None,
+            )),
+            Some(e) => {
+                if let Ok(text) = fs::read(drizzle.join(format!("{}.sql", e.tag)))
+                    && sql_hash(&text) != row.hash
+                {
+                    out.push(Drift::new(
+                        "migration-edited",
+                        format!("{}.sql was changed after the database applied it", e.tag),
+                        Some(&e.tag),
+                    ));
+                }
+            }
+        }
+    }
+    for e in entries {
+        if applied.iter().any(|a| a.created_at == e.when) {
+            continue;
+        }
+        match newest {
+            Some(n) if e.when <= n => out.push(Drift::new(
+                "migration-skipped",
+                format!(
+                    "{} is not applied, and the migrator will never apply it: its when ({}) is not after the newest \
+                     applied migration ({n})",
+                    e.tag, e.when
+                ),
+                Some(&e.tag),
+            )),
+            _ => out.push(Drift::new("migration-pending", format!("{} is not applied to the database yet", e.tag), Some(&e.tag))),
+        }
+    }
+    out
+}
+
+/// Journal faults plus database drift for a project.
+pub fn check(root: &Path, configured: Option<&str>) -> Vec<Drift> {
+    let drizzle = root.join("drizzle");
+    let mut out = journal::faults(&drizzle);
+    let entries = match journal::read(&drizzle) {
+        Ok(Some(e)) => e,
+        Ok(None) => Vec::new(),
+        Err(_) => return out, // already reported as journal-unreadable
+    };
+    let Ok(db) = locate(root, configured) else { return out };
+    match applied(&db) {
+        Ok(Some(rows)) => out.extend(drift(&drizzle, &entries, &rows)),
+        Ok(None) if db.is_file() => out.extend(drift(&drizzle, &entries, &[])),
+        Ok(None) => {} // no database yet: the first migrate creates it
+        Err(why) => out.push(Drift::new("database-unreadable", why, None)),
+    }
+    out
+}
+
+/// Where a replay of the pending migrations failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayFailure {
+    pub migration: String,
+    pub statement: String,
+    pub error: String,
+}
+
+/// Replays the migrations `migrate` would apply on an in-memory copy of the database (taken with SQLite's backup
+/// API, so the file is only read), in one transaction that is thrown away. Returns the first failing statement.
+pub fn replay(drizzle: &Path, db: &Path) -> Result<Option<ReplayFailure>, String> {
+    let mut copy = Connection::open_in_memory().map_err(|e| e.to_string())?;
+    if db.is_file() {
+        let source = open_read_only(db)?;
+        let backup = rusqlite::backup::Backup::new(&source, &mut copy)
+            .map_err(|e| format!("cannot copy the database: {e}"))?;
+        backup
+            .run_to_completion(256, Duration::from_millis(10), None)
+            .map_err(|e| format!("cannot copy the database: {e}"))?;
+    }
+    let newest = applied_in(&copy)?.unwrap_or_default().iter().map(|a| a.created_at).max();
+    let entries = journal::read(drizzle)?.unwrap_or_default();
+    let tx = copy.transaction().map_err(|e| e.to_string())?;
+    for e in entries.iter().filter(|e| newest.is_none_or(|n| e.when > n)) {
+        let text = fs::read_to_string(drizzle.join(format!("{}.sql", e.tag)))
+            .map_err(|err| format!("cannot read {}.sql: {err}", e.tag))?;
+        for statement in text.split("--> statement-breakpoint").map(str::trim).filter(|s| !s.is_empty()) {
+            if let Err(err) = tx.execute_batch(statement) {
+                return Ok(Some(ReplayFailure {
+                    migration: e.tag.clone(),
+                    statement: statement.to_string(),
+                    error: err.to_string(),
+                }));
+            }
+        }
+    }
+    drop(tx); // rolled back
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_from_config_sources() {
+        let ts = "export default defineConfig({ dialect: 'sqlite', dbCredentials: { url: './local.db' } });";
+        assert_eq!(url_literal(ts).as_deref(), Some("./local.db"));
+        let ts = "export default { dbCredentials: {\n  url: \"file:data/app.db\",\n} }";
+        assert_eq!(url_literal(ts).as_deref(), Some("file:data/app.db"));
+        assert_eq!(url_literal("dbCredentials: { url: process.env.DB_URL }"), None);
+        let root = Path::new("/p");
+        assert_eq!(from_url(root, "file:data/app.db").unwrap(), Path::new("/p/data/app.db"));
+        assert_eq!(from_url(root, "/abs/x.db").unwrap(), Path::new("/abs/x.db"));
+        assert!(from_url(root, "libsql://remote.example").is_err());
+        assert!(from_url(root, ":memory:").is_err());
+    }
+
+    #[test]
+    fn drift_codes_against_a_real_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let drizzle = dir.path().join("drizzle");
+        fs::create_dir_all(&drizzle).unwrap();
+        fs::write(drizzle.join("0000_a.sql"), "CREATE TABLE a (id integer);").unwrap();
+        fs::write(drizzle.join("0001_b.sql"), "CREATE TABLE b (id integer);").unwrap();
+        let db = dir.path().join("local.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("CREATE TABLE __drizzle_migrations (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at numeric)").unwrap();
+        conn.execute(
+            "INSERT INTO __drizzle_migrations (hash, created_at) VALUES (?1, 10)",
+            [sql_hash(b"edited later")],
+        )
+        .unwrap();
+        conn.execute("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('x', 30)", []).unwrap();
+        let entries = vec![
+            Entry { idx: 0, when: 10, tag: "0000_a".into() },
+            Entry { idx: 1, when: 20, tag: "0001_b".into() },
+            Entry { idx: 2, when: 40, tag: "0002_c".into() },
+        ];
+        let rows = applied(&db).unwrap().unwrap();
+        let mut codes: Vec<_> = drift(&drizzle, &entries, &rows).into_iter().map(|d| d.code).collect();
+        codes.sort();
+        assert_eq!(
+            codes,
+            ["migration-edited", "migration-missing", "migration-pending", "migration-skipped"]
+        );
+    }
+
+    #[test]
+    fn replay_finds_the_real_error_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let drizzle = dir.path().join("drizzle");
+        fs::create_dir_all(drizzle.join("meta")).unwrap();
+        fs::write(drizzle.join("meta/_journal.json"), r#"{"entries":[{"idx":0,"when":1,"tag":"0000_a"}]}"#)
+            .unwrap();
+        fs::write(
+            drizzle.join("0000_a.sql"),
+            "CREATE TABLE a (id integer);\n--> statement-breakpoint\nCREATE TABLE a (id integer);",
+        )
+        .unwrap();
+        let db = dir.path().join("local.db");
+        Connection::open(&db).unwrap().execute_batch("CREATE TABLE keep (x integer)").unwrap();
+        let before = fs::read(&db).unwrap();
+        let failure = replay(&drizzle, &db).unwrap().unwrap();
+        assert_eq!(failure.migration, "0000_a");
+        assert!(failure.error.contains("table a already exists"), "{}", failure.error);
+        assert_eq!(fs::read(&db).unwrap(), before);
+    }
+}
