@@ -3,5 +3,6 @@
 mod support;
 
 mod daemon;
+mod diagnosis_e2e;
 mod drizzle_e2e;
 mod push_restore;
