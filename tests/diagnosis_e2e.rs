@@ -6,7 +6,7 @@ use std::fs;
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::support::World;
+use crate::support::{Change, World};
 
 /// A push that must fail: checks the contract's shape, that drizzle/ is byte-identical, and returns the report.
 fn failed_push(w: &World, stage: &str, code: &str) -> Value {
@@ -261,7 +261,7 @@ fn journal_fault_codes_from_real_folders() {
     let sqls: Vec<String> = pushed.keys().filter(|k| k.ends_with(".sql")).cloned().collect();
     let journal = String::from_utf8(pushed["meta/_journal.json"].clone()).unwrap();
     let mut parsed: Value = serde_json::from_str(&journal).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+    let cases: Vec<(&str, Change)> = vec![
         ("journal-unreadable", Box::new(|| w.write("drizzle/meta/_journal.json", "{ not json"))),
         (
             "journal-missing-sql",

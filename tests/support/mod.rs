@@ -285,3 +285,6 @@ impl From<Output> for Run {
         }
     }
 }
+
+/// A hand change a scenario applies.
+pub type Change<'a> = Box<dyn Fn() + 'a>;
