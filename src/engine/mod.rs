@@ -9,7 +9,7 @@ mod status;
 mod swap;
 
 use std::fs::{self, File, TryLockError};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -147,9 +147,4 @@ pub fn shown_paths(paths: &[String], max: usize) -> String {
         s.push_str(&format!(" and {} more", paths.len() - max));
     }
     s
-}
-
-/// Helper for tests and callers that want the quarantine folder's drizzle tree.
-pub fn quarantined_tree(quarantine: &Path) -> PathBuf {
-    quarantine.join("drizzle")
 }

@@ -259,3 +259,125 @@ pub(crate) fn holds_exactly(dir: &Path, files: &[FileEntry]) -> bool {
 fn entry_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "entry".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::dirs::Dirs;
+    use crate::engine::NullSink;
+
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        engine: Engine,
+        project: Project,
+        target: crate::archive::Packed,
+        quarantine: PathBuf,
+    }
+
+    fn write(root: &Path, files: &[(&str, &str)]) {
+        for (p, body) in files {
+            let path = root.join(p);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, body).unwrap();
+        }
+    }
+
+    /// drizzle/ holds the old tree; the target is another tree, packed; the journal says a swap is under way.
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            config_file: tmp.path().join("config.toml"),
+            state: tmp.path().join("state"),
+            data: tmp.path().join("data"),
+            runtime: None,
+        };
+        let engine = Engine::new(Config::default(), dirs).unwrap();
+        let project = Project { root: tmp.path().join("proj") };
+        write(&project.drizzle(), &[("0000_a.sql", "old"), ("mine.sql", "hand edit")]);
+        let target_dir = tmp.path().join("target");
+        write(&target_dir, &[("0000_a.sql", "new"), ("meta/_journal.json", "{}")]);
+        let target = archive::pack(&target_dir, &manifest::scan(&target_dir).unwrap()).unwrap();
+        let quarantine = engine.new_quarantine(&project, "restore").unwrap();
+        let journal = Journal {
+            op: "restore".into(),
+            phase: "swap".into(),
+            root: project.root.clone(),
+            quarantine: Some(quarantine.clone()),
+            target: Some(target.files.clone()),
+            before: None,
+            before_existed: true,
+        };
+        engine.write_journal(&project, &journal).unwrap();
+        fs::create_dir(project.root.join(STAGING)).unwrap();
+        Fixture { _tmp: tmp, engine, project, target, quarantine }
+    }
+
+    fn unpack_new(f: &Fixture) {
+        let new = f.project.root.join(STAGING).join("new");
+        archive::unpack_verified(&f.target.bytes, &f.target.files, &new, Limits::default()).unwrap();
+    }
+
+    fn assert_completed(f: &Fixture) {
+        f.engine.recover(&f.project, &NullSink).unwrap();
+        assert!(holds_exactly(&f.project.drizzle(), &f.target.files), "the new tree is in place");
+        let kept = f.quarantine.join("drizzle");
+        assert_eq!(fs::read_to_string(kept.join("mine.sql")).unwrap(), "hand edit", "the old tree is kept");
+        assert_eq!(fs::read_to_string(kept.join("0000_a.sql")).unwrap(), "old");
+        assert!(!f.project.root.join(STAGING).exists());
+        assert!(f.engine.read_journal(&f.project).unwrap().is_none());
+    }
+
+    #[test]
+    fn crash_before_the_exchange_is_completed() {
+        let f = fixture();
+        unpack_new(&f);
+        assert_completed(&f);
+    }
+
+    #[test]
+    fn crash_after_the_exchange_is_completed() {
+        let f = fixture();
+        unpack_new(&f);
+        let new = f.project.root.join(STAGING).join("new");
+        if !fsutil::exchange(&f.project.drizzle(), &new).unwrap() {
+            return; // this filesystem cannot exchange; the two-rename path is covered below
+        }
+        assert_completed(&f);
+    }
+
+    #[test]
+    fn crash_between_two_renames_is_completed() {
+        let f = fixture();
+        unpack_new(&f);
+        fs::rename(f.project.drizzle(), f.project.root.join(STAGING).join("old")).unwrap();
+        assert!(!f.project.drizzle().exists());
+        assert_completed(&f);
+    }
+
+    #[test]
+    fn crash_during_unpack_leaves_drizzle_untouched_and_loses_nothing() {
+        let f = fixture();
+        write(&f.project.root.join(STAGING).join("new"), &[("0000_a.sql", "ne")]); // a partial unpack
+        f.engine.recover(&f.project, &NullSink).unwrap();
+        assert_eq!(fs::read_to_string(f.project.drizzle().join("mine.sql")).unwrap(), "hand edit");
+        assert!(!f.project.root.join(STAGING).exists());
+        assert!(f.quarantine.join("drizzle/0000_a.sql").exists(), "even the partial tree is kept");
+    }
+
+    #[test]
+    fn leftover_staging_without_a_journal_is_quarantined() {
+        let f = fixture();
+        f.engine.clear_journal(&f.project).unwrap();
+        write(&f.project.root.join(STAGING).join("old"), &[("x.sql", "someone's")]);
+        f.engine.recover(&f.project, &NullSink).unwrap();
+        assert!(!f.project.root.join(STAGING).exists());
+        let leftover = fs::read_dir(f.quarantine.parent().unwrap())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-leftover"))
+            .expect("a leftover quarantine folder");
+        assert_eq!(fs::read_to_string(leftover.join("drizzle/x.sql")).unwrap(), "someone's");
+    }
+}
