@@ -25,6 +25,8 @@ use crate::fsutil;
 pub const PROTOCOL: u32 = 1;
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// How long a client waits for the daemon's hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request line the daemon reads; anything longer is refused.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
@@ -154,9 +156,13 @@ pub fn daemon_alive(socket: &Path) -> bool {
 impl Client {
     fn open(socket: &Path) -> io::Result<(Client, Reply)> {
         let stream = connect_raw(socket)?;
+        // A wedged daemon must not hang the command: the hello comes at once or not at all. Later replies may
+        // be far apart (a long migrate), so the timeout is for the hello only.
+        stream.set_recv_timeout(Some(HELLO_TIMEOUT))?;
         let mut client = Client { reader: BufReader::new(stream) };
         let hello =
             client.next_reply()?.ok_or_else(|| io::Error::other("the daemon closed the connection"))?;
+        client.reader.get_ref().set_recv_timeout(None)?;
         Ok((client, hello))
     }
 

@@ -543,3 +543,78 @@ fn sigterm_during_a_push_lets_it_finish_first() {
     assert_eq!(code, 0, "the push was recorded: {v}");
     assert_eq!(v["state"], "clean");
 }
+
+#[test]
+fn the_loss_of_the_whole_project_is_seen_and_its_return_too() {
+    let w = stand_in_world();
+    w.push_ok();
+    let copy = w.tmp.path().join("copy");
+    fs::rename(&w.root, &copy).unwrap();
+    let all = |w: &World| {
+        let out =
+            w.cmd("dreamerd", &["status", "--all", "--json"]).current_dir(w.tmp.path()).output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["projects"][0].clone()
+    };
+    w.wait_for("the missing project warning", || {
+        all(&w)["watch"]["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x.as_str().unwrap().contains("no longer exists"))
+    });
+    fs::rename(&copy, &w.root).unwrap();
+    w.wait_for("the project back and clean", || {
+        let p = all(&w);
+        p["state"] == "clean" && p["watch"]["warnings"] == json!([])
+    });
+    w.write("drizzle/0000_step.sql", "edited after its return");
+    wait_violations(&w, json!([{"kind": "modified", "path": "0000_step.sql"}]));
+}
+
+#[test]
+fn a_client_of_another_user_is_refused() {
+    if rustix_euid() != 0 {
+        eprintln!("skipped: needs root to run a daemon as another user");
+        return;
+    }
+    // A daemon of user 65534; root can connect to any socket file, so only the peer uid check stands in the way.
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = tmp.path().join("home");
+    fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_dreamerd"))
+        .arg("daemon")
+        .env("HOME", &home)
+        .env("XDG_RUNTIME_DIR", &home)
+        .env("XDG_STATE_HOME", home.join("state"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env_remove("DBUS_SESSION_BUS_ADDRESS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = KillOnDrop(daemon);
+    let socket = home.join("dreamerd/dreamerd.sock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "the daemon of user 65534 did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let s = UnixStream::connect(&socket).expect("root may connect to the file");
+    let mut hello = String::new();
+    let read = BufReader::new(s).read_line(&mut hello);
+    assert!(matches!(read, Ok(0)) || read.is_err(), "no hello for another user: {hello:?}");
+    drop(daemon);
+}

@@ -237,6 +237,7 @@ impl Daemon {
             return;
         }
         self.ensure_watches(root);
+        self.note_presence(root);
         let this = self.clone();
         let p = project.clone();
         let scanned = tokio::task::spawn_blocking(move || this.engine.status(&p)).await;
@@ -258,6 +259,23 @@ impl Daemon {
             }
         };
         self.record(root, status);
+    }
+
+    /// A watched project whose folder is gone is said so, once, and in its status, until it comes back.
+    fn note_presence(&self, root: &Path) {
+        let warning = format!("the project folder {} no longer exists", root.display());
+        let gone = !root.is_dir();
+        let changed = {
+            let mut state = self.state.lock().expect("state");
+            let Some(w) = state.projects.get_mut(root) else { return };
+            if gone { w.warnings.insert(warning.clone()) } else { w.warnings.remove(&warning) }
+        };
+        if changed && gone {
+            tracing::warn!(project = %root.display(), "the project folder was deleted or moved; still watching for it");
+            self.emit(json!({"type": "project-missing", "root": root}));
+        } else if changed {
+            tracing::info!(project = %root.display(), "the project folder is back");
+        }
     }
 
     /// Updates the cached status and warns about what is new: each violation once, in the log and in one
