@@ -31,6 +31,14 @@ impl Sink for ChannelSink {
     }
 }
 
+/// The project root at `dir`, which must be absolute.
+fn resolve(dir: &Path) -> Result<std::path::PathBuf> {
+    if !dir.is_absolute() {
+        return Err(Error::Usage(format!("{} is not an absolute path", dir.display())));
+    }
+    Ok(crate::project::Project::discover(Some(dir))?.root)
+}
+
 fn error_reply(e: &Error) -> Reply {
     Reply::Error { exit: e.exit_code(), error: e.to_string(), hint: e.hint() }
 }
@@ -107,6 +115,23 @@ impl Daemon {
 
     /// Runs one request; every reply, the last included, goes through `tx`.
     async fn dispatch(self: Arc<Self>, request: Request, tx: mpsc::UnboundedSender<Reply>) {
+        // Directories come from a client: each must be a project root, whatever the client resolved.
+        let request = match request {
+            Request::Push { dir } => resolve(&dir).map(|dir| Request::Push { dir }),
+            Request::Restore { dir, push, dry_run } => {
+                resolve(&dir).map(|dir| Request::Restore { dir, push, dry_run })
+            }
+            Request::History { dir } => resolve(&dir).map(|dir| Request::History { dir }),
+            Request::Watch { dir } => resolve(&dir).map(|dir| Request::Watch { dir }),
+            other => Ok(other),
+        };
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(error_reply(&e));
+                return;
+            }
+        };
         let result = match request {
             Request::Events { follow } => {
                 self.stream_events(follow, &tx).await;
@@ -222,7 +247,6 @@ impl Daemon {
     }
 
     async fn watch(self: &Arc<Self>, dir: &Path) -> Result<(i32, Value)> {
-        crate::project::Project::discover(Some(dir))?;
         let added = self.add_project(dir, true);
         self.rescan(dir).await;
         let status = self.project_status(dir).await?;
@@ -255,7 +279,17 @@ impl Daemon {
         };
         let busy_now = self.state.lock().expect("state").ops.contains_key(root);
         let (status, info) = match cached {
-            Some((Some(status), info)) if !busy_now => (status, info),
+            Some((Some(mut status), info)) if !busy_now => {
+                // File events keep violations current; the database changes without any, so read it now.
+                let this = self.clone();
+                let root = root.to_path_buf();
+                status.drift = tokio::task::spawn_blocking(move || {
+                    crate::drizzle::database::check(&root, this.engine.config.database.url.as_deref())
+                })
+                .await
+                .unwrap_or(status.drift);
+                (status, info)
+            }
             other => {
                 let info = other.map(|(_, i)| i).unwrap_or(WatchInfo {
                     watched: false,

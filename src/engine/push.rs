@@ -136,37 +136,23 @@ impl Engine {
         fsutil::atomic_write(&snapshot, &before.bytes).ctx("write", &snapshot)?;
         self.write_journal(project, &journal)?;
 
-        let timeout = Duration::from_secs(self.config.push.timeout_secs);
         let secs = self.config.push.timeout_secs;
         let mut logs: Vec<(&str, RunOutput)> = Vec::new();
-
-        sink.progress(&format!("running {}", self.config.push.generate.join(" ")));
-        let generated = runner::run(&self.config.push.generate, &project.root, timeout, sink);
-        let verdict = match &generated {
-            Err(e) => Some(diagnosis::spawn_failed("generate", e)),
-            Ok(out) => diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project)),
-        };
-        if let Ok(out) = generated {
-            logs.push(("generate", out));
-        }
-        if let Some(diag) = verdict {
+        let generated =
+            self.run_stage("generate", &self.config.push.generate, project, sink, &mut logs, |out| {
+                diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project))
+            });
+        if let Some(diag) = generated {
             return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
         }
 
         journal.phase = "migrate".into();
         self.write_journal(project, &journal)?;
-        sink.progress(&format!("running {}", self.config.push.migrate.join(" ")));
-        let migrated = runner::run(&self.config.push.migrate, &project.root, timeout, sink);
-        let verdict = match &migrated {
-            Err(e) => Some(diagnosis::spawn_failed("migrate", e)),
-            Ok(out) => {
+        let migrated =
+            self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut logs, |out| {
                 diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
-            }
-        };
-        if let Ok(out) = migrated {
-            logs.push(("migrate", out));
-        }
-        if let Some(diag) = verdict {
+            });
+        if let Some(diag) = migrated {
             return self.fail(project, Stage::Migrate, diag, &mut journal, &logs);
         }
 
@@ -201,6 +187,28 @@ impl Engine {
                     rolled_back: false,
                     quarantine: Some(quarantine),
                 }))
+            }
+        }
+    }
+
+    /// Runs one drizzle-kit stage and judges it; its output is kept in `logs` for the quarantine folder.
+    fn run_stage(
+        &self,
+        stage: &'static str,
+        argv: &[String],
+        project: &Project,
+        sink: &dyn Sink,
+        logs: &mut Vec<(&'static str, RunOutput)>,
+        judge: impl FnOnce(&RunOutput) -> Option<Diagnosis>,
+    ) -> Option<Diagnosis> {
+        sink.progress(&format!("running {}", argv.join(" ")));
+        let timeout = Duration::from_secs(self.config.push.timeout_secs);
+        match runner::run(argv, &project.root, timeout, sink) {
+            Err(e) => Some(diagnosis::spawn_failed(stage, &e)),
+            Ok(out) => {
+                let verdict = judge(&out);
+                logs.push((stage, out));
+                verdict
             }
         }
     }
