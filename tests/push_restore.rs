@@ -365,3 +365,58 @@ fn symlink_in_drizzle_is_a_violation_and_never_followed() {
     restore(&w);
     assert!(w.path("drizzle/0000_step.sql").symlink_metadata().unwrap().is_file());
 }
+
+#[test]
+fn a_refused_backup_is_kept_locally_and_stored_at_the_next_push() {
+    let w = stand_in_world();
+    let first = w.push_ok();
+    // The store breaks after migrate succeeded: its folder of pushes takes no new entry (as on a full disk),
+    // while everything already stored stays readable. chattr +i holds even against root.
+    let project_id = w.read(".dreamerd.toml").split('"').nth(1).unwrap().to_string();
+    let pushes = w.store().join("projects").join(&project_id).join("pushes");
+    struct Immutable(PathBuf);
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+        }
+    }
+    if !std::process::Command::new("chattr").arg("+i").arg(&pushes).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: chattr +i is not supported on this filesystem");
+        return;
+    }
+    let immutable = Immutable(pushes);
+    let (code, v) = w.json("dreamer", &["push"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["stage"], "backup");
+    assert_eq!(v["diagnosis"]["code"], "backup-failed");
+    assert_eq!(v["rolled_back"], false, "the database has the migration, so drizzle/ keeps it");
+    assert!(w.path("drizzle/0001_step.sql").exists());
+    let q = PathBuf::from(v["quarantine"].as_str().unwrap());
+    assert!(q.join("drizzle-before-push/0000_step.sql").exists(), "the tree from before is kept too");
+
+    // The push counts: drizzle/ is clean against it, and a restore puts it back from the local copy.
+    let (code, check) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{check}");
+    assert_ne!(check["last_push"]["id"], first.as_str());
+    let pending_id = check["last_push"]["id"].as_str().unwrap().to_string();
+    fs::remove_file(w.path("drizzle/0001_step.sql")).unwrap();
+    let (code, v) = w.json("dreamer", &["database", "restore"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["push_id"], pending_id.as_str());
+    assert!(w.path("drizzle/0001_step.sql").exists());
+
+    // While the store is broken, the next push stops before touching anything.
+    let before = w.tree("drizzle");
+    let (code, v) = w.json("dreamer", &["push"]);
+    assert_eq!(code, 1);
+    assert_eq!(v["stage"], "backup");
+    assert_eq!(w.tree("drizzle"), before);
+
+    // Store fixed: the next push stores the waiting backup first, then pushes.
+    drop(immutable);
+    let latest = w.push_ok();
+    let (_, history) = w.json("dreamerd", &["history"]);
+    let ids: Vec<&str> =
+        history["pushes"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [latest.as_str(), pending_id.as_str(), first.as_str()]);
+}

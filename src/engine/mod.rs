@@ -101,10 +101,51 @@ impl Engine {
 
     /// The baseline of a project: the record of its last successful push, if it has one.
     pub fn baseline(&self, project: &Project) -> Result<Option<PushRecord>> {
-        match project.id()? {
-            Some(id) => self.store.latest(&id),
-            None => Ok(None),
+        let Some(id) = project.id()? else { return Ok(None) };
+        // A push whose backup could not be stored yet is still the last successful push.
+        if let Some((record, _)) = self.pending(project)?
+            && record.project_id == id
+        {
+            return Ok(Some(record));
         }
+        self.store.latest(&id)
+    }
+
+    fn pending_dir(&self, project: &Project) -> PathBuf {
+        self.dirs.state.join("pending").join(project.local_key())
+    }
+
+    /// A successful push whose backup is not in the store yet: its record and archive, kept in the state
+    /// directory until the store takes them.
+    pub(crate) fn pending(&self, project: &Project) -> Result<Option<(PushRecord, Vec<u8>)>> {
+        let dir = self.pending_dir(project);
+        let record = match fs::read(dir.join("record.json")) {
+            Ok(bytes) => serde_json::from_slice::<PushRecord>(&bytes).map_err(|e| {
+                Error::Corrupt(format!("{} is unreadable: {e}", dir.join("record.json").display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("read", &dir),
+        };
+        let archive = fs::read(dir.join("archive.tar.zst")).ctx("read", &dir.join("archive.tar.zst"))?;
+        Ok(Some((record, archive)))
+    }
+
+    /// Keeps a push's backup locally when the store refused it.
+    pub(crate) fn save_pending(&self, project: &Project, record: &PushRecord, archive: &[u8]) -> Result<()> {
+        let dir = self.pending_dir(project);
+        fsutil::create_private_dir(&dir).ctx("create", &dir)?;
+        fsutil::atomic_write(&dir.join("archive.tar.zst"), archive).ctx("write", &dir)?;
+        let json = serde_json::to_vec_pretty(record).expect("records serialise");
+        fsutil::atomic_write(&dir.join("record.json"), &json).ctx("write", &dir)
+    }
+
+    /// Stores a pending backup, if there is one; it is removed locally only once the store has it.
+    pub(crate) fn flush_pending(&self, project: &Project, sink: &dyn Sink) -> Result<()> {
+        let Some((record, archive)) = self.pending(project)? else { return Ok(()) };
+        sink.progress(&format!("storing the backup of push {} that could not be stored before", record.id));
+        self.store.save(&record, &archive)?;
+        let dir = self.pending_dir(project);
+        fsutil::remove_any(&dir).ctx("remove", &dir)
     }
 
     /// Makes a new, empty quarantine folder for what an operation is about to replace.

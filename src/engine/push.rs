@@ -77,6 +77,19 @@ impl Engine {
         let _lock = self.lock(project)?;
         self.recover(project, sink)?;
         let drizzle = project.drizzle();
+        if let Err(e) = self.flush_pending(project, sink) {
+            return Ok(PushReport::Failed(PushFailure {
+                ok: false,
+                stage: Stage::Backup,
+                diagnosis: Diagnosis::new(
+                    "backup-failed",
+                    format!("the backup of the last push still cannot be stored: {e}"),
+                    "free space or fix the store, then push again; nothing was changed",
+                ),
+                rolled_back: true,
+                quarantine: None,
+            }));
+        }
         let baseline = self.baseline(project)?;
         let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
 
@@ -158,37 +171,57 @@ impl Engine {
 
         journal.phase = "backup".into();
         self.write_journal(project, &journal)?;
-        let result = self.back_up(project, &project_id, baseline.as_ref());
-        match result {
-            Ok(report) => {
+        let (record, archive) = match self.new_record(project, &project_id, baseline.as_ref())? {
+            Err(unchanged) => {
                 self.clear_journal(project)?;
-                Ok(report)
+                return Ok(unchanged);
             }
-            Err(e) => {
-                // The database now holds the new migrations, so drizzle/ must keep them: no rollback here.
-                let quarantine = self.new_quarantine(project, "failed-backup")?;
-                write_logs(&quarantine, &logs);
-                let _ = archive::unpack_verified(
-                    &before.bytes,
-                    &before.files,
-                    &quarantine.join("drizzle-before-push"),
-                    archive::Limits::default(),
-                );
-                self.clear_journal(project)?;
-                Ok(PushReport::Failed(PushFailure {
-                    ok: false,
-                    stage: Stage::Backup,
-                    diagnosis: Diagnosis::new(
-                        "backup-failed",
-                        format!("the migration was applied, but its backup could not be stored: {e}"),
-                        "drizzle/ keeps the new migrations (the database has them); free space or fix the store, \
-                         then run `dreamerd push` again to store the backup",
-                    ),
-                    rolled_back: false,
-                    quarantine: Some(quarantine),
-                }))
-            }
-        }
+            Ok(r) => r,
+        };
+        let stored = self.store.save(&record, &archive);
+        self.clear_journal(project)?;
+        let Err(e) = stored else {
+            return Ok(PushReport::Ok {
+                ok: true,
+                push_id: record.id,
+                files: record.files.len(),
+                unchanged: false,
+            });
+        };
+        // The database now holds the new migrations, so drizzle/ keeps them: no rollback. The backup waits in
+        // the state directory, counts as the last push, and goes to the store at the next push.
+        let kept = self.save_pending(project, &record, &archive);
+        let quarantine = self.new_quarantine(project, "failed-backup")?;
+        write_logs(&quarantine, &logs);
+        let _ = archive::unpack_verified(
+            &before.bytes,
+            &before.files,
+            &quarantine.join("drizzle-before-push"),
+            archive::Limits::default(),
+        );
+        let message = match kept {
+            Ok(()) => format!(
+                "the migration was applied, but the store refused its backup ({e}); the backup of push {} is \
+                 kept locally until the store takes it",
+                record.id
+            ),
+            Err(local) => format!(
+                "the migration was applied, but the store refused its backup ({e}) and it could not be kept \
+                 locally either ({local})"
+            ),
+        };
+        Ok(PushReport::Failed(PushFailure {
+            ok: false,
+            stage: Stage::Backup,
+            diagnosis: Diagnosis::new(
+                "backup-failed",
+                message,
+                "drizzle/ keeps the new migrations (the database has them); free space or fix the store, then run \
+                 `dreamer push` again: it stores the waiting backup first",
+            ),
+            rolled_back: false,
+            quarantine: Some(quarantine),
+        }))
     }
 
     /// Runs one drizzle-kit stage and judges it; its output is kept in `logs` for the quarantine folder.
@@ -293,13 +326,14 @@ impl Engine {
         }
     }
 
-    /// Archives drizzle/ and stores it as the new latest push (unless nothing changed).
-    fn back_up(
+    /// The record and archive of drizzle/ as it is now, or the report of an unchanged push when drizzle/ and the
+    /// schema are exactly the last push.
+    fn new_record(
         &self,
         project: &Project,
         project_id: &str,
         baseline: Option<&PushRecord>,
-    ) -> Result<PushReport> {
+    ) -> Result<Result<(PushRecord, Vec<u8>), PushReport>> {
         let drizzle = project.drizzle();
         let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
         let packed: Packed = archive::pack(&drizzle, &tree)?;
@@ -308,12 +342,12 @@ impl Engine {
             && base.files == packed.files
             && base.schema_blake3 == schema
         {
-            return Ok(PushReport::Ok {
+            return Ok(Err(PushReport::Ok {
                 ok: true,
                 push_id: base.id.clone(),
                 files: packed.files.len(),
                 unchanged: true,
-            });
+            }));
         }
         let now = SystemTime::now();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
@@ -323,15 +357,14 @@ impl Engine {
             project_id: project_id.to_string(),
             at: rfc3339(now),
             at_ms: now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-            files: packed.files.clone(),
+            files: packed.files,
             schema_blake3: schema,
-            archive_blake3: packed.blake3.clone(),
+            archive_blake3: packed.blake3,
             archive_size: packed.bytes.len() as u64,
             host: host_name(),
             root: project.root.display().to_string(),
         };
-        self.store.save(&record, &packed.bytes)?;
-        Ok(PushReport::Ok { ok: true, push_id: record.id, files: record.files.len(), unchanged: false })
+        Ok(Ok((record, packed.bytes)))
     }
 
     /// Rolls drizzle/ back to the snapshot and reports the failure; the failed run's files and output are kept.

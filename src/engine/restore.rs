@@ -45,16 +45,39 @@ impl Engine {
             )
         };
         let project_id = project.id()?.ok_or_else(nothing)?;
-        let record = match push_id {
-            None => self.store.latest(&project_id)?.ok_or_else(nothing)?,
-            Some(id) => self.store.record(&project_id, id)?.ok_or_else(|| {
-                Error::failed(
-                    format!("push {id} is not in the history of {}", project.root.display()),
-                    "`dreamerd history` lists the pushes that can be restored",
-                )
-            })?,
+        if !dry_run && let Err(e) = self.flush_pending(project, sink) {
+            sink.progress(&format!("the last push's backup is still only kept locally: {e}"));
+        }
+        // The last push may be one whose backup waits locally for the store.
+        let pending = self
+            .pending(project)?
+            .filter(|(r, _)| r.project_id == project_id && push_id.is_none_or(|id| id == r.id));
+        let (record, archive) = match (pending, push_id) {
+            (Some((record, archive)), _) => {
+                if blake3::hash(&archive).to_hex().as_str() != record.archive_blake3 {
+                    return Err(Error::Corrupt(format!(
+                        "the locally kept backup of push {} is corrupt",
+                        record.id
+                    )));
+                }
+                (record, archive)
+            }
+            (None, None) => {
+                let record = self.store.latest(&project_id)?.ok_or_else(nothing)?;
+                let archive = self.store.archive(&record)?;
+                (record, archive)
+            }
+            (None, Some(id)) => {
+                let record = self.store.record(&project_id, id)?.ok_or_else(|| {
+                    Error::failed(
+                        format!("push {id} is not in the history of {}", project.root.display()),
+                        "`dreamerd history` lists the pushes that can be restored",
+                    )
+                })?;
+                let archive = self.store.archive(&record)?;
+                (record, archive)
+            }
         };
-        let archive = self.store.archive(&record)?;
         let drizzle = project.drizzle();
         let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
         let changes = manifest::diff(&record.files, &tree);
