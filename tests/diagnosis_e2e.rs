@@ -303,3 +303,19 @@ fn journal_fault_codes_from_real_folders() {
         assert!(codes.contains(&code.to_string()), "{code} in {codes:?}");
     }
 }
+
+#[test]
+fn a_database_dreamerd_cannot_open_is_said_with_the_generic_hint() {
+    let w = World::drizzle();
+    w.config("[database]\nurl = \"libsql://remote.example\"\n");
+    w.push_ok();
+    db(&w).execute("INSERT INTO users (name) VALUES ('ada')", []).unwrap();
+    edit_schema(&w, NAME, &format!("{NAME}\n  age: integer('age').notNull(),"));
+    let v = failed_push(&w, "migrate", "unknown");
+    assert!(message(&v).contains("printed no error"), "{v}");
+    assert!(
+        message(&v).contains("cannot find the database") && message(&v).contains("not a local SQLite file"),
+        "{v}"
+    );
+    assert!(v["diagnosis"]["hint"].as_str().unwrap().contains("restore"), "{v}");
+}

@@ -79,6 +79,8 @@ pub(crate) struct Daemon {
     desktop: Arc<Desktop>,
     shutdown: Notify,
     stopping: AtomicBool,
+    /// Flips to true when shutdown starts, for the tasks that wait on it (`events --follow`).
+    stopped: tokio::sync::watch::Sender<bool>,
     ops_in_flight: AtomicU64,
     ops_done: Notify,
     /// Open client connections, so shutdown delivers the last answers before the process exits.
@@ -173,6 +175,7 @@ async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
         desktop,
         shutdown: Notify::new(),
         stopping: AtomicBool::new(false),
+        stopped: tokio::sync::watch::Sender::new(false),
         ops_in_flight: AtomicU64::new(0),
         ops_done: Notify::new(),
         connections: AtomicU64::new(0),
@@ -206,6 +209,7 @@ async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
         }
     }
     daemon.stopping.store(true, Ordering::SeqCst);
+    daemon.stopped.send_replace(true);
     // A running push or restore finishes or rolls back by itself; it is never cut in the middle. Meanwhile the
     // socket still answers (new operations are refused as the daemon is stopping), so no client hangs.
     loop {

@@ -369,8 +369,7 @@ impl Daemon {
     }
 
     async fn shutdown_signalled(&self) {
-        while !self.stopping.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let mut stopped = self.stopped.subscribe();
+        let _ = stopped.wait_for(|s| *s).await;
     }
 }
