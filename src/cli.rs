@@ -408,25 +408,32 @@ fn report_error(global: &Global, err: &Error) -> i32 {
 fn human_status(s: &ProjectStatus) -> String {
     let mut out = String::new();
     let root = s.root.display();
+    let push = s
+        .last_push
+        .as_ref()
+        .map(|p| format!("push {} of {}, {} files", p.id, p.at, p.files))
+        .unwrap_or_default();
     match s.state {
-        ProjectState::Clean => {
-            let p = s.last_push.as_ref().expect("clean has a push");
-            out += &format!("{root}: clean (push {} of {}, {} files)\n", p.id, p.at, p.files);
-        }
+        ProjectState::Clean => out += &format!("{root}: clean ({push})\n"),
         ProjectState::NoBaseline => out += &format!("{root}: never pushed (run `dreamer push`)\n"),
         ProjectState::Busy => out += &format!("{root}: busy (a push or restore is running)\n"),
         ProjectState::Violated => {
-            let p = s.last_push.as_ref().expect("violated has a push");
             out += &format!(
-                "{root}: VIOLATED: {} change(s) to drizzle/ by hand since push {}:\n",
-                s.violations.len(),
-                p.id
+                "{root}: VIOLATED: {} change(s) to drizzle/ by hand since the last push ({push}):\n",
+                s.violations.len()
             );
             for v in &s.violations {
                 out += &format!("  {}\n", v.human());
             }
             out += "drizzle/ is written only by `dreamer push`. Run `dreamer database restore` to put it back \
                     (your edits are kept in quarantine), move schema changes into src/schema.ts, then push.\n";
+        }
+    }
+    if !s.drift.is_empty() {
+        out +=
+            &format!("DRIFT: {} problem(s) between drizzle/, its journal and the database:\n", s.drift.len());
+        for d in &s.drift {
+            out += &format!("  [{}] {}\n    hint: {}\n", d.code, d.message, d.hint());
         }
     }
     if s.schema_pending && s.state != ProjectState::NoBaseline {

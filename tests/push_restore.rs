@@ -420,3 +420,48 @@ fn a_refused_backup_is_kept_locally_and_stored_at_the_next_push() {
         history["pushes"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [latest.as_str(), pending_id.as_str(), first.as_str()]);
 }
+
+#[test]
+fn human_output_is_short_and_says_what_to_do() {
+    let w = stand_in_world();
+    let run = w.run("dreamer", &["push"]);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.starts_with("pushed: "), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("[ok] wrote migration 0"),
+        "drizzle-kit's output is streamed to stderr: {}",
+        run.stderr
+    );
+    let id = run.stdout.split_whitespace().nth(1).unwrap().to_string();
+
+    w.write("drizzle/0000_step.sql", "edited");
+    let run = w.run("dreamerd", &["check"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("VIOLATED") && run.stdout.contains("modified  0000_step.sql"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("dreamer database restore"));
+
+    let run = w.run("dreamer", &["push"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.contains("push FAILED at precheck: [drizzle-tampered]"), "{}", run.stdout);
+    assert!(run.stdout.contains("hint: "));
+
+    let run = w.run("dreamer", &["database", "restore"]);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains(&format!("restored drizzle/ to push {id}")), "{}", run.stdout);
+    assert!(run.stdout.contains("kept in "));
+
+    let run = w.run("dreamerd", &["history"]);
+    assert!(run.stdout.contains(&id) && run.stdout.contains("(latest)"), "{}", run.stdout);
+
+    w.write("drizzle/0001_extra.sql", "x");
+    let run = w.run("dreamerd", &["check"]);
+    assert!(
+        run.stdout.contains("[sql-not-in-journal]") && run.stdout.contains("hint:"),
+        "drift is shown: {}",
+        run.stdout
+    );
+}
