@@ -102,10 +102,14 @@ impl Project {
     /// The project's identity, created on first use: a random id in the project file, so two different projects
     /// never share backups (whatever their package names) and a clone of this one finds them.
     pub fn ensure_id(&self) -> Result<String> {
-        if let Some(id) = self.id()? {
-            return Ok(id);
+        self.ensure_id_as(&uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// The project's identity; if it has none, `id` is written as its identity.
+    pub fn ensure_id_as(&self, id: &str) -> Result<String> {
+        if let Some(existing) = self.id()? {
+            return Ok(existing);
         }
-        let id = uuid::Uuid::new_v4().simple().to_string();
         let text = format!(
             "# dreamerd project identity: ties this project to its backups.\n\
              # Commit this file. Do not copy it into another project.\n\

@@ -319,3 +319,88 @@ fn a_database_dreamerd_cannot_open_is_said_with_the_generic_hint() {
     );
     assert!(v["diagnosis"]["hint"].as_str().unwrap().contains("restore"), "{v}");
 }
+
+/// A migrate wrapper that can be made to hang before or after the real migrate, for a crash to strike there.
+const CRASHABLE_MIGRATE: &str = "if [ -f crash-before ]; then echo $$ > mig.pid; exec sleep 60; fi\n\
+     ./node_modules/.bin/drizzle-kit migrate || exit 1\n\
+     if [ -f crash-after ]; then echo $$ > mig.pid; exec sleep 60; fi\n";
+
+/// Starts a push, waits until migrate hangs where asked, then kills the daemon and migrate like a power cut.
+fn crash_during_migrate(w: &World, flag: &str) {
+    w.write(flag, "");
+    let mut push = w
+        .cmd("dreamer", &["push"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    w.wait_for("migrate to hang", || w.path("mig.pid").exists());
+    let daemon = w.daemon_pid().unwrap();
+    std::process::Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap();
+    let _ = std::process::Command::new("kill").args(["-KILL", w.read("mig.pid").trim()]).status();
+    push.wait().unwrap();
+    fs::remove_file(w.path(flag)).unwrap();
+    fs::remove_file(w.path("mig.pid")).unwrap();
+}
+
+fn crashable_world() -> World {
+    let w = World::drizzle();
+    w.write("mig.sh", CRASHABLE_MIGRATE);
+    w.config("[push]\nmigrate = [\"/bin/sh\", \"./mig.sh\"]\n");
+    w
+}
+
+#[test]
+fn a_push_killed_after_its_migrate_succeeded_is_completed() {
+    let w = crashable_world();
+    let first = w.push_ok();
+    edit_schema(&w, NAME, &format!("{NAME}\n  bio: text('bio'),"));
+    crash_during_migrate(&w, "crash-after");
+    let generated = w.tree("drizzle");
+    // The next operation sees that the database applied everything, and records the push instead of undoing it.
+    let (code, v) = w.json("dreamer", &["push"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(w.tree("drizzle"), generated, "drizzle/ keeps the applied migration");
+    let (_, history) = w.json("dreamerd", &["history"]);
+    let pushes = history["pushes"].as_array().unwrap();
+    assert_eq!(pushes.len(), 2, "{history}");
+    assert_ne!(pushes[0]["id"], first.as_str());
+    let (code, check) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{check}");
+}
+
+#[test]
+fn a_push_killed_before_its_migrate_applied_is_rolled_back() {
+    let w = crashable_world();
+    w.push_ok();
+    let before = w.tree("drizzle");
+    edit_schema(&w, NAME, &format!("{NAME}\n  bio: text('bio'),"));
+    crash_during_migrate(&w, "crash-before");
+    assert_ne!(w.tree("drizzle"), before, "generate had written the new migration");
+    // Nothing was applied, so the next operation puts drizzle/ back; the push then runs normally.
+    let (code, v) = w.json("dreamer", &["database", "restore", "--dry-run"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = w.json("dreamer", &["push"]);
+    assert_eq!(code, 0, "{v}");
+    let sqls = w.tree("drizzle").into_keys().filter(|k| k.ends_with(".sql")).count();
+    assert_eq!(sqls, 2, "one migration from the first push, one from this one; the rolled-back one is gone");
+    let (code, check) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{check}");
+    let kept = crate::support::tree_of(&w.state().join("quarantine"));
+    assert!(kept.keys().any(|k| k.contains("interrupted-push/drizzle/0001_")), "{:?}", kept.keys());
+}
+
+#[test]
+fn deleting_the_identity_file_changes_nothing() {
+    let w = World::drizzle();
+    w.push_ok();
+    let id_file = w.read(".dreamerd.toml");
+    fs::remove_file(w.path(".dreamerd.toml")).unwrap();
+    w.write("drizzle/meta/_journal.json", "{}");
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 1, "still guarded: {v}");
+    assert_eq!(v["state"], "violated");
+    w.json("dreamer", &["database", "restore"]);
+    w.push_ok();
+    assert_eq!(w.read(".dreamerd.toml"), id_file, "the same identity is written back");
+}

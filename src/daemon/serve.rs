@@ -150,7 +150,7 @@ impl Daemon {
                 let this = self.clone();
                 let project = self.project(&dir);
                 tokio::task::spawn_blocking(move || -> Result<(i32, Value)> {
-                    let history = match project.id()? {
+                    let history = match this.engine.project_id(&project)? {
                         Some(id) => this.engine.store.history(&id)?,
                         None => Vec::new(),
                     };

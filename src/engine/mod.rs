@@ -19,7 +19,7 @@ use crate::dirs::Dirs;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::project::Project;
-use crate::store::{PushRecord, Store};
+use crate::store::{PushRecord, Store, valid_id};
 
 pub use push::{PushFailure, PushReport, Stage};
 pub use restore::RestoreReport;
@@ -101,7 +101,7 @@ impl Engine {
 
     /// The baseline of a project: the record of its last successful push, if it has one.
     pub fn baseline(&self, project: &Project) -> Result<Option<PushRecord>> {
-        let Some(id) = project.id()? else { return Ok(None) };
+        let Some(id) = self.project_id(project)? else { return Ok(None) };
         // A push whose backup could not be stored yet is still the last successful push.
         if let Some((record, _)) = self.pending(project)?
             && record.project_id == id
@@ -109,6 +109,38 @@ impl Engine {
             return Ok(Some(record));
         }
         self.store.latest(&id)
+    }
+
+    fn remembered_id_path(&self, project: &Project) -> PathBuf {
+        self.dirs.state.join("ids").join(project.local_key())
+    }
+
+    /// The project's identity: its `.dreamerd.toml`, or, if that file was deleted, the id this checkout had, so
+    /// that deleting the file never switches the guarding off or cuts the project from its backups.
+    pub fn project_id(&self, project: &Project) -> Result<Option<String>> {
+        let path = self.remembered_id_path(project);
+        let remembered = fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| valid_id(s));
+        match project.id()? {
+            Some(id) => {
+                if remembered.as_deref() != Some(id.as_str()) {
+                    // Best effort: the file in the project stays the source of truth.
+                    let _ = fsutil::create_private_dir(path.parent().expect("has a parent"))
+                        .and_then(|()| fsutil::atomic_write(&path, id.as_bytes()));
+                }
+                Ok(Some(id))
+            }
+            None => Ok(remembered),
+        }
+    }
+
+    /// The project's identity, created (or its deleted file written again) when it has none.
+    pub(crate) fn ensure_project_id(&self, project: &Project) -> Result<String> {
+        let id = match self.project_id(project)? {
+            Some(id) => project.ensure_id_as(&id)?,
+            None => project.ensure_id()?,
+        };
+        self.project_id(project)?;
+        Ok(id)
     }
 
     fn pending_dir(&self, project: &Project) -> PathBuf {

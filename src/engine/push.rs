@@ -132,7 +132,7 @@ impl Engine {
                 ));
             }
         };
-        let project_id = project.ensure_id()?;
+        let project_id = self.ensure_project_id(project)?;
 
         // The tree from before is on disk before drizzle-kit runs, so even a crash can roll it back.
         let mut journal = Journal {
@@ -222,6 +222,23 @@ impl Engine {
             rolled_back: false,
             quarantine: Some(quarantine),
         }))
+    }
+
+    /// Records the push a crash interrupted after its migrate succeeded: drizzle/ as it is becomes the last push
+    /// (kept locally if the store refuses it).
+    pub(crate) fn complete_interrupted_push(&self, project: &Project, sink: &dyn Sink) -> Result<()> {
+        let project_id = self.ensure_project_id(project)?;
+        let baseline = self.baseline(project)?;
+        if let Ok((record, archive)) = self.new_record(project, &project_id, baseline.as_ref())? {
+            if let Err(e) = self.store.save(&record, &archive) {
+                sink.progress(&format!(
+                    "the store refused the backup ({e}); it is kept locally until the next push"
+                ));
+                self.save_pending(project, &record, &archive)?;
+            }
+            sink.progress(&format!("recorded push {}", record.id));
+        }
+        Ok(())
     }
 
     /// Runs one drizzle-kit stage and judges it; its output is kept in `logs` for the quarantine folder.

@@ -44,7 +44,7 @@ impl Engine {
                 "run `dreamer push` to make the first backup",
             )
         };
-        let project_id = project.id()?.ok_or_else(nothing)?;
+        let project_id = self.project_id(project)?.ok_or_else(nothing)?;
         if !dry_run && let Err(e) = self.flush_pending(project, sink) {
             sink.progress(&format!("the last push's backup is still only kept locally: {e}"));
         }

@@ -84,18 +84,19 @@ impl Engine {
                 "it is dreamerd's scratch folder: move it away, then try again",
             ));
         }
-        journal.phase = "swap".into();
-        journal.target = target.map(|(_, files)| files.to_vec());
-        journal.quarantine = Some(quarantine.to_path_buf());
-        self.write_journal(project, journal)?;
         fs::create_dir(&staging).ctx("create", &staging)?;
         if let Some((bytes, files)) = target
             && let Err(e) = archive::unpack_verified(bytes, files, &staging.join("new"), Limits::default())
         {
+            // Nothing was swapped; the journal is left as it was, so a push's pending rollback (and its
+            // snapshot) survives for the next operation to finish.
             let _ = fs::remove_dir_all(&staging);
-            self.clear_journal(project)?;
             return Err(e);
         }
+        journal.phase = "swap".into();
+        journal.target = target.map(|(_, files)| files.to_vec());
+        journal.quarantine = Some(quarantine.to_path_buf());
+        self.write_journal(project, journal)?;
         self.finish_swap(project, journal)
     }
 
@@ -201,26 +202,59 @@ impl Engine {
             }
             "generate" => {
                 sink.progress("rolling back a push that was interrupted before migrate");
+                // A rollback that died while unpacking left a partial tree: keep it aside first.
+                self.drain_staging(project, None, None)?;
                 let quarantine = self.new_quarantine(project, "interrupted-push")?;
                 self.rollback_to_snapshot(project, &quarantine, &mut journal)
             }
             _ => {
-                // The database may already hold the new migrations: drizzle/ stays as generated, and the tree from
-                // before the push is kept.
+                // Migrate had started. Pending migrations run in one transaction, so the database tells which way
+                // it went: everything applied means the push succeeded; anything pending means nothing was.
+                self.drain_staging(project, None, None)?;
                 let quarantine = self.new_quarantine(project, "interrupted-push")?;
-                if let Some(files) = &journal.before {
-                    let bytes =
-                        fs::read(self.snapshot_path(project)).ctx("read", &self.snapshot_path(project))?;
-                    archive::unpack_verified(&bytes, files, &quarantine.join("drizzle"), Limits::default())?;
+                match self.migrate_applied(project) {
+                    Some(false) => {
+                        sink.progress("rolling back a push whose migrate did not apply");
+                        self.rollback_to_snapshot(project, &quarantine, &mut journal)
+                    }
+                    applied => {
+                        if let Some(files) = &journal.before {
+                            let bytes = fs::read(self.snapshot_path(project))
+                                .ctx("read", &self.snapshot_path(project))?;
+                            archive::unpack_verified(
+                                &bytes,
+                                files,
+                                &quarantine.join("drizzle"),
+                                Limits::default(),
+                            )?;
+                        }
+                        if applied == Some(true) {
+                            sink.progress(
+                                "completing a push that was interrupted after its migrate succeeded",
+                            );
+                            self.complete_interrupted_push(project, sink)?;
+                        } else {
+                            sink.progress(&format!(
+                                "a push was interrupted after migrate started and the database cannot be read to \
+                                 tell whether it applied; drizzle/ is left as generated, the tree from before the \
+                                 push is in {}",
+                                quarantine.display()
+                            ));
+                        }
+                        self.clear_journal(project)
+                    }
                 }
-                sink.progress(&format!(
-                    "a push was interrupted after migrate started; drizzle/ is left as generated and the tree \
-                     from before the push is in {}",
-                    quarantine.display()
-                ));
-                self.clear_journal(project)
             }
         }
+    }
+
+    /// Whether every migration in drizzle/'s journal is applied to the database; `None` if that cannot be told.
+    fn migrate_applied(&self, project: &Project) -> Option<bool> {
+        let db = crate::drizzle::database::locate(&project.root, self.config.database.url.as_deref()).ok()?;
+        let entries = crate::drizzle::journal::read(&project.drizzle()).ok()?.unwrap_or_default();
+        let applied = crate::drizzle::database::applied(&db).ok()?.unwrap_or_default();
+        let drift = crate::drizzle::database::drift(&project.drizzle(), &entries, &applied);
+        Some(!drift.iter().any(|d| d.code == "migration-pending"))
     }
 
     /// Puts drizzle/ back to the snapshot taken before a push; what the push left goes to `quarantine`.
