@@ -45,10 +45,29 @@ pub fn pack(dir: &Path, tree: &Tree) -> Result<Packed> {
             format!("remove drizzle/{path} (drizzle-kit never creates one), then try again"),
         ));
     }
+    // Never back up what restore would refuse to unpack.
+    let limits = Limits::default();
+    let files = tree.files();
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    if let Some(big) = files.iter().find(|f| f.size > limits.max_file) {
+        return Err(Error::failed(
+            format!(
+                "drizzle/{} is {} bytes, over the {} byte limit of a backup",
+                big.path, big.size, limits.max_file
+            ),
+            "drizzle/ holds only migrations and snapshots: move the large file out of it",
+        ));
+    }
+    if total > limits.max_total || files.len() > limits.max_entries {
+        return Err(Error::failed(
+            format!("drizzle/ holds {} files and {total} bytes, over the limits of a backup", files.len()),
+            "move what is not a migration out of drizzle/",
+        ));
+    }
     let encoder = zstd::stream::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(io_failed)?;
     let mut builder = tar::Builder::new(encoder);
-    let mut files = Vec::new();
-    for expected in tree.files() {
+    let mut packed_files = Vec::new();
+    for expected in files {
         let path = dir.join(&expected.path);
         let changed = || {
             Error::failed(
@@ -70,11 +89,11 @@ pub fn pack(dir: &Path, tree: &Tree) -> Result<Packed> {
             return Err(changed());
         }
         let blake3 = reader.hasher.finalize().to_hex().to_string();
-        files.push(FileEntry { path: expected.path.clone(), size: expected.size, blake3 });
+        packed_files.push(FileEntry { path: expected.path.clone(), size: expected.size, blake3 });
     }
     let bytes = builder.into_inner().and_then(|e| e.finish()).map_err(io_failed)?;
     let blake3 = blake3::hash(&bytes).to_hex().to_string();
-    Ok(Packed { bytes, files, blake3 })
+    Ok(Packed { bytes, files: packed_files, blake3 })
 }
 
 fn io_failed(e: io::Error) -> Error {

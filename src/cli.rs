@@ -204,17 +204,33 @@ fn init_logging(daemon: bool) {
         .try_init();
 }
 
-fn engine(global: &Global) -> Result<Engine> {
+fn engine(global: &Global) -> Result<(Engine, Option<PathBuf>)> {
     let dirs = Dirs::from_env()?;
-    let (config, _) = Config::load(global.config.as_deref(), &dirs)?;
-    Engine::new(config, dirs)
+    let (config, file) = Config::load(global.config.as_deref(), &dirs)?;
+    Ok((Engine::new(config, dirs)?, file.map(|f| std::path::absolute(&f).unwrap_or(f))))
 }
 
 /// Validates the configuration (so a broken file is exit 2 even while a daemon runs) and connects.
 fn client(global: &Global) -> Result<Client> {
     let dirs = Dirs::from_env()?;
-    Config::load(global.config.as_deref(), &dirs)?;
-    Client::connect(&dirs, global.config.as_deref(), global.no_spawn)
+    let (_, file) = Config::load(global.config.as_deref(), &dirs)?;
+    let file = file.map(|f| std::path::absolute(&f).unwrap_or(f));
+    let spawn_with = file.clone().or_else(|| global.config.clone());
+    let client = Client::connect(&dirs, spawn_with.as_deref(), global.no_spawn)?;
+    if let Some(Reply::Hello { config, pid, .. }) = &client.hello
+        && *config != file
+    {
+        let shown = |c: &Option<PathBuf>| {
+            c.as_ref().map_or("the built-in defaults".to_string(), |p| p.display().to_string())
+        };
+        eprintln!(
+            "dreamerd: warning: the running daemon (pid {pid}) uses {}, not {}; run `dreamerd stop` to restart it \
+             with yours",
+            shown(config),
+            shown(&file)
+        );
+    }
+    Ok(client)
 }
 
 /// Sends one request and waits for its result, streaming operation output to stderr meanwhile.
@@ -250,13 +266,13 @@ fn print_raw(
 fn run(global: &Global, action: Action) -> Result<i32> {
     match action {
         Action::Daemon => {
-            let engine = engine(global)?;
+            let (engine, file) = engine(global)?;
             let dirs = engine.dirs.clone();
-            daemon::run(engine, dirs)?;
+            daemon::run(engine, dirs, file)?;
             Ok(0)
         }
         Action::Check(dir) => {
-            let engine = engine(global)?;
+            let (engine, _) = engine(global)?;
             let project = Project::discover(dir.as_deref())?;
             let status = engine.status(&project)?;
             emit(global, &status, || human_status(&status));
@@ -338,21 +354,33 @@ fn run(global: &Global, action: Action) -> Result<i32> {
         Action::Stop => {
             let dirs = Dirs::from_env()?;
             let socket = ipc::socket_path(&dirs);
-            let mut client = match Client::connect(&dirs, None, true) {
-                Ok(c) => c,
-                Err(Error::DaemonUnreachable(_)) => {
-                    emit(global, &serde_json::json!({"ok": true, "was_running": false}), || {
-                        "no daemon is running\n".into()
-                    });
-                    return Ok(0);
-                }
-                Err(e) => return Err(e),
+            let Some(mut client) = Client::connect_existing(&dirs) else {
+                emit(global, &serde_json::json!({"ok": true, "was_running": false}), || {
+                    "no daemon is running\n".into()
+                });
+                return Ok(0);
             };
-            client.send(Request::Stop)?;
-            client.finish(|_| {})?;
-            // Return once it is really gone, so `dreamerd stop && dreamerd daemon` works.
+            match client.hello.clone() {
+                Some(Reply::Hello { protocol, pid, .. }) if protocol != ipc::PROTOCOL => {
+                    // It would not understand our stop request: SIGTERM is a clean shutdown too.
+                    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                    }
+                }
+                _ => {
+                    client.send(Request::Stop)?;
+                    client.finish(|_| {})?;
+                }
+            }
+            // Return once it is really gone (socket file removed), so `dreamerd stop && dreamerd daemon` works.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while ipc::daemon_alive(&socket) && std::time::Instant::now() < deadline {
+            while ipc::daemon_alive(&socket) || socket.exists() {
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::failed(
+                        "the daemon did not stop within 60s (an operation may still be running)",
+                        "wait for it, or see the daemon's log",
+                    ));
+                }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             emit(global, &serde_json::json!({"ok": true, "was_running": true}), || "daemon stopped\n".into());

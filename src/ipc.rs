@@ -78,12 +78,33 @@ pub enum Request {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum Reply {
-    Hello { daemon_version: String, protocol: u32, pid: u32 },
-    Output { stream: Stream, line: String },
-    Progress { message: String },
-    Event { event: serde_json::Value },
-    Result { exit: i32, data: serde_json::Value },
-    Error { exit: i32, error: String, hint: Option<String> },
+    Hello {
+        daemon_version: String,
+        protocol: u32,
+        pid: u32,
+        /// The configuration file the daemon read at start, if any.
+        #[serde(default)]
+        config: Option<PathBuf>,
+    },
+    Output {
+        stream: Stream,
+        line: String,
+    },
+    Progress {
+        message: String,
+    },
+    Event {
+        event: serde_json::Value,
+    },
+    Result {
+        exit: i32,
+        data: serde_json::Value,
+    },
+    Error {
+        exit: i32,
+        error: String,
+        hint: Option<String>,
+    },
 }
 
 impl Reply {
@@ -141,6 +162,8 @@ pub fn secure_runtime_dir(dir: &Path) -> Result<()> {
 /// A connection to the daemon that has passed the hello.
 pub struct Client {
     reader: BufReader<LocalStream>,
+    /// What the daemon said in its hello.
+    pub hello: Option<Reply>,
 }
 
 fn connect_raw(socket: &Path) -> io::Result<LocalStream> {
@@ -159,10 +182,11 @@ impl Client {
         // A wedged daemon must not hang the command: the hello comes at once or not at all. Later replies may
         // be far apart (a long migrate), so the timeout is for the hello only.
         stream.set_recv_timeout(Some(HELLO_TIMEOUT))?;
-        let mut client = Client { reader: BufReader::new(stream) };
+        let mut client = Client { reader: BufReader::new(stream), hello: None };
         let hello =
             client.next_reply()?.ok_or_else(|| io::Error::other("the daemon closed the connection"))?;
         client.reader.get_ref().set_recv_timeout(None)?;
+        client.hello = Some(hello.clone());
         Ok((client, hello))
     }
 
@@ -178,7 +202,7 @@ impl Client {
             {
                 return Ok(client);
             }
-            Ok((client, Reply::Hello { protocol, daemon_version, pid })) => {
+            Ok((client, Reply::Hello { protocol, daemon_version, pid, .. })) => {
                 if no_spawn {
                     return Err(unreachable(format!(
                         "the running daemon speaks protocol {protocol}, not {PROTOCOL}"
@@ -208,6 +232,11 @@ impl Client {
                 format!("see its log in {}", daemon_log(dirs).display()),
             )),
         }
+    }
+
+    /// Connects to whatever daemon answers, whatever its protocol or version (to stop it); `None` if none does.
+    pub fn connect_existing(dirs: &Dirs) -> Option<Client> {
+        Client::open(&socket_path(dirs)).ok().map(|(client, _)| client)
     }
 
     /// Sends the request.
@@ -337,16 +366,16 @@ fn spawn_daemon(dirs: &Dirs, config: Option<&Path>) -> Result<()> {
                 .rev()
                 .collect::<Vec<_>>()
                 .join("\n");
-            return Err(Error::failed(
-                format!("the daemon exited at start ({status}): {last}"),
-                format!("see {}", log_path.display()),
-            ));
+            return Err(Error::Environment {
+                context: format!("the daemon exited at start ({status}); see {}", log_path.display()),
+                source: io::Error::other(last),
+            });
         }
         if Instant::now() > deadline {
-            return Err(Error::failed(
-                "the daemon did not open its socket within 20s",
-                format!("see {}", log_path.display()),
-            ));
+            return Err(Error::Environment {
+                context: format!("the daemon did not open its socket within 20s; see {}", log_path.display()),
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            });
         }
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -321,9 +321,23 @@ fn identity_is_per_project_and_travels_with_a_clone() {
     fs::create_dir_all(other.join("src")).unwrap();
     fs::write(other.join("package.json"), r#"{"name":"same"}"#).unwrap();
     fs::write(other.join("src/schema.ts"), "export const z = 0;\n").unwrap();
-    let run = a.cmd("dreamerd", &["history", "--json", other.to_str().unwrap()]).output().unwrap();
-    let v: Value = serde_json::from_slice(&run.stdout).unwrap();
-    assert_eq!(v["pushes"], json!([]), "a different project sees none of a's pushes");
+    fs::write(other.join("gen.sh"), GENERATE).unwrap();
+    fs::write(other.join("mig.sh"), "echo migrated\n").unwrap();
+    let run = a.cmd("dreamer", &["push", "--json", other.to_str().unwrap()]).output().unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", String::from_utf8_lossy(&run.stderr));
+    let other_id: Value = serde_json::from_slice(&run.stdout).unwrap();
+    let history = |dir: &std::path::Path| -> Vec<String> {
+        let run = a.cmd("dreamerd", &["history", "--json", dir.to_str().unwrap()]).output().unwrap();
+        let v: Value = serde_json::from_slice(&run.stdout).unwrap();
+        v["pushes"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(
+        history(&other),
+        [other_id["push_id"].as_str().unwrap()],
+        "each project sees only its own pushes"
+    );
+    assert_eq!(history(&a.root), [a_id.clone()]);
+    assert_ne!(fs::read_to_string(other.join(".dreamerd.toml")).unwrap(), a.read(".dreamerd.toml"));
 
     // A clone (same files, .dreamerd.toml included, another path) finds a's backups and can restore them.
     let clone = a.tmp.path().join("clone");

@@ -72,6 +72,8 @@ struct State {
 pub(crate) struct Daemon {
     engine: Engine,
     dirs: Dirs,
+    /// The configuration file read at start, told to clients so they can warn when theirs differs.
+    config_file: Option<PathBuf>,
     state: Mutex<State>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     events: broadcast::Sender<serde_json::Value>,
@@ -87,6 +89,8 @@ pub(crate) struct Daemon {
     connections: AtomicU64,
     /// Wakes the scheduler: a project needs a rescan now, or events were lost.
     rescan_tx: mpsc::UnboundedSender<Wake>,
+    /// Set while an overflow wake is on its way, so a burst of dropped events sends one.
+    overflow_flagged: Arc<AtomicBool>,
 }
 
 /// What the scheduler is told besides file events.
@@ -136,6 +140,18 @@ impl Drop for PidLock {
     }
 }
 
+/// Reports an operation the daemon runs on its own (recovery, automatic restore) to the log.
+struct LogSink;
+
+impl crate::engine::Sink for LogSink {
+    fn output(&self, _: crate::engine::Stream, line: &str) {
+        tracing::debug!(%line, "output");
+    }
+    fn progress(&self, message: &str) {
+        tracing::info!("{message}");
+    }
+}
+
 /// The persisted watch list.
 #[derive(Default, Serialize, Deserialize)]
 struct WatchList {
@@ -143,15 +159,15 @@ struct WatchList {
 }
 
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or `dreamerd stop`.
-pub fn run(engine: Engine, dirs: Dirs) -> Result<()> {
+pub fn run(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
             Error::failed(format!("cannot start the async runtime: {e}"), "check system limits")
         })?;
-    runtime.block_on(main_loop(engine, dirs))
+    runtime.block_on(main_loop(engine, dirs, config_file))
 }
 
-async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
+async fn main_loop(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> Result<()> {
     let runtime_dir = ipc::runtime_dir(&dirs);
     ipc::secure_runtime_dir(&runtime_dir)?;
     let pid_lock = PidLock::acquire(&runtime_dir)?;
@@ -168,6 +184,7 @@ async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
     let daemon = Arc::new(Daemon {
         engine,
         dirs,
+        config_file,
         state: Mutex::new(State::default()),
         watcher: Mutex::new(None),
         events: broadcast::channel(1024).0,
@@ -180,11 +197,14 @@ async fn main_loop(engine: Engine, dirs: Dirs) -> Result<()> {
         ops_done: Notify::new(),
         connections: AtomicU64::new(0),
         rescan_tx,
+        overflow_flagged: Arc::new(AtomicBool::new(false)),
     });
     daemon.start_watcher(fs_tx)?;
     tokio::spawn(daemon.clone().scheduler(fs_rx, rescan_rx));
     for root in daemon.load_watchlist() {
         daemon.add_project(&root, false);
+        let this = daemon.clone();
+        tokio::spawn(async move { this.recover_project(&root).await });
     }
     tracing::info!(
         version = ipc::VERSION,
@@ -305,6 +325,23 @@ impl Daemon {
         }
         let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
         added
+    }
+
+    /// Finishes what a crash left in a project (a half-done swap, an interrupted push) without waiting for the
+    /// next push or restore.
+    async fn recover_project(self: &Arc<Self>, root: &Path) {
+        let this = self.clone();
+        let project = self.project(root);
+        match self.run_op(root, move || this.engine.recover_now(&project, &LogSink)).await {
+            Ok(true) => {
+                tracing::info!(project = %root.display(), "finished what an interrupted operation left")
+            }
+            Ok(false) | Err(Error::Busy(_)) => {}
+            Err(e) => {
+                tracing::warn!(project = %root.display(), error = %e, "cannot finish an interrupted operation")
+            }
+        }
+        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
     }
 
     fn remove_project(&self, root: &Path) -> Result<bool> {

@@ -64,6 +64,7 @@ impl Daemon {
             daemon_version: ipc::VERSION.into(),
             protocol: ipc::PROTOCOL,
             pid: std::process::id(),
+            config: self.config_file.clone(),
         };
         if send.write_all(hello.line().as_bytes()).await.is_err() {
             return;
@@ -105,11 +106,27 @@ impl Daemon {
         };
         let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
         let work = tokio::spawn(self.clone().dispatch(request, tx));
-        while let Some(reply) = rx.recv().await {
-            if send.write_all(reply.line().as_bytes()).await.is_err() {
-                break; // the client left; the operation itself goes on to its end
+        let mut probe = [0u8; 512];
+        loop {
+            tokio::select! {
+                reply = rx.recv() => match reply {
+                    Some(reply) => {
+                        if send.write_all(reply.line().as_bytes()).await.is_err() {
+                            break; // the client left; the operation itself goes on to its end
+                        }
+                    }
+                    None => break,
+                },
+                // A client sends nothing after its request: end of stream means it left (an `events --follow`
+                // that was interrupted); dropping `rx` then ends the streaming task.
+                read = reader.read(&mut probe) => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        break;
+                    }
+                }
             }
         }
+        drop(rx);
         let _ = work.await;
     }
 
@@ -248,6 +265,7 @@ impl Daemon {
 
     async fn watch(self: &Arc<Self>, dir: &Path) -> Result<(i32, Value)> {
         let added = self.add_project(dir, true);
+        self.recover_project(dir).await;
         self.rescan(dir).await;
         let status = self.project_status(dir).await?;
         Ok((0, json!({"ok": true, "root": dir, "newly_watched": added, "project": status})))
@@ -256,11 +274,16 @@ impl Daemon {
     /// The daemon's view of one project: the cached status of a watched one (rescanned first if events are
     /// pending), or a fresh scan of an unwatched one.
     async fn project_status(self: &Arc<Self>, root: &Path) -> Result<Value> {
-        let (watched, pending) = {
+        let (watched, stale) = {
             let state = self.state.lock().expect("state");
-            (state.projects.contains_key(root), state.pending.contains_key(root))
+            let unwatched = state
+                .projects
+                .get(root)
+                .is_some_and(|w| w.warnings.iter().any(|x| x.starts_with("cannot watch")));
+            // Pending events, or watches that could not be set (no events will come): scan now.
+            (state.projects.contains_key(root), state.pending.contains_key(root) || unwatched)
         };
-        if watched && pending {
+        if watched && stale {
             self.rescan(root).await;
         }
         let cached = {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::{Daemon, Wake, Watched};
 use crate::config::OnViolation;
-use crate::engine::{NullSink, ProjectState, ProjectStatus};
+use crate::engine::{ProjectState, ProjectStatus};
 use crate::error::{Error, Result};
 
 /// A project is rescanned at the latest this many quiet periods after its first pending event, even if events
@@ -55,13 +55,17 @@ impl Daemon {
         tx: mpsc::Sender<notify::Result<notify::Event>>,
     ) -> Result<()> {
         let wake = self.rescan_tx.clone();
+        let flagged = self.overflow_flagged.clone();
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             if let Ok(e) = &event
                 && matches!(e.kind, EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
             {
                 return; // reads (our own hashing among them) change nothing
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {
+            // One overflow wake per burst: the flag is cleared when the scheduler takes it.
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event)
+                && !flagged.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
                 let _ = wake.send(Wake::Overflow("the event queue was full"));
             }
         })
@@ -94,10 +98,13 @@ impl Daemon {
         for (path, mode) in &want {
             let id = dir_id(path);
             match (id, watched.watches.get(path).copied()) {
-                (Some(now), Some(before)) if now == before => {}
+                // Re-added at every rescan, even when the inode looks unchanged: a directory deleted and
+                // re-created can get the same inode back, and its old watch is gone.
                 (Some(now), _) => match watcher.watch(path, *mode) {
                     Ok(()) => {
                         watched.watches.insert(path.clone(), now);
+                        let prefix = format!("cannot watch {}:", path.display());
+                        watched.warnings.retain(|w| !w.starts_with(&prefix));
                     }
                     Err(e) => {
                         let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
@@ -149,7 +156,10 @@ impl Daemon {
                 },
                 wake = wake_rx.recv() => match wake {
                     Some(Wake::Rescan(root)) => self.mark(&root, Instant::now()),
-                    Some(Wake::Overflow(why)) => self.mark_all(debounce, why),
+                    Some(Wake::Overflow(why)) => {
+                        self.overflow_flagged.store(false, std::sync::atomic::Ordering::SeqCst);
+                        self.mark_all(debounce, why);
+                    }
                     None => return,
                 },
                 () = sleep => {
@@ -242,6 +252,16 @@ impl Daemon {
         let p = project.clone();
         let scanned = tokio::task::spawn_blocking(move || this.engine.status(&p)).await;
         let status = match scanned {
+            // An operation that started while we scanned makes the scan meaningless: look again after it.
+            Ok(Ok(s))
+                if s.state == ProjectState::Busy
+                    || self.state.lock().expect("state").ops.get(root).copied().unwrap_or(0) > 0 =>
+            {
+                let later =
+                    Instant::now() + Duration::from_millis(self.engine.config.watch.debounce_ms.max(50));
+                self.mark(root, later);
+                return;
+            }
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 let mut state = self.state.lock().expect("state");
@@ -342,7 +362,8 @@ impl Daemon {
     async fn auto_restore(self: &Arc<Self>, root: &Path, what: String) {
         let this = self.clone();
         let project = self.project(root);
-        let outcome = self.run_op(root, move || this.engine.restore(&project, None, false, &NullSink)).await;
+        let outcome =
+            self.run_op(root, move || this.engine.restore(&project, None, false, &super::LogSink)).await;
         let shown = root.display().to_string();
         match outcome {
             Ok(report) => {

@@ -74,7 +74,17 @@ fn precheck_failure(code: &str, message: String, hint: &str) -> PushReport {
 impl Engine {
     /// Runs a whole push on `project`.
     pub fn push(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
-        let _lock = self.lock(project)?;
+        let _lock = match self.lock(project) {
+            Ok(lock) => lock,
+            Err(Error::Busy(message)) => {
+                return Ok(precheck_failure(
+                    "busy",
+                    message,
+                    "wait for the running push or restore to finish, then push again; nothing was changed",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
         self.recover(project, sink)?;
         let drizzle = project.drizzle();
         if let Err(e) = self.flush_pending(project, sink) {

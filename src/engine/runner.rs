@@ -14,6 +14,9 @@ use super::{Sink, Stream};
 /// How much of each stream is kept for diagnosis (the tail, which is where errors are).
 const KEEP_BYTES: usize = 256 * 1024;
 
+/// How long the output of a finished program is still read, for pipes held open by a stray process.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
 /// What a finished (or killed) command did.
 #[derive(Debug, Clone, Default)]
 pub struct RunOutput {
@@ -92,6 +95,7 @@ pub fn run(
     let mut status = None;
     let mut timed_out = false;
     let mut lines_open = true;
+    let mut drained = false;
     loop {
         if status.is_none() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -118,16 +122,28 @@ pub fn run(
                 kill_group(pid);
             }
         } else {
-            // The program is gone: forward what the readers still hold, until both pipes close.
-            while let Ok((stream, line)) = line_rx.recv() {
-                forward(&kept, sink, stream, &line);
+            // The program is gone: forward what the readers still hold, until both pipes close; something that
+            // escaped the process group may hold them open, so not forever.
+            let drain_until = std::time::Instant::now() + DRAIN_LIMIT;
+            loop {
+                let left = drain_until.saturating_duration_since(std::time::Instant::now());
+                match line_rx.recv_timeout(left) {
+                    Ok((stream, line)) => forward(&kept, sink, stream, &line),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        drained = true;
+                        break;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                }
             }
             break;
         }
     }
     let _ = waiter.join();
-    for r in readers.into_iter().flatten() {
-        let _ = r.join();
+    if drained {
+        for r in readers.into_iter().flatten() {
+            let _ = r.join();
+        }
     }
     let (out, err) = std::mem::take(&mut *kept.lock().expect("not poisoned"));
     let exit = match status {

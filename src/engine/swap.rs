@@ -180,6 +180,18 @@ impl Engine {
         fsutil::fsync_dir(&project.root).ctx("sync", &project.root)
     }
 
+    /// Finishes what a crash left in a project, if anything: takes the project's lock (so never during another
+    /// operation) and recovers. Returns whether there was something to finish.
+    pub fn recover_now(&self, project: &Project, sink: &dyn Sink) -> Result<bool> {
+        let journal = self.ops_dir(project).join("journal.json");
+        if !journal.exists() && !fsutil::exists_nofollow(&project.root.join(STAGING)) {
+            return Ok(false);
+        }
+        let _lock = self.lock(project)?;
+        self.recover(project, sink)?;
+        Ok(true)
+    }
+
     /// Finishes whatever an interrupted operation left: a swap is completed, a push that died before migrate is
     /// rolled back, and nothing found is deleted. Call with the project lock held.
     pub(crate) fn recover(&self, project: &Project, sink: &dyn Sink) -> Result<()> {
