@@ -336,7 +336,7 @@ fn identity_is_per_project_and_travels_with_a_clone() {
         [other_id["push_id"].as_str().unwrap()],
         "each project sees only its own pushes"
     );
-    assert_eq!(history(&a.root), [a_id.clone()]);
+    assert_eq!(history(&a.root), [a_id.as_str()]);
     assert_ne!(fs::read_to_string(other.join(".dreamerd.toml")).unwrap(), a.read(".dreamerd.toml"));
 
     // A clone (same files, .dreamerd.toml included, another path) finds a's backups and can restore them.
