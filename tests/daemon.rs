@@ -359,12 +359,14 @@ fn lifecycle_spawn_no_spawn_second_daemon_and_stale_socket() {
     assert_eq!(run.code, 0, "stopping no daemon is fine");
     assert!(run.stdout.contains("no daemon"));
 
-    // SIGTERM is a clean shutdown too.
-    w.json("dreamerd", &["status", "--all"]);
-    let third = w.daemon_pid().unwrap();
-    Command::new("kill").args(["-TERM", &third.to_string()]).status().unwrap();
-    w.wait_for("SIGTERM shutdown", || !alive(third));
-    assert!(!w.socket().exists());
+    // SIGTERM and SIGINT are clean shutdowns too.
+    for signal in ["-TERM", "-INT"] {
+        w.json("dreamerd", &["status", "--all"]);
+        let pid = w.daemon_pid().unwrap();
+        Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+        w.wait_for("the shutdown", || !alive(pid));
+        assert!(!w.socket().exists(), "{signal} removed the socket");
+    }
 }
 
 #[test]
@@ -456,6 +458,8 @@ fn watch_list_survives_restarts_and_unwatch_removes() {
 #[test]
 fn on_violation_restore_puts_drizzle_back_by_itself() {
     let w = stand_in_world();
+    let bus = Bus::start(w.tmp.path());
+    w.set_env("DBUS_SESSION_BUS_ADDRESS", &bus.address);
     let cfg = fs::read_to_string(w.xdg("config").join("dreamerd/config.toml")).unwrap();
     w.config(&(cfg + "[watch]\non_violation = \"restore\"\n"));
     w.push_ok();
@@ -469,6 +473,11 @@ fn on_violation_restore_puts_drizzle_back_by_itself() {
     let kept = crate::support::tree_of(&w.state().join("quarantine"));
     assert!(kept.values().any(|v| v == b"-- an agent's edit"), "the edit is kept in quarantine");
     assert!(w.daemon_log().contains("restored automatically"));
+    w.wait_for("the notification", || {
+        bus.notifications().iter().any(|n| n.contains("drizzle/ restored in proj"))
+    });
+    let n = bus.notifications();
+    assert!(n.iter().any(|n| n.contains("0000_step.sql") && n.contains("kept in")), "{n:?}");
 }
 
 #[test]
@@ -635,4 +644,57 @@ fn a_command_whose_configuration_differs_from_the_daemons_says_so() {
     assert!(run.stderr.contains("ci.toml") && run.stderr.contains("dreamerd stop"), "{}", run.stderr);
     let run = w.run("dreamerd", &["status"]);
     assert!(!run.stderr.contains("warning"), "same configuration, no warning: {}", run.stderr);
+}
+
+#[test]
+fn commands_racing_from_cold_start_one_daemon() {
+    let w = stand_in_world();
+    let racers: Vec<_> = (0..4)
+        .map(|_| {
+            w.cmd("dreamerd", &["status", "--all", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for r in racers {
+        let out = r.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(w.daemon_log().matches("dreamerd daemon listening").count(), 1, "{}", w.daemon_log());
+    assert!(
+        !w.daemon_log().contains("already running"),
+        "the start-up lock kept a second daemon from even trying"
+    );
+}
+
+#[test]
+fn different_projects_push_in_parallel() {
+    let a = stand_in_world();
+    let b_root = a.tmp.path().join("other");
+    fs::create_dir_all(b_root.join("src")).unwrap();
+    fs::write(b_root.join("src/schema.ts"), "export const b = 1;\n").unwrap();
+    let gate = a.tmp.path().join("gate");
+    // Each generate announces itself, then waits until both have started: only parallel pushes get through.
+    let script = format!(
+        "touch {gate}-$(basename $PWD)\nwhile [ ! -f {gate}-proj ] || [ ! -f {gate}-other ]; do sleep 0.05; done\n{GENERATE}",
+        gate = gate.display()
+    );
+    a.write("gen.sh", &script);
+    fs::write(b_root.join("gen.sh"), &script).unwrap();
+    fs::write(b_root.join("mig.sh"), "echo migrated\n").unwrap();
+    let first =
+        a.cmd("dreamer", &["push", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let second = a
+        .cmd("dreamer", &["push", "--json", b_root.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for push in [first, second] {
+        let out = push.wait_with_output().unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["ok"], true, "{v}");
+    }
 }

@@ -227,7 +227,12 @@ fn database_drift_codes_from_a_real_database() {
     assert_eq!(drift_codes(&w), ["migration-skipped"]);
     let (_, check) = w.json("dreamerd", &["check"]);
     assert_eq!(check["drift"][0]["migration"], first_tag.as_str());
-    failed_push(&w, "precheck", "migration-skipped");
+    let v = failed_push(&w, "precheck", "migration-skipped");
+    assert!(v["diagnosis"]["hint"].as_str().unwrap().contains("reset your development database"));
+    // Following the hint: a fresh development database, then a push applies everything.
+    fs::remove_file(w.path("local.db")).unwrap();
+    w.push_ok();
+    assert!(drift_codes(&w).is_empty());
 }
 
 fn crate_hash(bytes: &[u8]) -> String {

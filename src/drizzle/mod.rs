@@ -41,8 +41,9 @@ impl Drift {
             }
             "migration-pending" => "run `dreamer push` to apply it",
             "migration-skipped" => {
-                "the migrator will never apply this entry: run `dreamer database restore`, move the change into \
-                 src/schema.ts, then `dreamer push`"
+                "the migrator will never apply this entry: if it came from a merge or a hand edit, run `dreamer \
+                 database restore`, move the change into src/schema.ts, then `dreamer push`; if the database lost \
+                 it (restored from an older copy), reset your development database and `dreamer push`"
             }
             "database-unreadable" => {
                 "check that the database file is readable and not locked, and database.url"
