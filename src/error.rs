@@ -1,7 +1,7 @@
 //! The library's error type and how each error maps to the contract's exit codes.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Everything that can go wrong in dreamerd, grouped by what the user has to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +79,3 @@ impl<T> IoContext<T> for io::Result<T> {
         })
     }
 }
-
-/// The path in a form fit for messages.
-pub fn shown(path: &Path) -> String {
-    path.display().to_string()
-}
-
-/// Convenience for functions that return a path they created.
-pub type PathResult = Result<PathBuf>;
