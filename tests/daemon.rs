@@ -698,3 +698,21 @@ fn different_projects_push_in_parallel() {
         assert_eq!(v["ok"], true, "{v}");
     }
 }
+
+#[test]
+fn a_client_that_never_sends_its_request_is_dropped() {
+    let w = stand_in_world();
+    w.json("dreamerd", &["status", "--all"]);
+    let s = UnixStream::connect(w.socket()).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut hello = String::new();
+    reader.read_line(&mut hello).unwrap();
+    // Say nothing: the daemon gives up after its request timeout with an error, and closes.
+    let mut reply = String::new();
+    reader.read_to_string(&mut reply).unwrap();
+    let v: Value = serde_json::from_str(reply.trim()).unwrap();
+    assert_eq!(v["type"], "error");
+    assert!(v["error"].as_str().unwrap().contains("no request within"), "{v}");
+    let (code, _) = w.json("dreamerd", &["status", "--all"]);
+    assert_eq!(code, 0);
+}
