@@ -225,6 +225,12 @@ fn without_any_bus_the_daemon_keeps_working() {
     restore(&w);
     w.write("drizzle/meta/_journal.json", "edit 2");
     wait_violations(&w, json!([{"kind": "modified", "path": "meta/_journal.json"}]));
+    w.wait_for("the warning", || w.daemon_log().contains("desktop notifications are unavailable"));
+    w.write("drizzle/0000_step.sql", "edit 3");
+    wait_violations(
+        &w,
+        json!([{"kind": "modified", "path": "0000_step.sql"}, {"kind": "modified", "path": "meta/_journal.json"}]),
+    );
     let log = w.daemon_log();
     assert_eq!(log.matches("desktop notifications are unavailable").count(), 1, "logged once: {log}");
 
@@ -408,7 +414,7 @@ fn a_burst_of_thousands_of_changes_ends_with_the_right_status() {
 #[test]
 fn an_overflow_forced_with_a_small_queue_rescans_and_shows_in_status() {
     let w = stand_in_world();
-    w.set_env("DREAMERD_EVENT_QUEUE", "4");
+    w.set_env("DREAMERD_EVENT_QUEUE", "1");
     w.push_ok();
     for i in 0..2000 {
         w.write(&format!("drizzle/flood_{i:04}.sql"), "x");

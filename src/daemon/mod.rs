@@ -323,6 +323,8 @@ impl Daemon {
                 tracing::error!(error = %e, "cannot save the watch list");
             }
         }
+        // Pending at once (not only when the scheduler reads its wake), so a status in between rescans first.
+        self.mark(root, std::time::Instant::now());
         let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
         added
     }
@@ -341,6 +343,7 @@ impl Daemon {
                 tracing::warn!(project = %root.display(), error = %e, "cannot finish an interrupted operation")
             }
         }
+        self.mark(root, std::time::Instant::now());
         let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
     }
 

@@ -197,7 +197,7 @@ impl Daemon {
                     tracing::info!(project = %dir.display(), event = %event, "push finished");
                     self.emit(event);
                 }
-                self.after_op(&dir);
+                self.after_op(&dir).await;
                 report.map(|r| (if r.ok() { 0 } else { 1 }, serde_json::to_value(r).expect("serialises")))
             }
             Request::Restore { dir, push, dry_run } => {
@@ -215,7 +215,7 @@ impl Daemon {
                                      "push_id": r.push_id, "quarantine": r.quarantine}));
                 }
                 if !dry_run {
-                    self.after_op(&dir);
+                    self.after_op(&dir).await;
                 }
                 report.map(|r| (0, serde_json::to_value(r).expect("serialises")))
             }
@@ -256,10 +256,12 @@ impl Daemon {
         })
     }
 
-    /// A project pushed or restored through the daemon is watched from then on; it is rescanned now.
-    fn after_op(&self, root: &Path) {
+    /// A project pushed or restored through the daemon is watched from then on. It is rescanned before the
+    /// client gets its answer, so a status asked right after never shows the state from before the operation.
+    async fn after_op(self: &Arc<Self>, root: &Path) {
         if !self.stopping.load(Ordering::SeqCst) {
             self.add_project(root, true);
+            self.rescan(root).await;
         }
     }
 

@@ -205,8 +205,8 @@ impl Daemon {
         }
     }
 
-    /// Schedules a rescan of one project right away.
-    fn mark(&self, root: &Path, when: Instant) {
+    /// Schedules a rescan of one project at `when`.
+    pub(super) fn mark(&self, root: &Path, when: Instant) {
         let mut state = self.state.lock().expect("state");
         if state.projects.contains_key(root) {
             state.pending.insert(root.to_path_buf(), (when, when));
@@ -381,6 +381,7 @@ impl Daemon {
                 self.emit(json!({"type": "restore", "root": root, "ok": false, "automatic": true, "error": e.to_string()}));
             }
         }
+        self.mark(root, Instant::now());
         let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
     }
 }
