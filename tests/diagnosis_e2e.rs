@@ -333,19 +333,8 @@ const CRASHABLE_MIGRATE: &str = "if [ -f crash-before ]; then echo $$ > mig.pid;
 /// Starts a push, waits until migrate hangs where asked, then kills the daemon and migrate like a power cut.
 fn crash_during_migrate(w: &World, flag: &str) {
     w.write(flag, "");
-    let mut push = w
-        .cmd("dreamer", &["push"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    w.wait_for("migrate to hang", || w.path("mig.pid").exists());
-    let daemon = w.daemon_pid().unwrap();
-    std::process::Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap();
-    let _ = std::process::Command::new("kill").args(["-KILL", w.read("mig.pid").trim()]).status();
-    push.wait().unwrap();
+    w.push_and_crash("mig.pid");
     fs::remove_file(w.path(flag)).unwrap();
-    fs::remove_file(w.path("mig.pid")).unwrap();
 }
 
 fn crashable_world() -> World {

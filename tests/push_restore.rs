@@ -279,20 +279,8 @@ fn an_interrupted_push_is_rolled_back_by_the_next_operation() {
     let w = stand_in_world();
     w.push_ok();
     let before = w.tree("drizzle");
-    w.write("gen.sh", "echo $$ > gen.pid\necho half > drizzle/0001_half.sql\nexec sleep 60\n");
-    let mut child = w
-        .cmd("dreamer", &["push"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    w.wait_for("generate to start writing", || w.path("drizzle/0001_half.sql").exists());
-    // A crash: the daemon running the push dies at once, and so does the drizzle-kit it started.
-    let daemon = w.daemon_pid().expect("the push runs in the daemon");
-    std::process::Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap();
-    let pid = w.read("gen.pid");
-    let _ = std::process::Command::new("kill").args(["-KILL", pid.trim()]).status();
-    child.wait().unwrap();
+    w.write("gen.sh", "echo half > drizzle/0001_half.sql\necho $$ > gen.pid\nexec sleep 60\n");
+    w.push_and_crash("gen.pid");
     assert!(w.path("drizzle/0001_half.sql").exists());
     assert!(w.socket().exists(), "kill -9 leaves a stale socket behind");
 

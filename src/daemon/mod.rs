@@ -42,8 +42,11 @@ struct Watched {
     rescans: u64,
     overflows: u64,
     warnings: BTreeSet<String>,
-    /// Watched directories and the (dev, inode) each watch was made on, to notice a re-created directory.
-    watches: BTreeMap<PathBuf, (u64, u64)>,
+    /// Directories with a watch in place.
+    watches: BTreeSet<PathBuf>,
+    /// Set when one of those directories was deleted or created (or events were lost): its watch must be made
+    /// again, since a directory re-created in a hurry can even get the same inode back.
+    rewatch: bool,
     /// Serialises rescans of this project.
     scan_lock: Arc<tokio::sync::Mutex<()>>,
 }
@@ -351,7 +354,7 @@ impl Daemon {
         let removed = self.state.lock().expect("state").projects.remove(root);
         let Some(watched) = removed else { return Ok(false) };
         if let Some(w) = self.watcher.lock().expect("watcher").as_mut() {
-            for path in watched.watches.keys() {
+            for path in &watched.watches {
                 let _ = notify::Watcher::unwatch(w, path);
             }
         }

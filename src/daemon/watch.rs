@@ -3,7 +3,6 @@
 //! rescan and show in status; nothing is dropped silently. While idle, nothing runs.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +44,8 @@ fn relevant(root: &Path, path: &Path) -> bool {
         || rel == "src/schema.ts"
 }
 
-fn dir_id(path: &Path) -> Option<(u64, u64)> {
-    std::fs::symlink_metadata(path).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+fn is_dir(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 impl Daemon {
@@ -74,11 +73,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Puts the watches of a project in place: adds missing ones, re-adds those whose directory was re-created,
-    /// and watches the parent while the root itself is gone.
+    /// Puts the watches of a project in place: adds missing ones, makes again those of directories that were
+    /// deleted or created since, drops those of directories that are gone, and watches the parent while the root
+    /// itself is gone. A rescan with nothing of that kind touches no watch.
     pub(super) fn ensure_watches(&self, root: &Path) {
         let mut want: Vec<(PathBuf, RecursiveMode)> = wanted(root).into();
-        if dir_id(root).is_none()
+        if !is_dir(root)
             && let Some(parent) = root.parent()
         {
             want.push((parent.to_path_buf(), RecursiveMode::NonRecursive));
@@ -88,27 +88,26 @@ impl Daemon {
         let mut state = self.state.lock().expect("state");
         let Some(watched) = state.projects.get_mut(root) else { return };
         let wanted_paths: BTreeSet<&PathBuf> = want.iter().map(|(p, _)| p).collect();
-        watched.watches.retain(|p, _| {
+        watched.watches.retain(|p| {
             let keep = wanted_paths.contains(p);
             if !keep {
                 let _ = watcher.unwatch(p);
             }
             keep
         });
+        let rewatch = std::mem::take(&mut watched.rewatch);
         for (path, mode) in &want {
-            let id = dir_id(path);
-            match (id, watched.watches.get(path).copied()) {
-                // Re-added at every rescan, even when the inode looks unchanged: a directory deleted and
-                // re-created can get the same inode back, and its old watch is gone.
-                (Some(now), _) => match watcher.watch(path, *mode) {
+            let present = is_dir(path);
+            let has_watch = watched.watches.contains(path);
+            if present && (rewatch || !has_watch) {
+                match watcher.watch(path, *mode) {
                     Ok(()) => {
-                        watched.watches.insert(path.clone(), now);
+                        watched.watches.insert(path.clone());
                         let prefix = format!("cannot watch {}:", path.display());
                         watched.warnings.retain(|w| !w.starts_with(&prefix));
                     }
                     Err(e) => {
-                        let limit = matches!(e.kind, notify::ErrorKind::MaxFilesWatch);
-                        let warning = if limit {
+                        let warning = if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                             format!(
                                 "cannot watch {}: the inotify watch limit is reached; raise \
                                  fs.inotify.max_user_watches. Changes are found only by rescans until then",
@@ -120,12 +119,10 @@ impl Daemon {
                         tracing::warn!(project = %root.display(), "{warning}");
                         watched.warnings.insert(warning);
                     }
-                },
-                (None, Some(_)) => {
-                    let _ = watcher.unwatch(path);
-                    watched.watches.remove(path);
                 }
-                (None, None) => {}
+            } else if !present && has_watch {
+                let _ = watcher.unwatch(path);
+                watched.watches.remove(path);
             }
         }
     }
@@ -199,6 +196,12 @@ impl Daemon {
         let now = Instant::now();
         for root in roots {
             let mut state = self.state.lock().expect("state");
+            // An event on a watched directory itself (deleted, created, moved) means its watch must be made again.
+            if event.paths.iter().any(|p| wanted(&root).iter().any(|(w, _)| w == p))
+                && let Some(w) = state.projects.get_mut(&root)
+            {
+                w.rewatch = true;
+            }
             let entry = state.pending.entry(root).or_insert((now, now));
             let cap = entry.0 + debounce * MAX_DELAY_FACTOR;
             entry.1 = (now + debounce).min(cap);
@@ -221,6 +224,7 @@ impl Daemon {
         for root in roots {
             if let Some(w) = state.projects.get_mut(&root) {
                 w.overflows += 1;
+                w.rewatch = true; // lost events may have been deletions of watched directories
             }
             state.pending.insert(root, (due, due));
         }

@@ -140,7 +140,7 @@ pub fn judge_migrate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
         return None;
     }
     let all = out.combined();
-    if let Some(d) = classify_database_error(&all) {
+    if let Some(d) = classify_database_error(&all, None) {
         return Some(d);
     }
     Some(Diagnosis::new(
@@ -153,11 +153,13 @@ pub fn judge_migrate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
     ))
 }
 
-/// Classifies a database error text, wherever it came from.
-pub fn classify_database_error(text: &str) -> Option<Diagnosis> {
+/// Classifies a database error text, wherever it came from. The message quotes `quote` when given (the error
+/// with its failing statement, say), else the line of `text` that matched.
+pub fn classify_database_error(text: &str, quote: Option<&str>) -> Option<Diagnosis> {
     let out_of_sync = ["already exists", "duplicate column name", "no such column", "no such table"];
     for needle in out_of_sync {
         if let Some(line) = quote_line(text, needle) {
+            let line = quote.unwrap_or(line);
             return Some(Diagnosis::new(
                 "out-of-sync",
                 format!("drizzle/ and the database disagree: {line}"),
@@ -169,6 +171,7 @@ pub fn classify_database_error(text: &str) -> Option<Diagnosis> {
         }
     }
     if let Some(line) = quote_line(text, "Cannot add a NOT NULL column with default value NULL") {
+        let line = quote.unwrap_or(line);
         return Some(Diagnosis::new(
             "not-null-without-default",
             format!("the migration adds a NOT NULL column without a default to a table with rows: {line}"),
@@ -223,9 +226,11 @@ mod tests {
     fn migrate_texts() {
         assert!(judge_migrate(&out(0, "[✓] migrations applied successfully!", ""), 300).is_none());
         assert_eq!(judge_migrate(&out(1, "[⣷] applying migrations...", ""), 300).unwrap().code, "unknown");
-        let d = classify_database_error("SQLITE_ERROR: SQLITE_ERROR: table `users` already exists").unwrap();
+        let d = classify_database_error("SQLITE_ERROR: SQLITE_ERROR: table `users` already exists", None)
+            .unwrap();
         assert_eq!(d.code, "out-of-sync");
-        let d = classify_database_error("Cannot add a NOT NULL column with default value NULL").unwrap();
+        let d =
+            classify_database_error("Cannot add a NOT NULL column with default value NULL", None).unwrap();
         assert_eq!(d.code, "not-null-without-default");
     }
 }

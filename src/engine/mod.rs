@@ -103,7 +103,7 @@ impl Engine {
     pub fn baseline(&self, project: &Project) -> Result<Option<PushRecord>> {
         let Some(id) = self.project_id(project)? else { return Ok(None) };
         // A push whose backup could not be stored yet is still the last successful push.
-        if let Some((record, _)) = self.pending(project)?
+        if let Some(record) = self.pending_record(project)?
             && record.project_id == id
         {
             return Ok(Some(record));
@@ -150,16 +150,22 @@ impl Engine {
     /// A successful push whose backup is not in the store yet: its record and archive, kept in the state
     /// directory until the store takes them.
     pub(crate) fn pending(&self, project: &Project) -> Result<Option<(PushRecord, Vec<u8>)>> {
-        let dir = self.pending_dir(project);
-        let record = match fs::read(dir.join("record.json")) {
-            Ok(bytes) => serde_json::from_slice::<PushRecord>(&bytes).map_err(|e| {
-                Error::Corrupt(format!("{} is unreadable: {e}", dir.join("record.json").display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).ctx("read", &dir),
-        };
-        let archive = fs::read(dir.join("archive.tar.zst")).ctx("read", &dir.join("archive.tar.zst"))?;
+        let Some(record) = self.pending_record(project)? else { return Ok(None) };
+        let path = self.pending_dir(project).join("archive.tar.zst");
+        let archive = fs::read(&path).ctx("read", &path)?;
         Ok(Some((record, archive)))
+    }
+
+    /// Only the record of a pending push (status reads it at every rescan; the archive is not needed there).
+    fn pending_record(&self, project: &Project) -> Result<Option<PushRecord>> {
+        let path = self.pending_dir(project).join("record.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).ctx("read", &path),
+        }
     }
 
     /// Keeps a push's backup locally when the store refused it.

@@ -15,7 +15,7 @@ use crate::archive::{self, Packed};
 use crate::drizzle::{Drift, database};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use crate::manifest::{self, Tree};
+use crate::manifest;
 use crate::project::Project;
 use crate::store::PushRecord;
 
@@ -289,13 +289,17 @@ impl Engine {
                 "remove it, then push again",
             ));
         }
-        journal_problem(&drizzle, &tree).map(|m| {
-            Diagnosis::new(
-                "unknown",
-                format!("drizzle-kit generate left drizzle/ incoherent: {m}"),
-                "push again; if it repeats, run `dreamer database restore` first",
-            )
-        })
+        // A journal it cannot read, or one naming a .sql that is not there, means generate did not finish.
+        crate::drizzle::journal::faults(&drizzle)
+            .into_iter()
+            .find(|f| matches!(f.code.as_str(), "journal-unreadable" | "journal-missing-sql"))
+            .map(|f| {
+                Diagnosis::new(
+                    "unknown",
+                    format!("drizzle-kit generate left drizzle/ incoherent: {}", f.message),
+                    "push again; if it repeats, run `dreamer database restore` first",
+                )
+            })
     }
 
     /// `drizzle-kit migrate` fails without a word: replay its pending migrations on an in-memory copy of the
@@ -322,11 +326,8 @@ impl Engine {
                     statement
                 };
                 let quoted = format!("{} (in {}: {statement})", failure.error, failure.migration);
-                match diagnosis::classify_database_error(&failure.error) {
-                    Some(d) => Diagnosis {
-                        message: format!("{}: {quoted}", d.message.split(':').next().unwrap_or(&d.message)),
-                        ..d
-                    },
+                match diagnosis::classify_database_error(&failure.error, Some(&quoted)) {
+                    Some(d) => d,
                     None => Diagnosis::new(
                         "unknown",
                         format!("migrate failed: {quoted}"),
@@ -405,23 +406,17 @@ impl Engine {
     ) -> Result<PushReport> {
         let quarantine = self.new_quarantine(project, "failed-push")?;
         write_logs(&quarantine, logs);
-        let rolled_back = match self.rollback_to_snapshot(project, &quarantine, journal) {
-            Ok(()) => true,
-            Err(e) => {
-                return Err(Error::failed(
-                    format!(
-                        "the push failed ({}), and rolling drizzle/ back failed too: {e}",
-                        diagnosis.message
-                    ),
-                    "nothing was lost: the next dreamerd operation on this project finishes the rollback",
-                ));
-            }
-        };
+        if let Err(e) = self.rollback_to_snapshot(project, &quarantine, journal) {
+            return Err(Error::failed(
+                format!("the push failed ({}), and rolling drizzle/ back failed too: {e}", diagnosis.message),
+                "nothing was lost: the next dreamerd operation on this project finishes the rollback",
+            ));
+        }
         Ok(PushReport::Failed(PushFailure {
             ok: false,
             stage,
             diagnosis,
-            rolled_back,
+            rolled_back: true,
             quarantine: Some(quarantine),
         }))
     }
@@ -439,29 +434,4 @@ fn write_logs(quarantine: &std::path::Path, logs: &[(&str, RunOutput)]) {
         );
         let _ = fs::write(quarantine.join(format!("{name}.log")), text);
     }
-}
-
-/// A problem with `meta/_journal.json` that means generate did not finish: unreadable, or naming a missing .sql.
-fn journal_problem(drizzle: &std::path::Path, tree: &Tree) -> Option<String> {
-    if !tree.nodes.contains_key("meta/_journal.json") {
-        return None;
-    }
-    let text = match fs::read(drizzle.join("meta/_journal.json")) {
-        Ok(t) => t,
-        Err(e) => return Some(format!("meta/_journal.json: {e}")),
-    };
-    let journal: serde_json::Value = match serde_json::from_slice(&text) {
-        Ok(v) => v,
-        Err(e) => return Some(format!("meta/_journal.json is not valid JSON: {e}")),
-    };
-    let entries = journal.get("entries").and_then(|e| e.as_array())?;
-    for entry in entries {
-        if let Some(tag) = entry.get("tag").and_then(|t| t.as_str()) {
-            let sql = format!("{tag}.sql");
-            if !tree.nodes.contains_key(&sql) {
-                return Some(format!("meta/_journal.json names {sql}, which does not exist"));
-            }
-        }
-    }
-    None
 }

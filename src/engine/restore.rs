@@ -54,12 +54,7 @@ impl Engine {
             .filter(|(r, _)| r.project_id == project_id && push_id.is_none_or(|id| id == r.id));
         let (record, archive) = match (pending, push_id) {
             (Some((record, archive)), _) => {
-                if blake3::hash(&archive).to_hex().as_str() != record.archive_blake3 {
-                    return Err(Error::Corrupt(format!(
-                        "the locally kept backup of push {} is corrupt",
-                        record.id
-                    )));
-                }
+                record.check_archive(&archive, "the local copy kept for the store")?;
                 (record, archive)
             }
             (None, None) => {

@@ -51,6 +51,20 @@ pub struct PushRecord {
     pub root: String,
 }
 
+impl PushRecord {
+    /// Refuses archive bytes that are not exactly the ones this record describes; `place` says where they came from.
+    pub fn check_archive(&self, bytes: &[u8], place: &str) -> Result<()> {
+        let got = blake3::hash(bytes).to_hex().to_string();
+        if got != self.archive_blake3 || bytes.len() as u64 != self.archive_size {
+            return Err(Error::Corrupt(format!(
+                "the archive of push {} in {place} is corrupt: its blake3 is {got}, the record says {}",
+                self.id, self.archive_blake3
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Latest {
     push_id: String,
@@ -139,15 +153,7 @@ impl Store {
         let bytes = self.blobs.get(&key, MAX_ARCHIVE)?.ok_or_else(|| {
             Error::Corrupt(format!("the archive of push {} is missing from {}", record.id, self.describe()))
         })?;
-        let got = blake3::hash(&bytes).to_hex().to_string();
-        if got != record.archive_blake3 || bytes.len() as u64 != record.archive_size {
-            return Err(Error::Corrupt(format!(
-                "the archive of push {} in {} is corrupt: its blake3 is {got}, the record says {}",
-                record.id,
-                self.describe(),
-                record.archive_blake3
-            )));
-        }
+        record.check_archive(&bytes, &self.describe())?;
         Ok(bytes)
     }
 

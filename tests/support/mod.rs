@@ -186,6 +186,24 @@ impl World {
         }
     }
 
+    /// A power cut in the middle of a push: starts `dreamer push`, waits until the stand-in it runs has written
+    /// its pid to `pid_file` (and hangs), then kills the daemon and that process with SIGKILL.
+    pub fn push_and_crash(&self, pid_file: &str) {
+        let mut push = self
+            .cmd("dreamer", &["push"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.wait_for("the push to hang", || self.path(pid_file).exists());
+        let daemon = self.daemon_pid().expect("the push runs in the daemon");
+        std::process::Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap();
+        let hung = self.read(pid_file);
+        let _ = std::process::Command::new("kill").args(["-KILL", hung.trim()]).status();
+        push.wait().unwrap();
+        fs::remove_file(self.path(pid_file)).unwrap();
+    }
+
     /// `status --json` of the project, through the daemon.
     pub fn status(&self) -> Value {
         let (_, v) = self.json("dreamerd", &["status"]);
