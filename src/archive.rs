@@ -7,7 +7,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path};
 
 use crate::error::{Error, Result};
+use crate::fsutil;
 use crate::manifest::{self, FileEntry, Tree};
+use crate::safefs::{Folder, Found};
 
 /// zstd level: small drizzle folders compress in milliseconds at this level, and the output is stable.
 const ZSTD_LEVEL: i32 = 12;
@@ -39,12 +41,14 @@ impl Default for Limits {
 /// the same tree always gives the same bytes. Fails if a file changes while it is read.
 pub fn pack(dir: &Path, tree: &Tree) -> Result<Packed> {
     if let Some((path, kind)) = tree.specials().next() {
+        let path = manifest::escaped(path);
         return Err(Error::failed(
-            format!("drizzle/{path} is a {kind:?}, not a regular file; dreamerd only archives regular files")
-                .to_lowercase(),
+            format!("drizzle/{path} is {}, not a regular file with a UTF-8 name; dreamerd only archives those", kind.described()),
             format!("remove drizzle/{path} (drizzle-kit never creates one), then try again"),
         ));
     }
+    // A folder that does not exist archives as an empty tree.
+    let folder = Folder::open(dir).map_err(io_failed)?;
     // Never back up what restore would refuse to unpack.
     let limits = Limits::default();
     let files = tree.files();
@@ -68,14 +72,17 @@ pub fn pack(dir: &Path, tree: &Tree) -> Result<Packed> {
     let mut builder = tar::Builder::new(encoder);
     let mut packed_files = Vec::new();
     for expected in files {
-        let path = dir.join(&expected.path);
         let changed = || {
             Error::failed(
                 format!("drizzle/{} changed while it was being archived", expected.path),
                 "let whatever is writing to drizzle/ finish, then try again",
             )
         };
-        let file = manifest::open_regular(&path).map_err(io_failed)?.ok_or_else(changed)?;
+        let found = match &folder {
+            Some(folder) => folder.file(&expected.path).map_err(io_failed)?,
+            None => Found::Missing,
+        };
+        let Found::File(file) = found else { return Err(changed()) };
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Regular);
         header.set_size(expected.size);
@@ -191,12 +198,15 @@ fn unpack_into(bytes: &[u8], expected: &[FileEntry], dest: &Path, limits: Limits
         if copied != want.size || got != want.blake3 {
             return Err(corrupt(format!("{rel:?} does not match the manifest's blake3")));
         }
-        out.flush().and_then(|()| out.sync_all()).map_err(|e| corrupt(format!("{rel:?}: {e}")))?;
+        out.flush().map_err(|e| corrupt(format!("{rel:?}: {e}")))?;
     }
     if let Some(missing) = expected.iter().find(|f| !seen.contains(&f.path)) {
         return Err(corrupt(format!("{:?} is in the manifest but not in the archive", missing.path)));
     }
-    Ok(())
+    // One flush of the whole tree, not one fsync per file: it is durable before anyone renames it into place.
+    fsutil::sync_tree(dest).map_err(|e| {
+        Error::failed(format!("cannot flush {} to disk: {e}", dest.display()), "check the disk and try again")
+    })
 }
 
 /// The path as `a/b/c` if it is relative and made only of plain names.

@@ -31,6 +31,9 @@ pub enum Error {
     /// The daemon is not running and `--no-spawn` forbids starting it.
     #[error("{0}")]
     DaemonUnreachable(String),
+    /// A file or store was written by a newer dreamerd, in a format this one does not know.
+    #[error("{what} was written by a newer dreamerd (format {found}; this dreamerd {version} knows formats up to {known})")]
+    NewerFormat { what: String, found: u32, known: u32, version: &'static str },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -39,7 +42,7 @@ impl Error {
     /// The process exit code the contract assigns to this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } | Error::Usage(_) | Error::Environment { .. } => 2,
+            Error::Config { .. } | Error::Usage(_) | Error::Environment { .. } | Error::NewerFormat { .. } => 2,
             Error::Failed { .. } | Error::Busy(_) | Error::Corrupt(_) => 1,
             Error::DaemonUnreachable(_) => 3,
         }
@@ -56,6 +59,9 @@ impl Error {
             Error::Corrupt(_) => {
                 Some("restore another push with `dreamerd restore --push ID` (see `dreamerd history`)".into())
             }
+            Error::NewerFormat { .. } => {
+                Some("upgrade dreamerd to the release that wrote it; nothing was changed".into())
+            }
             _ => None,
         }
     }
@@ -64,6 +70,15 @@ impl Error {
     pub fn failed(message: impl Into<String>, hint: impl Into<String>) -> Error {
         Error::Failed { message: message.into(), hint: Some(hint.into()) }
     }
+}
+
+/// Refuses a format version newer than `known`; `what` names the file or store for the message. Older versions are
+/// the caller's to migrate.
+pub fn check_format(found: u32, known: u32, what: impl FnOnce() -> String) -> Result<()> {
+    if found > known {
+        return Err(Error::NewerFormat { what: what(), found, known, version: env!("CARGO_PKG_VERSION") });
+    }
+    Ok(())
 }
 
 /// Attaches a path and a verb to an I/O error so the message says what was being done to what.

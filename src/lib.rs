@@ -17,4 +17,5 @@ pub mod fsutil;
 pub mod ipc;
 pub mod manifest;
 pub mod project;
+pub mod safefs;
 pub mod store;

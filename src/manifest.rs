@@ -1,12 +1,14 @@
 //! What `drizzle/` holds: scanning and hashing the tree, and diffing it against the manifest of a push.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::safefs::SpecialKind;
+use crate::safefs::{Folder, FolderAt, Found};
 
 /// One regular file of a manifest: its path relative to `drizzle/` (with `/`), size and blake3.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,17 +27,6 @@ pub enum Node {
     },
     /// Anything that is not a regular file; never followed or read.
     Special(SpecialKind),
-}
-
-/// The kinds of non-regular entries dreamerd reports but never follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SpecialKind {
-    Directory,
-    Symlink,
-    Fifo,
-    Socket,
-    Device,
 }
 
 /// The current state of a `drizzle/` directory.
@@ -79,95 +70,75 @@ pub fn hash_file(file: &mut File) -> io::Result<(u64, String)> {
     Ok((size, hasher.finalize().to_hex().to_string()))
 }
 
-/// Hashes a file at a path, or `None` if it does not exist.
-pub fn hash_path(path: &Path) -> io::Result<Option<String>> {
-    match open_regular(path) {
-        Ok(Some(mut f)) => Ok(Some(hash_file(&mut f)?.1)),
-        Ok(None) => Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+/// The blake3 of the regular file at `rel` below `folder`; `None` when there is none (or something else is there).
+pub fn hash_in(folder: &Folder, rel: &str) -> io::Result<Option<String>> {
+    match folder.file(rel)? {
+        Found::File(mut f) => Ok(Some(hash_file(&mut f)?.1)),
+        Found::Missing | Found::Not(_) => Ok(None),
     }
 }
 
-/// Opens a path only if it is a regular file, without following symlinks or blocking on fifos.
-pub fn open_regular(path: &Path) -> io::Result<Option<File>> {
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let file = match OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path) {
-        Ok(f) => f,
-        // ELOOP: the final component is a symlink.
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(file.metadata()?.is_file().then_some(file))
-}
-
-fn special_kind(ft: &fs::FileType) -> SpecialKind {
-    if ft.is_dir() {
-        SpecialKind::Directory
-    } else if ft.is_symlink() {
-        SpecialKind::Symlink
-    } else if ft.is_fifo() {
-        SpecialKind::Fifo
-    } else if ft.is_socket() {
-        SpecialKind::Socket
-    } else {
-        SpecialKind::Device
-    }
-}
-
-/// Scans and hashes everything under `dir`, never following links.
+/// Scans and hashes everything under `dir`, never following a link below it and never blocking on a fifo.
 pub fn scan(dir: &Path) -> io::Result<Tree> {
     let mut tree = Tree::default();
-    let meta = match fs::symlink_metadata(dir) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(tree),
-        Err(e) => return Err(e),
-    };
-    tree.exists = true;
-    if !meta.is_dir() {
-        tree.nodes.insert(".".into(), Node::Special(special_kind(&meta.file_type())));
-        return Ok(tree);
+    match Folder::at(dir)? {
+        FolderAt::Missing => Ok(tree),
+        FolderAt::Not(kind) => {
+            tree.exists = true;
+            tree.nodes.insert(".".into(), Node::Special(kind));
+            Ok(tree)
+        }
+        FolderAt::Folder(folder) => {
+            tree.exists = true;
+            walk(&folder, "", &mut tree.nodes)?;
+            Ok(tree)
+        }
     }
-    walk(dir, "", &mut tree.nodes)?;
-    Ok(tree)
 }
 
-fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Node>) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-        let path = entry.path();
-        // A file can vanish between readdir and open: that is simply "not there".
-        let ft = match entry.file_type() {
-            Ok(ft) => ft,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+fn walk(folder: &Folder, prefix: &str, out: &mut BTreeMap<String, Node>) -> io::Result<()> {
+    use rustix::fs::FileType;
+    for (name, hint) in folder.entries()? {
+        let Some(name) = name.to_str() else {
+            // Never hashed under a lossy name that would not open again: reported, never archived.
+            let shown = name.to_string_lossy();
+            let rel = if prefix.is_empty() { shown.into_owned() } else { format!("{prefix}/{shown}") };
+            out.insert(rel, Node::Special(SpecialKind::NonUtf8Name));
+            continue;
         };
-        if ft.is_dir() {
-            out.insert(rel.clone(), Node::Special(SpecialKind::Directory));
-            match walk(&path, &rel, out) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                other => other?,
-            }
-        } else if ft.is_file() {
-            match open_regular(&path) {
-                Ok(Some(mut f)) => {
+        let rel = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
+        // A file can vanish between readdir and open: that is simply "not there".
+        let kind = match hint {
+            Some(FileType::Directory) => Some(SpecialKind::Directory),
+            Some(FileType::RegularFile) => Some(SpecialKind::File),
+            _ => folder.kind(name)?,
+        };
+        match kind {
+            None => {}
+            Some(SpecialKind::Directory) => match folder.sub(name)? {
+                FolderAt::Folder(sub) => {
+                    out.insert(rel.clone(), Node::Special(SpecialKind::Directory));
+                    walk(&sub, &rel, out)?;
+                }
+                FolderAt::Missing => {}
+                FolderAt::Not(kind) => {
+                    out.insert(rel, Node::Special(kind));
+                }
+            },
+            Some(SpecialKind::File) => match folder.file(name)? {
+                Found::File(mut f) => {
                     let (size, blake3) = hash_file(&mut f)?;
                     out.insert(rel, Node::File { size, blake3 });
                 }
+                Found::Missing => {}
                 // Replaced by something else between readdir and open.
-                Ok(None) => {
-                    let ft = fs::symlink_metadata(&path)?.file_type();
-                    out.insert(rel, Node::Special(special_kind(&ft)));
+                Found::Not(kind) => {
+                    out.insert(rel, Node::Special(kind));
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+            },
+            Some(kind) => {
+                out.insert(rel, Node::Special(kind));
             }
-        } else {
-            out.insert(rel, Node::Special(special_kind(&ft)));
         }
     }
     Ok(())
@@ -214,16 +185,30 @@ impl Violation {
     /// One human line: `modified  meta/_journal.json`.
     pub fn human(&self) -> String {
         let what = match (&self.from, self.file_type) {
-            (Some(from), _) => format!("{from} -> {}", self.path),
-            (None, Some(kind)) => format!("{} (now a {})", self.path, serde_plain(kind)),
-            (None, None) => self.path.clone(),
+            (Some(from), _) => format!("{} -> {}", escaped(from), escaped(&self.path)),
+            (None, Some(kind)) if self.path == "." => format!("the folder itself (now {})", kind.described()),
+            (None, Some(kind)) => format!("{} (now {})", escaped(&self.path), kind.described()),
+            (None, None) => escaped(&self.path).into_owned(),
         };
         format!("{:<9} {what}", self.kind.to_string())
     }
 }
 
-fn serde_plain<T: Serialize>(v: T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+/// A name as it may be shown in text or a log line: control characters (a newline in a file name could forge a
+/// line) are written as escapes.
+pub fn escaped(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let mut out = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Compares `tree` with the files of a manifest. Identical content that moved is one `renamed`; moved and
@@ -290,6 +275,7 @@ pub fn diff(baseline: &[FileEntry], tree: &Tree) -> Vec<Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::symlink;
 
     fn write(root: &Path, rel: &str, body: &str) {

@@ -1,11 +1,11 @@
 //! A drizzle project: where its root is, its migration folder, its schema, and its identity.
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, check_format};
 use crate::fsutil;
+use crate::safefs::Folder;
 use crate::store::valid_id;
 
 /// Files whose presence marks a directory as a project root.
@@ -20,6 +20,12 @@ const ROOT_MARKERS: &[&str] = &[
 
 /// The project file that carries the identity. Committed with the project, so a clone finds its backups.
 pub const ID_FILE: &str = ".dreamerd.toml";
+
+/// The project file's format. 1: `id` (dreamerd 0.1.0 wrote it without a `format` key).
+pub const PROJECT_FORMAT: u32 = 1;
+
+/// The largest project file read.
+const MAX_PROJECT_FILE: u64 = 1 << 20;
 
 /// A discovered project.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +66,15 @@ impl Project {
         self.root.join("src/schema.ts")
     }
 
+    /// The blake3 of `src/schema.ts`, read without following a link; `None` when there is none.
+    pub fn schema_hash(&self) -> Result<Option<String>> {
+        let read = Folder::open(&self.root).and_then(|f| match f {
+            Some(folder) => crate::manifest::hash_in(&folder, "src/schema.ts"),
+            None => Ok(None),
+        });
+        read.ctx("read", &self.schema())
+    }
+
     /// A short, readable key for this checkout in the state directory: folder name plus a hash of the path.
     pub fn local_key(&self) -> String {
         let name: String = self
@@ -78,19 +93,29 @@ impl Project {
     /// The project's identity, if it has one yet.
     pub fn id(&self) -> Result<Option<String>> {
         let path = self.root.join(ID_FILE);
-        let text = match fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let read = Folder::open(&self.root).and_then(|f| match f {
+            Some(folder) => folder.read_string(ID_FILE, MAX_PROJECT_FILE),
+            None => Ok(None),
+        });
+        let text = match read {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(None),
             Err(e) => return Err(e).ctx("read", &path),
         };
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct IdFile {
+            #[serde(default = "first_format")]
+            format: u32,
             id: String,
+        }
+        fn first_format() -> u32 {
+            1
         }
         let parsed: IdFile = toml::from_str(&text).map_err(|e| Error::Config {
             message: format!("{} is not a dreamerd project file: {}", path.display(), e.message().trim()),
         })?;
+        check_format(parsed.format, PROJECT_FORMAT, || format!("the project file {}", path.display()))?;
         if !valid_id(&parsed.id) {
             return Err(Error::Config {
                 message: format!("{}: id {:?} is not a valid project id", path.display(), parsed.id),
@@ -111,8 +136,9 @@ impl Project {
             return Ok(existing);
         }
         let text = format!(
-            "# dreamerd project identity: ties this project to its backups.\n\
+            "# dreamerd project file: ties this project to its backups.\n\
              # Commit this file. Do not copy it into another project.\n\
+             format = {PROJECT_FORMAT}\n\
              id = \"{id}\"\n"
         );
         let path = self.root.join(ID_FILE);
@@ -150,7 +176,31 @@ mod tests {
         let id = pa.ensure_id().unwrap();
         assert_eq!(pa.ensure_id().unwrap(), id);
         assert_ne!(pb.ensure_id().unwrap(), id);
+        assert!(fs::read_to_string(a.path().join(ID_FILE)).unwrap().contains("format = 1\n"));
         fs::write(a.path().join(ID_FILE), "id = \"../../x\"\n").unwrap();
         assert!(pa.id().is_err());
+    }
+
+    #[test]
+    fn project_files_of_the_first_release_and_of_a_newer_one() {
+        let a = tempfile::tempdir().unwrap();
+        let p = Project { root: a.path().into() };
+        let release = include_str!("../tests/formats/0.1.0/project/.dreamerd.toml");
+        fs::write(a.path().join(ID_FILE), release).unwrap();
+        assert_eq!(p.id().unwrap().as_deref(), Some("101d1916aaa745a4b7647f0c28c8525f"));
+        fs::write(a.path().join(ID_FILE), "format = 2\nid = \"abc\"\n").unwrap();
+        let err = p.id().unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("format 2"), "{err}");
+        fs::remove_file(a.path().join(ID_FILE)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            a.path().join(ID_FILE),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        assert!(p.id().unwrap_err().to_string().contains("fifo"));
     }
 }

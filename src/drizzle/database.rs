@@ -11,6 +11,10 @@ use sha2::{Digest, Sha256};
 
 use super::Drift;
 use super::journal::{self, Entry};
+use crate::safefs::{self, Folder};
+
+/// The largest drizzle config file read for a literal URL.
+const MAX_CONFIG: u64 = 1 << 20;
 
 /// How long a read waits for a writer's lock before giving up; reads never hold the lock longer than a SELECT.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(2000);
@@ -29,8 +33,13 @@ pub fn locate(root: &Path, configured: Option<&str>) -> Result<PathBuf, String> 
     if let Some(url) = configured {
         return from_url(root, url);
     }
+    let folder = Folder::open(root).map_err(|e| e.to_string())?.ok_or("the project folder is gone")?;
     for name in CONFIG_FILES {
-        let Ok(text) = fs::read_to_string(root.join(name)) else { continue };
+        let text = match folder.read_string(name, MAX_CONFIG) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e) => return Err(e.to_string()),
+        };
         let url = if name.ends_with(".json") {
             serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -84,10 +93,35 @@ pub struct Applied {
     pub created_at: i64,
 }
 
+/// The database file as SQLite may open it: its folder canonical, the file itself a regular file and not a link
+/// (SQLite opens by path, and a fifo would block that open for good). `Ok(None)` when there is no file.
+pub fn checked_file(path: &Path) -> Result<Option<PathBuf>, String> {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(format!("{} is not a database file", path.display()));
+    };
+    let parent = match fs::canonicalize(if parent.as_os_str().is_empty() { Path::new(".") } else { parent }) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot find the folder of {}: {e}", path.display())),
+    };
+    let file = parent.join(name);
+    match fs::symlink_metadata(&file) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot inspect {}: {e}", file.display())),
+        Ok(_) if safefs::is_regular_file(&file) => Ok(Some(file)),
+        Ok(m) => Err(format!(
+            "{} is {}, not a regular file; dreamerd does not open it",
+            file.display(),
+            safefs::SpecialKind::of(&m.file_type()).described()
+        )),
+    }
+}
+
 fn open_read_only(path: &Path) -> Result<Connection, String> {
-    let conn =
-        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| format!("cannot open {} read-only: {e}", path.display()))?;
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| format!("cannot open {} read-only: {e}", path.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
     Ok(conn)
 }
@@ -126,10 +160,23 @@ fn applied_in(conn: &Connection) -> Result<Option<Vec<Applied>>, String> {
 
 /// What the database at `path` has applied; `Ok(None)` if it does not exist or has no migrations table.
 pub fn applied(path: &Path) -> Result<Option<Vec<Applied>>, String> {
-    if !path.is_file() {
-        return Ok(None);
+    match checked_file(path)? {
+        Some(file) => applied_in(&open_read_only(&file)?),
+        None => Ok(None),
     }
-    applied_in(&open_read_only(path)?)
+}
+
+/// What the database applied, read after a crash that may have interrupted a migrate: the database is opened
+/// read-write (never created), so that SQLite first rolls back the transaction the crash left in its journal, as the
+/// app's next open would do; only a SELECT is run. Opened read-only, such a database cannot be read at all.
+pub fn applied_after_crash(path: &Path) -> Result<Option<Vec<Applied>>, String> {
+    let Some(file) = checked_file(path)? else { return Ok(None) };
+    let flags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let conn =
+        Connection::open_with_flags(&file, flags).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
+    applied_in(&conn)
 }
 
 /// sha256 hex of a file's text, as drizzle's migrator stores it.
@@ -139,7 +186,7 @@ pub fn sql_hash(bytes: &[u8]) -> String {
 
 /// Disagreements between the journal and what the database applied. The migrator matches nothing but
 /// `created_at` against `when`, so neither does this.
-pub fn drift(drizzle: &Path, entries: &[Entry], applied: &[Applied]) -> Vec<Drift> {
+pub fn drift(drizzle: Option<&Folder>, entries: &[Entry], applied: &[Applied]) -> Vec<Drift> {
     let mut out = Vec::new();
     let newest = applied.iter().map(|a| a.created_at).max();
     for row in applied {
@@ -149,12 +196,13 @@ pub fn drift(drizzle: &Path, entries: &[Entry], applied: &[Applied]) -> Vec<Drif
                 format!(
                     "the database applied a migration (created_at {}, sha256 {}…) that drizzle/ does not have",
                     row.created_at,
-                    &row.hash[..row.hash.len().min(12)]
+                    row.hash.chars().take(12).collect::<String>()
                 ),
                 None,
             )),
             Some(e) => {
-                if let Ok(text) = fs::read(drizzle.join(format!("{}.sql", e.tag)))
+                if let Some(folder) = drizzle
+                    && let Ok(Some(text)) = journal::sql(folder, &e.tag)
                     && sql_hash(&text) != row.hash
                 {
                     out.push(Drift::new(
@@ -189,16 +237,22 @@ pub fn drift(drizzle: &Path, entries: &[Entry], applied: &[Applied]) -> Vec<Drif
 /// Journal faults plus database drift for a project.
 pub fn check(root: &Path, configured: Option<&str>) -> Vec<Drift> {
     let drizzle = root.join("drizzle");
-    let mut out = journal::faults(&drizzle);
-    let entries = match journal::read(&drizzle) {
+    let folder = match Folder::open(&drizzle) {
+        Ok(f) => f,
+        // Reported as a violation of the folder itself.
+        Err(_) => return Vec::new(),
+    };
+    let Some(folder) = folder else { return Vec::new() };
+    let mut out = journal::faults_in(&folder);
+    let entries = match journal::read_in(&folder) {
         Ok(Some(e)) => e,
         Ok(None) => Vec::new(),
         Err(_) => return out, // already reported as journal-unreadable
     };
     let Ok(db) = locate(root, configured) else { return out };
-    match applied(&db) {
-        Ok(Some(rows)) => out.extend(drift(&drizzle, &entries, &rows)),
-        Ok(None) if db.is_file() => out.extend(drift(&drizzle, &entries, &[])),
+    match checked_file(&db).and_then(|file| Ok(file.map(|f| applied_in(&open_read_only(&f)?)).transpose()?)) {
+        Ok(Some(Some(rows))) => out.extend(drift(Some(&folder), &entries, &rows)),
+        Ok(Some(None)) => out.extend(drift(Some(&folder), &entries, &[])),
         Ok(None) => {} // no database yet: the first migrate creates it
         Err(why) => out.push(Drift::new("database-unreadable", why, None)),
     }
@@ -217,8 +271,8 @@ pub struct ReplayFailure {
 /// API, so the file is only read), in one transaction that is thrown away. Returns the first failing statement.
 pub fn replay(drizzle: &Path, db: &Path) -> Result<Option<ReplayFailure>, String> {
     let mut copy = Connection::open_in_memory().map_err(|e| e.to_string())?;
-    if db.is_file() {
-        let source = open_read_only(db)?;
+    if let Some(file) = checked_file(db)? {
+        let source = open_read_only(&file)?;
         let backup = rusqlite::backup::Backup::new(&source, &mut copy)
             .map_err(|e| format!("cannot copy the database: {e}"))?;
         backup
@@ -226,11 +280,12 @@ pub fn replay(drizzle: &Path, db: &Path) -> Result<Option<ReplayFailure>, String
             .map_err(|e| format!("cannot copy the database: {e}"))?;
     }
     let newest = applied_in(&copy)?.unwrap_or_default().iter().map(|a| a.created_at).max();
-    let entries = journal::read(drizzle)?.unwrap_or_default();
+    let folder = Folder::open(drizzle).map_err(|e| e.to_string())?.ok_or("the migration folder is gone")?;
+    let entries = journal::read_in(&folder)?.unwrap_or_default();
     let tx = copy.transaction().map_err(|e| e.to_string())?;
     for e in entries.iter().filter(|e| newest.is_none_or(|n| e.when > n)) {
-        let text = fs::read_to_string(drizzle.join(format!("{}.sql", e.tag)))
-            .map_err(|err| format!("cannot read {}.sql: {err}", e.tag))?;
+        let text = journal::sql(&folder, &e.tag)?.ok_or_else(|| format!("{}.sql is missing", e.tag))?;
+        let text = String::from_utf8(text).map_err(|_| format!("{}.sql is not UTF-8 text", e.tag))?;
         for statement in text.split("--> statement-breakpoint").map(str::trim).filter(|s| !s.is_empty()) {
             if let Err(err) = tx.execute_batch(statement) {
                 return Ok(Some(ReplayFailure {
@@ -285,7 +340,8 @@ mod tests {
             Entry { idx: 2, when: 40, tag: "0002_c".into() },
         ];
         let rows = applied(&db).unwrap().unwrap();
-        let mut codes: Vec<_> = drift(&drizzle, &entries, &rows).into_iter().map(|d| d.code).collect();
+        let folder = Folder::open(&drizzle).unwrap().unwrap();
+        let mut codes: Vec<_> = drift(Some(&folder), &entries, &rows).into_iter().map(|d| d.code).collect();
         codes.sort();
         assert_eq!(
             codes,

@@ -2,12 +2,15 @@
 //! skip, repeat or invent migrations without a word.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use super::Drift;
+use crate::safefs::{self, Folder, SpecialKind};
+
+/// The largest journal, snapshot or migration read (real ones are kilobytes; a 1,000-migration journal is 150 KB).
+pub const MAX_FILE: u64 = 64 << 20;
 
 /// One journal entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -27,15 +30,39 @@ struct JournalFile {
 
 /// The journal of a drizzle/ folder: `Ok(None)` when there is none (never generated).
 pub fn read(drizzle: &Path) -> Result<Option<Vec<Entry>>, String> {
-    let path = drizzle.join("meta/_journal.json");
-    let text = match fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    match Folder::open(drizzle) {
+        Ok(Some(folder)) => read_in(&folder),
+        Ok(None) => Ok(None),
+        Err(e) => Err(format!("{} cannot be read: {e}", drizzle.display())),
+    }
+}
+
+/// The journal of an open migration folder. Every tag is checked to be a plain file name before it is used as a
+/// path: a tag like `../x` makes the journal unreadable rather than a way out of the folder.
+pub fn read_in(folder: &Folder) -> Result<Option<Vec<Entry>>, String> {
+    let text = match folder.read("meta/_journal.json", MAX_FILE) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(format!("meta/_journal.json cannot be read: {e}")),
     };
-    serde_json::from_slice::<JournalFile>(&text)
-        .map(|j| Some(j.entries))
-        .map_err(|e| format!("meta/_journal.json is not a drizzle journal: {e}"))
+    let entries = serde_json::from_slice::<JournalFile>(&text)
+        .map(|j| j.entries)
+        .map_err(|e| format!("meta/_journal.json is not a drizzle journal: {e}"))?;
+    if let Some(bad) = entries.iter().find(|e| !safefs::plain_name(&e.tag)) {
+        return Err(format!(
+            "meta/_journal.json is not a drizzle journal: entry {} has the tag {:?}, which is not a file name",
+            bad.idx, bad.tag
+        ));
+    }
+    Ok(Some(entries))
+}
+
+/// The text of a migration's `.sql`, as the migrator reads it.
+pub fn sql(folder: &Folder, tag: &str) -> Result<Option<Vec<u8>>, String> {
+    if !safefs::plain_name(tag) {
+        return Err(format!("{tag:?} is not a migration name"));
+    }
+    folder.read(&format!("{tag}.sql"), MAX_FILE).map_err(|e| e.to_string())
 }
 
 /// The `NNNN` number prefix of a tag or file name.
@@ -45,7 +72,16 @@ fn number(name: &str) -> &str {
 
 /// Faults of the journal against the folder: order, duplicates, missing files, strays, the snapshot chain.
 pub fn faults(drizzle: &Path) -> Vec<Drift> {
-    let entries = match read(drizzle) {
+    match Folder::open(drizzle) {
+        Ok(Some(folder)) => faults_in(&folder),
+        Ok(None) => Vec::new(),
+        Err(e) => vec![Drift::new("journal-unreadable", format!("{} cannot be read: {e}", drizzle.display()), None)],
+    }
+}
+
+/// [`faults`] of an open migration folder.
+pub fn faults_in(drizzle: &Folder) -> Vec<Drift> {
+    let entries = match read_in(drizzle) {
         Ok(Some(e)) => e,
         Ok(None) => {
             let strays = sql_files(drizzle);
@@ -105,7 +141,7 @@ pub fn faults(drizzle: &Path) -> Vec<Drift> {
             ));
         }
         let snapshot = format!("meta/{}_snapshot.json", number(&e.tag));
-        if !drizzle.join(&snapshot).is_file() {
+        if !matches!(drizzle.kind(&snapshot), Ok(Some(SpecialKind::File))) {
             out.push(Drift::new(
                 "journal-missing-snapshot",
                 format!(
@@ -140,16 +176,24 @@ struct Snapshot {
 }
 
 /// Each snapshot's prevId must be the id of the one before it.
-fn snapshot_chain(drizzle: &Path, entries: &[Entry]) -> Vec<Drift> {
+fn snapshot_chain(drizzle: &Folder, entries: &[Entry]) -> Vec<Drift> {
     let mut out = Vec::new();
     let mut previous: Option<(String, String)> = None; // (tag, id)
     let mut sorted: Vec<&Entry> = entries.iter().collect();
     sorted.sort_by_key(|e| e.idx);
     for e in sorted {
         let name = format!("meta/{}_snapshot.json", number(&e.tag));
-        let Ok(text) = fs::read(drizzle.join(&name)) else {
-            previous = None; // reported as journal-missing-snapshot
-            continue;
+        let text = match drizzle.read(&name, MAX_FILE) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                previous = None; // reported as journal-missing-snapshot
+                continue;
+            }
+            Err(err) => {
+                out.push(Drift::new("snapshot-chain", format!("{name} cannot be read: {err}"), Some(&e.tag)));
+                previous = None;
+                continue;
+            }
         };
         let snapshot: Snapshot = match serde_json::from_slice(&text) {
             Ok(s) => s,
@@ -180,22 +224,22 @@ fn snapshot_chain(drizzle: &Path, entries: &[Entry]) -> Vec<Drift> {
     out
 }
 
-/// The .sql files at the top of drizzle/.
-fn sql_files(drizzle: &Path) -> BTreeSet<String> {
-    fs::read_dir(drizzle)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                .filter_map(|e| e.file_name().to_str().map(String::from))
-                .filter(|n| n.ends_with(".sql"))
-                .collect()
-        })
+/// The .sql files at the top of drizzle/ (regular files only; anything else there is a violation already).
+fn sql_files(drizzle: &Folder) -> BTreeSet<String> {
+    drizzle
+        .entries()
         .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|n| n.ends_with(".sql"))
+        .filter(|n| matches!(drizzle.kind(n), Ok(Some(SpecialKind::File))))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn folder(journal: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

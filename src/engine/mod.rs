@@ -9,17 +9,33 @@ mod status;
 mod swap;
 
 use std::fs::{self, File, TryLockError};
-use std::path::PathBuf;
-use std::time::SystemTime;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::dirs::Dirs;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, check_format};
 use crate::fsutil;
 use crate::project::Project;
+use crate::safefs;
 use crate::store::{PushRecord, Store, valid_id};
+
+/// The state directory's format. 1: dreamerd 0.1.0, which wrote no marker; 2: a `format.json` marker, and crash
+/// journals and the watch list carry their own format. Moving from 1 to 2 changes no file: each is read in its old
+/// shape.
+pub const STATE_FORMAT: u32 = 2;
+
+/// How long a lock left to a drizzle-kit that outlived its daemon is waited for once that drizzle-kit is stopped.
+const ORPHAN_WAIT: Duration = Duration::from_secs(10);
+
+/// The largest pending record read back.
+const MAX_RECORD: u64 = 64 << 20;
+/// The largest pending archive read back.
+const MAX_ARCHIVE: u64 = 2 << 30;
 
 pub use push::{PushFailure, PushReport, Stage};
 pub use restore::RestoreReport;
@@ -52,45 +68,118 @@ pub struct Engine {
     pub config: Config,
     pub dirs: Dirs,
     pub store: Store,
+    /// Set once the state directory's format was checked (and its marker written) by this engine.
+    state_ready: OnceLock<()>,
 }
 
 /// Holds a project's operation lock; dropping it releases the lock.
 pub struct ProjectLock {
-    _file: File,
+    file: File,
+}
+
+impl ProjectLock {
+    /// The lock's descriptor, which drizzle-kit inherits so that a drizzle-kit outliving its daemon still holds
+    /// the project.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateMarker {
+    format: u32,
 }
 
 impl Engine {
     /// An engine over a loaded configuration.
     pub fn new(config: Config, dirs: Dirs) -> Result<Engine> {
         let store = Store::open(&config.store_location(&dirs))?;
-        Ok(Engine { config, dirs, store })
+        Ok(Engine { config, dirs, store, state_ready: OnceLock::new() })
+    }
+
+    /// The format of the state directory: the marker's, 1 for a directory dreamerd 0.1.0 wrote, `None` when there is
+    /// no state directory yet. A newer format than this dreamerd knows is an error.
+    pub fn state_format(&self) -> Result<Option<u32>> {
+        let marker = self.dirs.state.join("format.json");
+        let found = match safefs::read_file(&marker, 4096, false) {
+            Ok(Some(bytes)) => serde_json::from_slice::<StateMarker>(&bytes)
+                .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", marker.display())))?
+                .format,
+            Ok(None) if self.dirs.state.exists() => 1,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e).ctx("read", &marker),
+        };
+        check_format(found, STATE_FORMAT, || format!("the state directory {}", self.dirs.state.display()))?;
+        Ok(Some(found))
+    }
+
+    /// Checks the state directory's format before the first write and brings an older one forward (from 1 there is
+    /// nothing to move: every file is read in its old shape), then records the current format.
+    fn prepare_state(&self) -> Result<()> {
+        if self.state_ready.get().is_some() {
+            return Ok(());
+        }
+        if self.state_format()? != Some(STATE_FORMAT) {
+            fsutil::create_private_dir(&self.dirs.state).ctx("create", &self.dirs.state)?;
+            let marker = self.dirs.state.join("format.json");
+            let json = serde_json::to_vec(&StateMarker { format: STATE_FORMAT }).expect("serialises");
+            fsutil::atomic_write(&marker, &json).ctx("write", &marker)?;
+        }
+        let _ = self.state_ready.set(());
+        Ok(())
     }
 
     fn lock_path(&self, project: &Project) -> PathBuf {
         self.dirs.state.join("locks").join(format!("{}.lock", project.local_key()))
     }
 
-    /// Takes the project's operation lock, or says at once that another push or restore holds it.
+    /// Takes the project's operation lock, or says at once that another push or restore holds it. A lock held only
+    /// by a drizzle-kit whose daemon died (an orphan) is not a running operation: that drizzle-kit is stopped first,
+    /// so it can never write into a folder that recovery is about to decide on.
     pub fn lock(&self, project: &Project) -> Result<ProjectLock> {
+        self.prepare_state()?;
         let path = self.lock_path(project);
         fsutil::create_private_dir(path.parent().expect("has a parent")).ctx("create", &path)?;
         let file = File::options().create(true).truncate(false).write(true).open(&path).ctx("open", &path)?;
         // `is_busy` (status, check) holds a shared lock for an instant; only a lock held past a short grace is
         // a real operation.
-        for attempt in 0.. {
-            match file.try_lock() {
-                Ok(()) => return Ok(ProjectLock { _file: file }),
-                Err(TryLockError::WouldBlock) if attempt < 20 => {
-                    std::thread::sleep(std::time::Duration::from_millis(10))
-                }
-                Err(TryLockError::WouldBlock) => break,
-                Err(TryLockError::Error(e)) => return Err(e).ctx("lock", &path),
-            }
+        if try_lock_for(&file, Duration::from_millis(200)).ctx("lock", &path)? {
+            return Ok(ProjectLock { file });
         }
+        let orphaned = self.stop_orphans(project, &path);
+        if orphaned && try_lock_for(&file, ORPHAN_WAIT).ctx("lock", &path)? {
+            return Ok(ProjectLock { file });
+        }
+        let holders = lock_holders(&path);
+        let by = if holders.is_empty() {
+            String::new()
+        } else {
+            let named: Vec<String> = holders.iter().map(|h| format!("pid {} ({})", h.pid, h.name)).collect();
+            format!(" (held by {})", named.join(", "))
+        };
         Err(Error::Busy(format!(
-            "{} is busy: another push or restore is running on it",
+            "{} is busy: another push or restore is running on it{by}",
             project.root.display()
         )))
+    }
+
+    /// Stops what an interrupted operation left running: the drizzle-kit process group its journal names, when the
+    /// process that ran the operation is gone and that group still holds the project's lock. Returns whether it did.
+    fn stop_orphans(&self, project: &Project, lock: &Path) -> bool {
+        let Ok(Some(journal)) = self.read_journal(project) else { return false };
+        let (Some(owner), Some(group)) = (journal.owner, journal.child) else { return false };
+        if owner.alive() || !lock_holders(lock).iter().any(|h| h.group == group) {
+            return false;
+        }
+        tracing::warn!(
+            project = %project.root.display(),
+            group,
+            "a drizzle-kit outlived the operation that started it; stopping it before recovery"
+        );
+        if let Some(pgid) = rustix::process::Pid::from_raw(group) {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+        true
     }
 
     /// True if another process holds the project's operation lock right now.
@@ -115,15 +204,34 @@ impl Engine {
         self.dirs.state.join("ids").join(project.local_key())
     }
 
+    /// A push's record kept in the state directory, refusing one of a newer format.
+    fn read_record(path: &Path) -> Result<Option<PushRecord>> {
+        let bytes = match safefs::read_file(path, MAX_RECORD, false) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e).ctx("read", path),
+        };
+        let record: PushRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", path.display())))?;
+        check_format(record.format, crate::store::RECORD_FORMAT, || format!("the push record {}", path.display()))?;
+        Ok(Some(record))
+    }
+
     /// The project's identity: its `.dreamerd.toml`, or, if that file was deleted, the id this checkout had, so
     /// that deleting the file never switches the guarding off or cuts the project from its backups.
     pub fn project_id(&self, project: &Project) -> Result<Option<String>> {
         let path = self.remembered_id_path(project);
-        let remembered = fs::read_to_string(&path).ok().map(|s| s.trim().to_string()).filter(|s| valid_id(s));
+        let remembered = safefs::read_file(&path, 4096, false)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| valid_id(s));
         match project.id()? {
             Some(id) => {
                 if remembered.as_deref() != Some(id.as_str()) {
                     // Best effort: the file in the project stays the source of truth.
+                    let _ = self.prepare_state();
                     let _ = fsutil::create_private_dir(path.parent().expect("has a parent"))
                         .and_then(|()| fsutil::atomic_write(&path, id.as_bytes()));
                 }
@@ -152,24 +260,20 @@ impl Engine {
     pub(crate) fn pending(&self, project: &Project) -> Result<Option<(PushRecord, Vec<u8>)>> {
         let Some(record) = self.pending_record(project)? else { return Ok(None) };
         let path = self.pending_dir(project).join("archive.tar.zst");
-        let archive = fs::read(&path).ctx("read", &path)?;
+        let archive = safefs::read_file(&path, MAX_ARCHIVE, false)
+            .ctx("read", &path)?
+            .ok_or_else(|| Error::Corrupt(format!("{} is missing beside its record", path.display())))?;
         Ok(Some((record, archive)))
     }
 
     /// Only the record of a pending push (status reads it at every rescan; the archive is not needed there).
     fn pending_record(&self, project: &Project) -> Result<Option<PushRecord>> {
-        let path = self.pending_dir(project).join("record.json");
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).ctx("read", &path),
-        }
+        Self::read_record(&self.pending_dir(project).join("record.json"))
     }
 
     /// Keeps a push's backup locally when the store refused it.
     pub(crate) fn save_pending(&self, project: &Project, record: &PushRecord, archive: &[u8]) -> Result<()> {
+        self.prepare_state()?;
         let dir = self.pending_dir(project);
         fsutil::create_private_dir(&dir).ctx("create", &dir)?;
         fsutil::atomic_write(&dir.join("archive.tar.zst"), archive).ctx("write", &dir)?;
@@ -188,13 +292,14 @@ impl Engine {
 
     /// Makes a new, empty quarantine folder for what an operation is about to replace.
     fn new_quarantine(&self, project: &Project, reason: &str) -> Result<PathBuf> {
+        self.prepare_state()?;
         let base = self.dirs.state.join("quarantine").join(project.local_key());
         fsutil::create_private_dir(&base).ctx("create", &base)?;
         let stamp = compact_timestamp(SystemTime::now());
         for n in 0.. {
             let name = if n == 0 { format!("{stamp}-{reason}") } else { format!("{stamp}-{reason}-{n}") };
             let dir = base.join(name);
-            match fs::create_dir(&dir) {
+            match fsutil::create_dir_durable(&dir) {
                 Ok(()) => return Ok(dir),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e).ctx("create", &dir),
@@ -202,6 +307,51 @@ impl Engine {
         }
         unreachable!("some suffix is free")
     }
+}
+
+/// Tries to take `file`'s exclusive lock for up to `wait`; false if it stays held.
+fn try_lock_for(file: &File, wait: Duration) -> std::io::Result<bool> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(TryLockError::WouldBlock) => return Ok(false),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
+/// A process that has a lock file open.
+struct Holder {
+    pid: i32,
+    group: i32,
+    name: String,
+}
+
+/// Every process (of those this user may inspect) that has `lock` open, found through /proc. Only dreamerd and the
+/// drizzle-kit it runs ever open a lock file.
+fn lock_holders(lock: &Path) -> Vec<Holder> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(procs) = fs::read_dir("/proc") else { return out };
+    for entry in procs.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else { continue };
+        if !fds.flatten().any(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == lock)) {
+            continue;
+        }
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let group = stat[close + 1..].split_whitespace().nth(2).and_then(|g| g.parse().ok()).unwrap_or(0);
+        out.push(Holder { pid, group, name: stat[open + 1..close].to_string() });
+    }
+    out
 }
 
 /// `2026-11-23T21:00:00Z`

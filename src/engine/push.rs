@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::diagnosis::{self, Diagnosis};
 use super::runner::{self, RunOutput};
-use super::swap::Journal;
+use super::swap::{Journal, Op, Phase};
 use super::{Engine, Sink, compact_timestamp, host_name, rfc3339, shown_paths};
 use crate::archive::{self, Packed};
 use crate::drizzle::{Drift, database};
@@ -59,6 +59,13 @@ impl PushReport {
     pub fn ok(&self) -> bool {
         matches!(self, PushReport::Ok { .. })
     }
+}
+
+/// What one drizzle-kit stage of a push works with.
+struct StageRun<'a> {
+    lock: &'a super::ProjectLock,
+    journal: &'a mut Journal,
+    logs: &'a mut Vec<(&'static str, RunOutput)>,
 }
 
 fn precheck_failure(code: &str, message: String, hint: &str) -> PushReport {
@@ -146,13 +153,9 @@ impl Engine {
 
         // The tree from before is on disk before drizzle-kit runs, so even a crash can roll it back.
         let mut journal = Journal {
-            op: "push".into(),
-            phase: "generate".into(),
-            root: project.root.clone(),
-            quarantine: None,
-            target: None,
             before: Some(before.files.clone()),
             before_existed: tree.exists,
+            ..Journal::new(Op::Push, Phase::Generate, &project.root)
         };
         let snapshot = self.snapshot_path(project);
         fsutil::create_private_dir(snapshot.parent().expect("has a parent")).ctx("create", &snapshot)?;
@@ -161,25 +164,27 @@ impl Engine {
 
         let secs = self.config.push.timeout_secs;
         let mut logs: Vec<(&str, RunOutput)> = Vec::new();
-        let generated =
-            self.run_stage("generate", &self.config.push.generate, project, sink, &mut logs, |out| {
-                diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project))
-            });
+        let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
+        let generated = self.run_stage("generate", &self.config.push.generate, project, sink, &mut stage, |out| {
+            diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project))
+        })?;
         if let Some(diag) = generated {
             return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
         }
 
-        journal.phase = "migrate".into();
+        journal.phase = Phase::Migrate;
+        journal.child = None;
         self.write_journal(project, &journal)?;
-        let migrated =
-            self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut logs, |out| {
-                diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
-            });
+        let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
+        let migrated = self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
+            diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
+        })?;
         if let Some(diag) = migrated {
             return self.fail(project, Stage::Migrate, diag, &mut journal, &logs);
         }
 
-        journal.phase = "backup".into();
+        journal.phase = Phase::Backup;
+        journal.child = None;
         self.write_journal(project, &journal)?;
         let (record, archive) = match self.new_record(project, &project_id, baseline.as_ref())? {
             Err(unchanged) => {
@@ -188,9 +193,8 @@ impl Engine {
             }
             Ok(r) => r,
         };
-        let stored = self.store.save(&record, &archive);
-        self.clear_journal(project)?;
-        let Err(e) = stored else {
+        let Err(e) = self.store.save(&record, &archive) else {
+            self.clear_journal(project)?;
             return Ok(PushReport::Ok {
                 ok: true,
                 push_id: record.id,
@@ -199,16 +203,15 @@ impl Engine {
             });
         };
         // The database now holds the new migrations, so drizzle/ keeps them: no rollback. The backup waits in
-        // the state directory, counts as the last push, and goes to the store at the next push.
+        // the state directory, counts as the last push, and goes to the store at the next push. The crash journal
+        // (and the tree from before the push it protects) goes only once the backup is safe somewhere.
         let kept = self.save_pending(project, &record, &archive);
         let quarantine = self.new_quarantine(project, "failed-backup")?;
         write_logs(&quarantine, &logs);
-        let _ = archive::unpack_verified(
-            &before.bytes,
-            &before.files,
-            &quarantine.join("drizzle-before-push"),
-            archive::Limits::default(),
-        );
+        let _ = self.keep_tree(project, &before.bytes, &before.files, &quarantine.join("drizzle-before-push"));
+        if kept.is_ok() {
+            self.clear_journal(project)?;
+        }
         let message = match kept {
             Ok(()) => format!(
                 "the migration was applied, but the store refused its backup ({e}); the backup of push {} is \
@@ -241,9 +244,7 @@ impl Engine {
         let baseline = self.baseline(project)?;
         if let Ok((record, archive)) = self.new_record(project, &project_id, baseline.as_ref())? {
             if let Err(e) = self.store.save(&record, &archive) {
-                sink.progress(&format!(
-                    "the store refused the backup ({e}); it is kept locally until the next push"
-                ));
+                sink.progress(&format!("the store refused the backup ({e}); it is kept locally until the next push"));
                 self.save_pending(project, &record, &archive)?;
             }
             sink.progress(&format!("recorded push {}", record.id));
@@ -251,26 +252,35 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs one drizzle-kit stage and judges it; its output is kept in `logs` for the quarantine folder.
+    /// Runs one drizzle-kit stage and judges it; its output is kept in `logs` for the quarantine folder. The child
+    /// holds the project's lock and its process group is written in the journal, so that a drizzle-kit outliving
+    /// this process is found and stopped before anything is decided about the project.
     fn run_stage(
         &self,
-        stage: &'static str,
+        name: &'static str,
         argv: &[String],
         project: &Project,
         sink: &dyn Sink,
-        logs: &mut Vec<(&'static str, RunOutput)>,
+        stage: &mut StageRun<'_>,
         judge: impl FnOnce(&RunOutput) -> Option<Diagnosis>,
-    ) -> Option<Diagnosis> {
+    ) -> Result<Option<Diagnosis>> {
         sink.progress(&format!("running {}", argv.join(" ")));
         let timeout = Duration::from_secs(self.config.push.timeout_secs);
-        match runner::run(argv, &project.root, timeout, sink) {
-            Err(e) => Some(diagnosis::spawn_failed(stage, &e)),
+        let mut recorded = Ok(());
+        let on_spawn = |pid: u32| {
+            stage.journal.child = Some(pid as i32);
+            recorded = self.write_journal(project, stage.journal);
+        };
+        let ran = runner::run(argv, &project.root, timeout, sink, Some(stage.lock.fd()), on_spawn);
+        recorded?;
+        Ok(match ran {
+            Err(e) => Some(diagnosis::spawn_failed(name, &e)),
             Ok(out) => {
                 let verdict = judge(&out);
-                logs.push((stage, out));
+                stage.logs.push((name, out));
                 verdict
             }
-        }
+        })
     }
 
     /// After generate: what it wrote must be a coherent drizzle/ (it exits 0 on errors, so check by content).
@@ -365,7 +375,7 @@ impl Engine {
         let drizzle = project.drizzle();
         let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
         let packed: Packed = archive::pack(&drizzle, &tree)?;
-        let schema = manifest::hash_path(&project.schema()).ctx("read", &project.schema())?;
+        let schema = project.schema_hash()?;
         if let Some(base) = baseline
             && base.files == packed.files
             && base.schema_blake3 == schema
@@ -380,7 +390,7 @@ impl Engine {
         let now = SystemTime::now();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let record = PushRecord {
-            format: 1,
+            format: crate::store::RECORD_FORMAT,
             id: format!("{}-{}", compact_timestamp(now), &suffix[..8]),
             project_id: project_id.to_string(),
             at: rfc3339(now),
@@ -406,6 +416,7 @@ impl Engine {
     ) -> Result<PushReport> {
         let quarantine = self.new_quarantine(project, "failed-push")?;
         write_logs(&quarantine, logs);
+        journal.child = None;
         if let Err(e) = self.rollback_to_snapshot(project, &quarantine, journal) {
             return Err(Error::failed(
                 format!("the push failed ({}), and rolling drizzle/ back failed too: {e}", diagnosis.message),

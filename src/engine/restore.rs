@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::swap::{Journal, holds_exactly};
+use super::swap::{Journal, Op, Phase, holds_exactly};
 use super::{Engine, Sink};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Violation};
@@ -92,15 +92,7 @@ impl Engine {
         }
         sink.progress(&format!("restoring drizzle/ to push {}", record.id));
         let quarantine = self.new_quarantine(project, "restore")?;
-        let mut journal = Journal {
-            op: "restore".into(),
-            phase: "swap".into(),
-            root: project.root.clone(),
-            quarantine: None,
-            target: None,
-            before: None,
-            before_existed: tree.exists,
-        };
+        let mut journal = Journal { before_existed: tree.exists, ..Journal::new(Op::Restore, Phase::Swap, &project.root) };
         self.install(project, Some((&archive, &record.files)), &quarantine, &mut journal)?;
         if quarantine.join("drizzle").exists() {
             Ok(report(Some(quarantine), changes))

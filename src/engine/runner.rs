@@ -2,10 +2,12 @@
 //! user and kept for diagnosis.
 
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -53,28 +55,85 @@ pub fn program_path(program: &str, root: &Path) -> PathBuf {
     if p.is_relative() && program.contains('/') { root.join(p) } else { p.to_path_buf() }
 }
 
+/// A spawn handed to the spawner thread, with where to send the child.
+struct SpawnRequest {
+    command: Command,
+    reply: mpsc::Sender<io::Result<Child>>,
+}
+
+/// The one long-lived thread that starts every child. A child's parent-death signal fires when the *thread* that
+/// forked it exits, and tokio's blocking threads exit after a few idle seconds, which would kill a drizzle-kit in
+/// the middle of its work; this thread lives as long as the process.
+fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("dreamerd-spawner".into())
+            .spawn(move || {
+                for mut request in rx {
+                    let _ = request.reply.send(request.command.spawn());
+                }
+            })
+            .expect("the spawner thread starts");
+        Mutex::new(tx)
+    })
+}
+
+/// Starts `command` from the spawner thread.
+fn spawn(command: Command) -> io::Result<Child> {
+    let (reply, answer) = mpsc::channel();
+    spawner()
+        .lock()
+        .expect("not poisoned")
+        .send(SpawnRequest { command, reply })
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    answer.recv().map_err(|_| io::Error::other("the spawner thread is gone"))?
+}
+
 /// Runs `argv` in `root`. The child gets its own process group so a timeout kills node and everything it
-/// started.
+/// started, and a parent-death signal so it never outlives this process. `inherit` (the project's lock) is passed
+/// down to it and its children, so that whatever it leaves running still holds the project; `on_spawn` gets the
+/// child's pid (its process group) before it runs for long.
 pub fn run(
     argv: &[String],
     root: &Path,
     timeout: Duration,
     sink: &dyn Sink,
+    inherit: Option<BorrowedFd<'_>>,
+    on_spawn: impl FnOnce(u32),
 ) -> Result<RunOutput, SpawnError> {
     let program = program_path(&argv[0], root);
-    let spawned = {
-        use std::os::unix::process::CommandExt;
-        Command::new(&program)
-            .args(&argv[1..])
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-    };
-    let mut child = spawned.map_err(|error| SpawnError { program: program.clone(), error })?;
+    let mut command = Command::new(&program);
+    command
+        .args(&argv[1..])
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let parent = rustix::process::getpid();
+    let keep = inherit.map(|fd| fd.as_raw_fd());
+    // SAFETY: between fork and exec only async-signal-safe system calls run (prctl, getppid, fcntl), on memory
+    // captured by value; nothing allocates or takes a lock.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The parent may have died before the signal was armed.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::other("the parent exited"));
+            }
+            if let Some(fd) = keep {
+                // Only in the child: the descriptor stays close-on-exec in this process, so the children of other
+                // projects' pushes never get it.
+                rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(fd), rustix::io::FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = spawn(command).map_err(|error| SpawnError { program: program.clone(), error })?;
     let pid = child.id();
+    on_spawn(pid);
     let kept = Arc::new(Mutex::new((Vec::<u8>::new(), Vec::<u8>::new())));
     let (line_tx, line_rx) = mpsc::channel::<(Stream, String)>();
     let readers = [
@@ -234,10 +293,11 @@ pub fn strip_ansi(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::engine::NullSink;
+    use std::os::fd::AsFd;
 
     fn sh(script: &str, timeout: Duration) -> RunOutput {
         let dir = tempfile::tempdir().unwrap();
-        run(&["/bin/sh".into(), "-c".into(), script.into()], dir.path(), timeout, &NullSink).unwrap()
+        run(&["/bin/sh".into(), "-c".into(), script.into()], dir.path(), timeout, &NullSink, None, |_| {}).unwrap()
     }
 
     #[test]
@@ -265,10 +325,25 @@ mod tests {
     #[test]
     fn missing_program_is_a_spawn_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err = run(&["./node_modules/.bin/nope".into()], dir.path(), Duration::from_secs(5), &NullSink)
-            .unwrap_err();
+        let err =
+            run(&["./node_modules/.bin/nope".into()], dir.path(), Duration::from_secs(5), &NullSink, None, |_| {})
+                .unwrap_err();
         assert_eq!(err.error.kind(), io::ErrorKind::NotFound);
         assert_eq!(err.program, dir.path().join("node_modules/.bin/nope"));
+    }
+
+    #[test]
+    fn the_child_holds_the_inherited_descriptor_and_others_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = std::fs::File::create(dir.path().join("lock")).unwrap();
+        let fd = lock.as_raw_fd();
+        let script = format!("test -e /proc/self/fd/{fd} && echo held || echo free");
+        let argv = ["/bin/sh".into(), "-c".into(), script];
+        let t = Duration::from_secs(30);
+        let held = run(&argv, dir.path(), t, &NullSink, Some(lock.as_fd()), |_| {}).unwrap();
+        assert_eq!(held.stdout, "held\n");
+        let free = run(&argv, dir.path(), t, &NullSink, None, |_| {}).unwrap();
+        assert_eq!(free.stdout, "free\n", "close-on-exec everywhere else");
     }
 
     #[test]

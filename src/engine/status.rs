@@ -53,7 +53,7 @@ impl Engine {
         let baseline = self.baseline(project)?;
         let last_push =
             baseline.as_ref().map(|b| LastPush { id: b.id.clone(), at: b.at.clone(), files: b.files.len() });
-        let schema = manifest::hash_path(&project.schema()).ctx("read", &project.schema())?;
+        let schema = project.schema_hash()?;
         let mut status = ProjectStatus {
             root: project.root.clone(),
             state: ProjectState::NoBaseline,

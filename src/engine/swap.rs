@@ -12,21 +12,76 @@ use serde::{Deserialize, Serialize};
 
 use super::{Engine, Sink};
 use crate::archive::{self, Limits};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, check_format};
 use crate::fsutil;
 use crate::manifest::{self, FileEntry};
 use crate::project::Project;
+use crate::safefs;
 
 /// The transient folder beside `drizzle/` where a new tree is built; it exists only during a swap.
 pub const STAGING: &str = ".dreamerd-tmp";
 
+/// The crash journal's format. 1: dreamerd 0.1.0 (no `format`, `owner` or `child`); 2: adds them.
+pub(crate) const OP_FORMAT: u32 = 2;
+
+/// Which operation a crash journal belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Op {
+    Push,
+    Restore,
+}
+
+/// Where an operation was; each phase has its own recovery rule (see [`Engine::recover`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Phase {
+    /// drizzle-kit generate may be writing drizzle/; the database is untouched. Rule: roll back.
+    Generate,
+    /// drizzle-kit migrate may be applying. Rule: the database decides (its pending migrations run in one
+    /// transaction): all applied, complete the push; none, roll back.
+    Migrate,
+    /// migrate succeeded; the backup is being stored. Rule: complete the push.
+    Backup,
+    /// drizzle/ is being replaced by `target`. Rule: finish the replacement.
+    Swap,
+}
+
+/// The process that runs an operation: a journal whose owner is gone belongs to an interrupted operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Owner {
+    pub pid: i32,
+    /// Its start time (clock ticks since boot), so a reused pid is not taken for it.
+    pub start: u64,
+}
+
+impl Owner {
+    pub fn me() -> Owner {
+        let pid = std::process::id() as i32;
+        Owner { pid, start: process_start(pid).unwrap_or(0) }
+    }
+
+    /// Whether this very process still runs.
+    pub fn alive(&self) -> bool {
+        process_start(self.pid).is_some_and(|start| start == self.start)
+    }
+}
+
+/// A process's start time from /proc, or `None` if it does not exist.
+fn process_start(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// What an operation in progress is doing, persisted so a crash can be finished at the next start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Journal {
-    /// `push` or `restore`.
-    pub op: String,
-    /// push: `generate`, `migrate`, `backup`; any op: `swap` while drizzle/ is being replaced.
-    pub phase: String,
+    #[serde(default = "first_format")]
+    pub format: u32,
+    pub op: Op,
+    pub phase: Phase,
     pub root: PathBuf,
     /// Where replaced files go.
     pub quarantine: Option<PathBuf>,
@@ -35,10 +90,41 @@ pub(crate) struct Journal {
     /// For a push: what drizzle/ held before it (its archive sits beside the journal).
     pub before: Option<Vec<FileEntry>>,
     pub before_existed: bool,
+    /// The process running the operation (absent in journals of dreamerd 0.1.0).
+    #[serde(default)]
+    pub owner: Option<Owner>,
+    /// The process group of the drizzle-kit run in progress, killed if it outlives its owner.
+    #[serde(default)]
+    pub child: Option<i32>,
 }
 
+fn first_format() -> u32 {
+    1
+}
+
+impl Journal {
+    /// A new journal for an operation this process runs.
+    pub fn new(op: Op, phase: Phase, root: &Path) -> Journal {
+        Journal {
+            format: OP_FORMAT,
+            op,
+            phase,
+            root: root.to_path_buf(),
+            quarantine: None,
+            target: None,
+            before: None,
+            before_existed: false,
+            owner: Some(Owner::me()),
+            child: None,
+        }
+    }
+}
+
+/// The largest crash journal read (it lists two trees' files).
+const MAX_JOURNAL: u64 = 256 << 20;
+
 impl Engine {
-    fn ops_dir(&self, project: &Project) -> PathBuf {
+    pub(crate) fn ops_dir(&self, project: &Project) -> PathBuf {
         self.dirs.state.join("ops").join(project.local_key())
     }
 
@@ -50,22 +136,51 @@ impl Engine {
         let dir = self.ops_dir(project);
         fsutil::create_private_dir(&dir).ctx("create", &dir)?;
         let path = dir.join("journal.json");
-        let json = serde_json::to_vec_pretty(journal).expect("journal serialises");
+        let json = serde_json::to_vec_pretty(&Journal { format: OP_FORMAT, ..journal.clone() })
+            .expect("journal serialises");
         fsutil::atomic_write(&path, &json).ctx("write", &path)
     }
 
+    /// Removes the journal, then what it protected: a crash in between leaves a harmless snapshot, never a journal
+    /// without its snapshot.
     pub(crate) fn clear_journal(&self, project: &Project) -> Result<()> {
         let dir = self.ops_dir(project);
+        let journal = dir.join("journal.json");
+        match fs::remove_file(&journal) {
+            Ok(()) => fsutil::fsync_dir(&dir).ctx("sync", &dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).ctx("remove", &journal),
+        }
         fsutil::remove_any(&dir).ctx("remove", &dir)
     }
 
-    fn read_journal(&self, project: &Project) -> Result<Option<Journal>> {
+    /// The journal of an interrupted operation, if any. One that cannot be read, or comes from a newer dreamerd, is
+    /// an error that keeps everything: nothing is ever deleted on a guess.
+    pub(crate) fn read_journal(&self, project: &Project) -> Result<Option<Journal>> {
         let path = self.ops_dir(project).join("journal.json");
-        match fs::read(&path) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).ctx("read", &path),
-        }
+        let unreadable = |why: String| Error::Failed {
+            message: format!(
+                "the journal of an interrupted operation, {}, cannot be read ({why}); nothing was deleted",
+                path.display()
+            ),
+            hint: Some(format!(
+                "push and restore of this project wait until it is dealt with: check drizzle/ (the tree from before \
+                 the push is in {}), then move the folder {} away",
+                self.snapshot_path(project).display(),
+                self.ops_dir(project).display()
+            )),
+        };
+        let bytes = match safefs::read_file(&path, MAX_JOURNAL, false) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(unreadable(e.to_string())),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        let format = value.get("format").and_then(serde_json::Value::as_u64).unwrap_or(1);
+        check_format(u32::try_from(format).unwrap_or(u32::MAX), OP_FORMAT, || {
+            format!("the journal of an interrupted operation, {}", path.display())
+        })?;
+        serde_json::from_value(value).map(Some).map_err(|e| unreadable(e.to_string()))
     }
 
     /// Replaces drizzle/ with `target` (an archive and its files), or removes it when `target` is `None`.
@@ -93,7 +208,7 @@ impl Engine {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
         }
-        journal.phase = "swap".into();
+        journal.phase = Phase::Swap;
         journal.target = target.map(|(_, files)| files.to_vec());
         journal.quarantine = Some(quarantine.to_path_buf());
         self.write_journal(project, journal)?;
@@ -162,6 +277,12 @@ impl Engine {
                 fsutil::remove_any(&path).ctx("remove", &path)?;
                 continue;
             }
+            // A replaced tree that is exactly a stored push is not kept twice: the store has it.
+            if let Some(push) = self.stored_push_of_tree(project, &path) {
+                tracing::debug!(push = %push, "the replaced tree is a stored push; not quarantined");
+                fsutil::remove_any(&path).ctx("remove", &path)?;
+                continue;
+            }
             let q = match &quarantine {
                 Some(q) => q.clone(),
                 None => {
@@ -180,11 +301,49 @@ impl Engine {
         fsutil::fsync_dir(&project.root).ctx("sync", &project.root)
     }
 
+    /// The id of a push of this project (the one waiting for the store, or one in it) whose files are exactly
+    /// `files`; such a tree needs no quarantine copy.
+    pub(crate) fn stored_push_with(&self, project: &Project, files: &[FileEntry]) -> Option<String> {
+        let id = self.project_id(project).ok()??;
+        if let Ok(Some(pending)) = self.pending_record(project)
+            && pending.project_id == id
+            && pending.files == files
+        {
+            return Some(pending.id);
+        }
+        self.store.history(&id).ok()?.into_iter().find(|r| r.files == files).map(|r| r.id)
+    }
+
+    /// [`Engine::stored_push_with`] for a tree on disk (regular files and directories only).
+    pub(crate) fn stored_push_of_tree(&self, project: &Project, dir: &Path) -> Option<String> {
+        let tree = manifest::scan(dir).ok()?;
+        if !tree.exists || tree.nodes.contains_key(".") || tree.specials().next().is_some() {
+            return None;
+        }
+        self.stored_push_with(project, &tree.files())
+    }
+
+    /// Keeps a tree (an archive and its files) in `dest`, unless it is a stored push.
+    pub(crate) fn keep_tree(&self, project: &Project, bytes: &[u8], files: &[FileEntry], dest: &Path) -> Result<()> {
+        if self.stored_push_with(project, files).is_some() {
+            return Ok(());
+        }
+        archive::unpack_verified(bytes, files, dest, Limits::default())
+    }
+
+    /// Removes a quarantine folder that ended up holding nothing.
+    pub(crate) fn drop_if_empty(&self, quarantine: &Path) {
+        if fs::read_dir(quarantine).is_ok_and(|mut d| d.next().is_none()) {
+            let _ = fs::remove_dir(quarantine);
+        }
+    }
+
     /// Finishes what a crash left in a project, if anything: takes the project's lock (so never during another
-    /// operation) and recovers. Returns whether there was something to finish.
+    /// operation; a drizzle-kit left running by a daemon that died is stopped first) and recovers. Returns whether
+    /// there was something to finish.
     pub fn recover_now(&self, project: &Project, sink: &dyn Sink) -> Result<bool> {
         let journal = self.ops_dir(project).join("journal.json");
-        if !journal.exists() && !fsutil::exists_nofollow(&project.root.join(STAGING)) {
+        if !fsutil::exists_nofollow(&journal) && !fsutil::exists_nofollow(&project.root.join(STAGING)) {
             return Ok(false);
         }
         let _lock = self.lock(project)?;
@@ -192,8 +351,8 @@ impl Engine {
         Ok(true)
     }
 
-    /// Finishes whatever an interrupted operation left: a swap is completed, a push that died before migrate is
-    /// rolled back, and nothing found is deleted. Call with the project lock held.
+    /// Finishes whatever an interrupted operation left, by the rule of the phase it was in (see [`Phase`]); nothing
+    /// found is deleted. Call with the project lock held.
     pub(crate) fn recover(&self, project: &Project, sink: &dyn Sink) -> Result<()> {
         let journal = self.read_journal(project)?;
         let staging = project.root.join(STAGING);
@@ -204,68 +363,62 @@ impl Engine {
             }
             return self.clear_journal(project);
         };
-        match journal.phase.as_str() {
-            "swap" => {
+        match journal.phase {
+            Phase::Swap => {
                 sink.progress("finishing an interrupted replacement of drizzle/");
                 if journal.quarantine.is_none() {
                     journal.quarantine = Some(self.new_quarantine(project, "interrupted")?);
                 }
                 self.finish_swap(project, &journal)
             }
-            "generate" => {
+            Phase::Generate => {
                 sink.progress("rolling back a push that was interrupted before migrate");
                 // A rollback that died while unpacking left a partial tree: keep it aside first.
                 self.drain_staging(project, None, None)?;
                 let quarantine = self.new_quarantine(project, "interrupted-push")?;
                 self.rollback_to_snapshot(project, &quarantine, &mut journal)
             }
-            _ => {
-                // Migrate had started. Pending migrations run in one transaction, so the database tells which way
-                // it went: everything applied means the push succeeded; anything pending means nothing was.
+            Phase::Migrate | Phase::Backup => {
                 self.drain_staging(project, None, None)?;
+                let applied = match journal.phase {
+                    // migrate succeeded before the backup started: nothing to ask the database.
+                    Phase::Backup => Some(true),
+                    _ => self.migrate_applied(project),
+                };
                 let quarantine = self.new_quarantine(project, "interrupted-push")?;
-                match self.migrate_applied(project) {
-                    Some(false) => {
-                        sink.progress("rolling back a push whose migrate did not apply");
-                        self.rollback_to_snapshot(project, &quarantine, &mut journal)
-                    }
-                    applied => {
-                        if let Some(files) = &journal.before {
-                            let bytes = fs::read(self.snapshot_path(project))
-                                .ctx("read", &self.snapshot_path(project))?;
-                            archive::unpack_verified(
-                                &bytes,
-                                files,
-                                &quarantine.join("drizzle"),
-                                Limits::default(),
-                            )?;
-                        }
-                        if applied == Some(true) {
-                            sink.progress(
-                                "completing a push that was interrupted after its migrate succeeded",
-                            );
-                            self.complete_interrupted_push(project, sink)?;
-                        } else {
-                            sink.progress(&format!(
-                                "a push was interrupted after migrate started and the database cannot be read to \
-                                 tell whether it applied; drizzle/ is left as generated, the tree from before the \
-                                 push is in {}",
-                                quarantine.display()
-                            ));
-                        }
-                        self.clear_journal(project)
-                    }
+                if applied == Some(false) {
+                    sink.progress("rolling back a push whose migrate did not apply");
+                    return self.rollback_to_snapshot(project, &quarantine, &mut journal);
                 }
+                if let Some(files) = &journal.before {
+                    let bytes = fs::read(self.snapshot_path(project)).ctx("read", &self.snapshot_path(project))?;
+                    self.keep_tree(project, &bytes, files, &quarantine.join("drizzle"))?;
+                }
+                if applied == Some(true) {
+                    sink.progress("completing a push that was interrupted after its migrate succeeded");
+                    self.complete_interrupted_push(project, sink)?;
+                } else {
+                    sink.progress(&format!(
+                        "a push was interrupted after migrate started and the database cannot be read to tell \
+                         whether it applied; drizzle/ is left as generated, the tree from before the push is in {}",
+                        quarantine.display()
+                    ));
+                }
+                self.drop_if_empty(&quarantine);
+                self.clear_journal(project)
             }
         }
     }
 
     /// Whether every migration in drizzle/'s journal is applied to the database; `None` if that cannot be told.
+    /// The database is opened so that SQLite first rolls back a transaction the crash interrupted, as the app's next
+    /// open would; dreamerd itself writes nothing.
     fn migrate_applied(&self, project: &Project) -> Option<bool> {
         let db = crate::drizzle::database::locate(&project.root, self.config.database.url.as_deref()).ok()?;
-        let entries = crate::drizzle::journal::read(&project.drizzle()).ok()?.unwrap_or_default();
-        let applied = crate::drizzle::database::applied(&db).ok()?.unwrap_or_default();
-        let drift = crate::drizzle::database::drift(&project.drizzle(), &entries, &applied);
+        let folder = safefs::Folder::open(&project.drizzle()).ok()??;
+        let entries = crate::drizzle::journal::read_in(&folder).ok()?.unwrap_or_default();
+        let applied = crate::drizzle::database::applied_after_crash(&db).ok()?.unwrap_or_default();
+        let drift = crate::drizzle::database::drift(Some(&folder), &entries, &applied);
         Some(!drift.iter().any(|d| d.code == "migration-pending"))
     }
 
@@ -346,13 +499,10 @@ mod tests {
         let target = archive::pack(&target_dir, &manifest::scan(&target_dir).unwrap()).unwrap();
         let quarantine = engine.new_quarantine(&project, "restore").unwrap();
         let journal = Journal {
-            op: "restore".into(),
-            phase: "swap".into(),
-            root: project.root.clone(),
             quarantine: Some(quarantine.clone()),
             target: Some(target.files.clone()),
-            before: None,
             before_existed: true,
+            ..Journal::new(Op::Restore, Phase::Swap, &project.root)
         };
         engine.write_journal(&project, &journal).unwrap();
         fs::create_dir(project.root.join(STAGING)).unwrap();

@@ -1,10 +1,10 @@
 //! The local directory store: one file per object, written atomically.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::fsutil;
 
 /// Objects as files under a root directory (mode 0700 for what it creates).
@@ -41,21 +41,12 @@ impl super::Blobs for LocalBlobs {
 
     fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
         let path = self.path(key);
-        let file = match fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(store_failed("read", key, e)),
-        };
-        let len = file.metadata().ctx("read", &path)?.len();
-        if len > max {
-            return Err(Error::Corrupt(format!(
-                "{} is {len} bytes, over the {max} byte limit",
-                path.display()
-            )));
+        // Never through a link, never blocking on a fifo someone put in the store, never past the cap.
+        match crate::safefs::read_file(&path, max, false) {
+            Ok(data) => Ok(data),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(Error::Corrupt(e.to_string())),
+            Err(e) => Err(store_failed("read", key, e)),
         }
-        let mut data = Vec::with_capacity(len as usize);
-        file.take(max + 1).read_to_end(&mut data).map_err(|e| store_failed("read", key, e))?;
-        Ok(Some(data))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -13,6 +13,14 @@ use crate::manifest::FileEntry;
 
 pub use local::LocalBlobs;
 
+/// The format of push records. 1: dreamerd 0.1.0 onwards.
+pub const RECORD_FORMAT: u32 = 1;
+/// The store's layout. 1: `projects/<id>/pushes/<push>/{archive.tar.zst,manifest.json}` and
+/// `projects/<id>/latest.json` (dreamerd 0.1.0 wrote it without the `format.json` marker).
+pub const STORE_FORMAT: u32 = 1;
+/// The key of the store's format marker.
+const FORMAT_KEY: &str = "format.json";
+
 /// Largest manifest or pointer object read back from a store.
 const MAX_RECORD: u64 = 64 << 20;
 /// Largest archive read back from a store.
@@ -81,6 +89,13 @@ pub fn valid_id(id: &str) -> bool {
 /// The backup store of one configuration.
 pub struct Store {
     blobs: Box<dyn Blobs>,
+    /// Set once the store's format was checked (and, on a write, its marker written).
+    checked: std::sync::OnceLock<bool>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoreMarker {
+    format: u32,
 }
 
 impl Store {
@@ -89,12 +104,36 @@ impl Store {
         let blobs: Box<dyn Blobs> = match location {
             StoreLocation::Local(dir) => Box::new(LocalBlobs::new(dir.clone())),
         };
-        Ok(Store { blobs })
+        Ok(Store::with_blobs(blobs))
     }
 
     /// A store over any object interface (tests, other backends).
     pub fn with_blobs(blobs: Box<dyn Blobs>) -> Store {
-        Store { blobs }
+        Store { blobs, checked: std::sync::OnceLock::new() }
+    }
+
+    /// Refuses a store of a newer format; before the first write, records this format in a store that has no marker
+    /// yet (a new store, or one of dreamerd 0.1.0, whose layout is format 1).
+    fn check_format(&self, writing: bool) -> Result<()> {
+        if self.checked.get().is_some_and(|marked| *marked || !writing) {
+            return Ok(());
+        }
+        let found = match self.blobs.get(FORMAT_KEY, 4096)? {
+            Some(bytes) => {
+                serde_json::from_slice::<StoreMarker>(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("{FORMAT_KEY} in {} is unreadable: {e}", self.describe())))?
+                    .format
+            }
+            None => 0,
+        };
+        crate::error::check_format(found, STORE_FORMAT, || self.describe())?;
+        let marked = found == STORE_FORMAT;
+        if writing && !marked {
+            let json = serde_json::to_vec(&StoreMarker { format: STORE_FORMAT }).expect("serialises");
+            self.blobs.put(FORMAT_KEY, &json)?;
+        }
+        let _ = self.checked.set(marked || writing);
+        Ok(())
     }
 
     /// Where the store is, for messages.
@@ -110,6 +149,7 @@ impl Store {
     /// leaves a pointer to something missing.
     pub fn save(&self, record: &PushRecord, archive: &[u8]) -> Result<()> {
         check_ids(&record.project_id, &record.id)?;
+        self.check_format(true)?;
         let record_json = serde_json::to_vec_pretty(record).expect("records serialise");
         self.blobs.put(&Self::push_key(&record.project_id, &record.id, "archive.tar.zst"), archive)?;
         self.blobs.put(&Self::push_key(&record.project_id, &record.id, "manifest.json"), &record_json)?;
@@ -120,6 +160,7 @@ impl Store {
     /// The record of the latest successful push, if any.
     pub fn latest(&self, project: &str) -> Result<Option<PushRecord>> {
         check_ids(project, "latest")?;
+        self.check_format(false)?;
         let key = format!("projects/{project}/latest.json");
         let Some(bytes) = self.blobs.get(&key, MAX_RECORD)? else { return Ok(None) };
         let latest: Latest = serde_json::from_slice(&bytes)
@@ -141,6 +182,7 @@ impl Store {
         let Some(bytes) = self.blobs.get(&key, MAX_RECORD)? else { return Ok(None) };
         let record: PushRecord = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt(format!("{key} in {} is unreadable: {e}", self.describe())))?;
+        crate::error::check_format(record.format, RECORD_FORMAT, || format!("{key} in {}", self.describe()))?;
         if record.id != push || record.project_id != project {
             return Err(Error::Corrupt(format!("{key} in {} describes another push", self.describe())));
         }
@@ -160,6 +202,7 @@ impl Store {
     /// Every successful push of a project, newest first.
     pub fn history(&self, project: &str) -> Result<Vec<PushRecord>> {
         check_ids(project, "history")?;
+        self.check_format(false)?;
         let prefix = format!("projects/{project}/pushes/");
         let mut records = Vec::new();
         for key in self.blobs.list(&prefix)? {
@@ -193,7 +236,7 @@ mod tests {
 
     fn record(id: &str, at: &str, archive: &[u8]) -> PushRecord {
         PushRecord {
-            format: 1,
+            format: RECORD_FORMAT,
             id: id.into(),
             project_id: "p1".into(),
             at: at.into(),
