@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::Config;
 use crate::daemon;
 use crate::dirs::Dirs;
-use crate::engine::{Engine, ProjectState, ProjectStatus, PushReport, RestoreReport};
+use crate::engine::{Engine, ProjectState, ProjectStatus, PruneReport, PushReport, RestoreReport};
 use crate::error::{Error, Result};
 use crate::ipc::{self, Client, Reply, Request};
+use crate::logging;
 use crate::project::Project;
 
 /// Which binary is running.
@@ -51,7 +52,7 @@ struct DreamerdCli {
 #[derive(Debug, Subcommand)]
 enum DreamerdCommand {
     /// Run the daemon in the foreground (what the systemd unit starts).
-    Daemon,
+    Daemon(DaemonArgs),
     /// State of one project, or of every watched project (from the daemon).
     Status(StatusArgs),
     /// Verify drizzle/ against the last successful push, in-process (CI, git hooks). Exit 1 on violations.
@@ -70,6 +71,23 @@ enum DreamerdCommand {
     Events(EventsArgs),
     /// Ask the daemon to shut down cleanly.
     Stop,
+    /// Remove quarantined files older than the retention age (retention.quarantine_days, default 30).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    /// Log to FILE, rotated by size (log.max_bytes, log.files), instead of stderr; what a command that starts the
+    /// daemon in the background passes.
+    #[arg(long, value_name = "FILE")]
+    log_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Show what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -144,7 +162,8 @@ enum DatabaseCommand {
 
 /// What to do, whichever binary was asked.
 enum Action {
-    Daemon,
+    Daemon(Option<PathBuf>),
+    Prune(bool),
     Status(StatusArgs),
     Check(Option<PathBuf>),
     Watch(PathBuf),
@@ -162,7 +181,8 @@ pub fn main(flavor: Flavor) -> i32 {
         Flavor::Dreamerd => {
             let cli = DreamerdCli::parse();
             let action = match cli.command {
-                DreamerdCommand::Daemon => Action::Daemon,
+                DreamerdCommand::Daemon(d) => Action::Daemon(d.log_file),
+                DreamerdCommand::Prune(p) => Action::Prune(p.dry_run),
                 DreamerdCommand::Status(s) => Action::Status(s),
                 DreamerdCommand::Watch(d) => Action::Watch(d.dir),
                 DreamerdCommand::Unwatch(d) => Action::Unwatch(d.dir),
@@ -184,24 +204,26 @@ pub fn main(flavor: Flavor) -> i32 {
             (cli.global, action)
         }
     };
-    init_logging(matches!(action, Action::Daemon));
+    // Commands only warn; the daemon logs at info (its log is the record of violations), set up once its
+    // configuration says where.
+    if !matches!(action, Action::Daemon(_)) {
+        logging::init("warn", None);
+    }
     match run(&global, action) {
         Ok(code) => code,
         Err(e) => report_error(&global, &e),
     }
 }
 
-/// The daemon logs at info by default (its log is the record of violations); commands only warn.
-fn init_logging(daemon: bool) {
-    let default = if daemon { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DREAMERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Writes to stdout; a reader that went away (`dreamerd status | head -1`) ends the output quietly, never a panic.
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+}
+
+/// Writes one line to stderr, quietly giving up if it is closed.
+fn err_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 fn engine(global: &Global) -> Result<(Engine, Option<PathBuf>)> {
@@ -223,12 +245,12 @@ fn client(global: &Global) -> Result<Client> {
         let shown = |c: &Option<PathBuf>| {
             c.as_ref().map_or("the built-in defaults".to_string(), |p| p.display().to_string())
         };
-        eprintln!(
+        err_line(&format!(
             "dreamerd: warning: the running daemon (pid {pid}) uses {}, not {}; run `dreamerd stop` to restart it \
              with yours",
             shown(config),
             shown(&file)
-        );
+        ));
     }
     Ok(client)
 }
@@ -238,8 +260,8 @@ fn call(global: &Global, request: Request) -> Result<(i32, serde_json::Value)> {
     let mut client = client(global)?;
     client.send(request)?;
     client.finish(|reply| match reply {
-        Reply::Output { line, .. } => eprintln!("  {line}"),
-        Reply::Progress { message } => eprintln!("dreamerd: {message}"),
+        Reply::Output { line, .. } => err_line(&format!("  {line}")),
+        Reply::Progress { message } => err_line(&format!("dreamerd: {message}")),
         _ => {}
     })
 }
@@ -256,19 +278,36 @@ fn print_raw(
     human: impl FnOnce() -> Result<String>,
 ) -> Result<()> {
     if global.json {
-        println!("{data}");
+        out(&format!("{data}\n"));
     } else {
-        print!("{}", human()?);
+        out(&human()?);
     }
     Ok(())
 }
 
 fn run(global: &Global, action: Action) -> Result<i32> {
     match action {
-        Action::Daemon => {
-            let (engine, file) = engine(global)?;
+        Action::Daemon(log_file) => {
+            let loaded = engine(global);
+            let log = match (&loaded, log_file) {
+                (Ok((engine, _)), Some(path)) => {
+                    let limits = &engine.config.log;
+                    Some(logging::RotatingFile::open(&path, limits.max_bytes, limits.files, true).map_err(|e| {
+                        Error::Environment { context: format!("cannot open the log file {}", path.display()), source: e }
+                    })?)
+                }
+                _ => None,
+            };
+            logging::init("info", log);
+            let (engine, file) = loaded?;
             let dirs = engine.dirs.clone();
             daemon::run(engine, dirs, file)?;
+            Ok(0)
+        }
+        Action::Prune(dry_run) => {
+            let (engine, _) = engine(global)?;
+            let report = engine.prune(dry_run, std::time::SystemTime::now())?;
+            emit(global, &report, || human_prune(&report));
             Ok(0)
         }
         Action::Check(dir) => {
@@ -405,11 +444,10 @@ struct HistoryEntry {
 
 /// Prints the result: JSON on stdout with `--json`, human text otherwise.
 fn emit<T: Serialize>(global: &Global, value: &T, human: impl FnOnce() -> String) {
-    let mut out = std::io::stdout().lock();
     if global.json {
-        let _ = writeln!(out, "{}", serde_json::to_string(value).expect("reports serialise"));
+        out(&format!("{}\n", serde_json::to_string(value).expect("reports serialise")));
     } else {
-        let _ = write!(out, "{}", human());
+        out(&human());
     }
 }
 
@@ -424,11 +462,11 @@ fn report_error(global: &Global, err: &Error) -> i32 {
             hint: Option<&'a str>,
         }
         let doc = ErrorDoc { ok: false, error: err.to_string(), hint: hint.as_deref() };
-        println!("{}", serde_json::to_string(&doc).expect("serialises"));
+        out(&format!("{}\n", serde_json::to_string(&doc).expect("serialises")));
     }
-    eprintln!("dreamerd: error: {err}");
+    err_line(&format!("dreamerd: error: {err}"));
     if let Some(h) = hint {
-        eprintln!("dreamerd: hint: {h}");
+        err_line(&format!("dreamerd: hint: {h}"));
     }
     err.exit_code()
 }
@@ -462,6 +500,12 @@ fn human_status(s: &ProjectStatus) -> String {
             &format!("DRIFT: {} problem(s) between drizzle/, its journal and the database:\n", s.drift.len());
         for d in &s.drift {
             out += &format!("  [{}] {}\n    hint: {}\n", d.code, d.message, d.hint());
+        }
+    }
+    if let Some(i) = &s.interrupted {
+        out += &format!("INTERRUPTED: {}\n", i.message);
+        if let Some(h) = &i.hint {
+            out += &format!("  hint: {h}\n");
         }
     }
     if s.schema_pending && s.state != ProjectState::NoBaseline {
@@ -528,6 +572,25 @@ fn human_restore(r: &RestoreReport) -> String {
         }
     }
     out
+}
+
+fn human_prune(r: &PruneReport) -> String {
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let verb = if r.dry_run { "would remove" } else { "removed" };
+    let mut text = format!(
+        "{verb} {} quarantine folder(s) older than {} days ({}); {} younger kept\n",
+        r.removed.len(),
+        r.retention_days,
+        mb(r.freed_bytes),
+        r.kept
+    );
+    for p in &r.removed {
+        text += &format!("  {}  {}  {}\n", p.at, mb(p.bytes), crate::manifest::escaped(&p.path.to_string_lossy()));
+    }
+    if r.dry_run {
+        text += "(dry run: nothing was removed)\n";
+    }
+    text
 }
 
 fn human_history(h: &HistoryDoc) -> String {

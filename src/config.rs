@@ -19,6 +19,36 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub watch: WatchConfig,
     pub database: DatabaseConfig,
+    pub retention: RetentionConfig,
+    pub log: LogConfig,
+}
+
+/// `[retention]`: how long quarantined files are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub quarantine_days: u64,
+    pub auto_prune: bool,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { quarantine_days: 30, auto_prune: true }
+    }
+}
+
+/// `[log]`: the background daemon's log file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub max_bytes: u64,
+    pub files: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { max_bytes: 10 << 20, files: 3 }
+    }
 }
 
 /// `[database]`: the SQLite database drizzle-kit migrates (read only, for drift checks and diagnosis).
@@ -101,7 +131,11 @@ impl Config {
             None if dirs.config_file.exists() => dirs.config_file.clone(),
             None => return Ok((Config::default(), None)),
         };
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::Config {
+        let read = crate::safefs::read_file(&path, 1 << 20, true).and_then(|bytes| {
+            let bytes = bytes.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+            String::from_utf8(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+        });
+        let text = read.map_err(|e| Error::Config {
             message: format!("cannot read the configuration file {}: {e}", path.display()),
         })?;
         let config = Config::parse(&text, &path)?;
@@ -133,6 +167,9 @@ impl Config {
         }
         if self.push.timeout_secs == 0 {
             return Err(bad("push.timeout_secs", "must be at least 1"));
+        }
+        if self.log.max_bytes < 1024 {
+            return Err(bad("log.max_bytes", "must be at least 1024"));
         }
         if let Some(url) = &self.store.url {
             StoreLocation::parse(url).map_err(|why| bad("store.url", &why))?;

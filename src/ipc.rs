@@ -116,10 +116,17 @@ impl Reply {
     }
 }
 
-/// `$XDG_RUNTIME_DIR/dreamerd`, or `/tmp/dreamerd-<uid>` where the session has no runtime directory.
+/// `$XDG_RUNTIME_DIR/dreamerd`. Where the variable is unset (cron, ssh without a session, `su`), the user's runtime
+/// directory `/run/user/<uid>` if it exists and is theirs (it is what `XDG_RUNTIME_DIR` names in their sessions),
+/// else `/tmp/dreamerd-<uid>`, never under `$TMPDIR`: every command of one user must find the same daemon.
 pub fn runtime_dir(dirs: &Dirs) -> PathBuf {
     dirs.runtime.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("dreamerd-{}", rustix::process::geteuid().as_raw()))
+        let uid = rustix::process::geteuid().as_raw();
+        let run_user = PathBuf::from(format!("/run/user/{uid}"));
+        match fs::symlink_metadata(&run_user) {
+            Ok(m) if m.is_dir() && m.uid() == uid => run_user.join("dreamerd"),
+            _ => PathBuf::from(format!("/tmp/dreamerd-{uid}")),
+        }
     })
 }
 
@@ -333,7 +340,7 @@ fn spawn_daemon(dirs: &Dirs, config: Option<&Path>) -> Result<()> {
     let log_path = daemon_log(dirs);
     let log = File::options().create(true).append(true).open(&log_path).ctx("open", &log_path)?;
     let mut cmd = Command::new(dreamerd_exe());
-    cmd.arg("daemon");
+    cmd.arg("daemon").arg("--log-file").arg(&log_path);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod fsutil;
 pub mod ipc;
+pub mod logging;
 pub mod manifest;
 pub mod project;
 pub mod safefs;

@@ -4,6 +4,24 @@
 mod serve;
 mod watch;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_and_log_once_per_streak() {
+        let mut b = Backoff::default();
+        assert_eq!(b.pause(), std::time::Duration::ZERO);
+        assert_eq!(b.failed(), Some(1));
+        let logged = (0..1000).filter(|_| b.failed().is_some()).count();
+        assert_eq!(logged, 0, "a streak of failures is one log line, not one per failure");
+        assert_eq!(b.pause(), std::time::Duration::from_secs(1));
+        b.succeeded();
+        assert_eq!(b.pause(), std::time::Duration::ZERO);
+        assert!(connection_cap() >= 8);
+    }
+}
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -90,6 +108,8 @@ pub(crate) struct Daemon {
     ops_done: Notify,
     /// Open client connections, so shutdown delivers the last answers before the process exits.
     connections: AtomicU64,
+    /// Serialises writes of the watch list.
+    watchlist_write: Mutex<()>,
     /// Wakes the scheduler: a project needs a rescan now, or events were lost.
     rescan_tx: mpsc::UnboundedSender<Wake>,
     /// Set while an overflow wake is on its way, so a burst of dropped events sends one.
@@ -155,10 +175,19 @@ impl crate::engine::Sink for LogSink {
     }
 }
 
+/// The watch list's format. 1: `{"projects": [...]}` (dreamerd 0.1.0 wrote it without `format`).
+const WATCHLIST_FORMAT: u32 = 1;
+
 /// The persisted watch list.
 #[derive(Default, Serialize, Deserialize)]
 struct WatchList {
+    #[serde(default = "first_format")]
+    format: u32,
     projects: Vec<PathBuf>,
+}
+
+fn first_format() -> u32 {
+    1
 }
 
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or `dreamerd stop`.
@@ -199,15 +228,20 @@ async fn main_loop(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> 
         ops_in_flight: AtomicU64::new(0),
         ops_done: Notify::new(),
         connections: AtomicU64::new(0),
+        watchlist_write: Mutex::new(()),
         rescan_tx,
         overflow_flagged: Arc::new(AtomicBool::new(false)),
     });
+    let watchlist = daemon.load_watchlist()?;
     daemon.start_watcher(fs_tx)?;
     tokio::spawn(daemon.clone().scheduler(fs_rx, rescan_rx));
-    for root in daemon.load_watchlist() {
+    for root in watchlist {
         daemon.add_project(&root, false);
         let this = daemon.clone();
         tokio::spawn(async move { this.recover_project(&root).await });
+    }
+    if daemon.engine.config.retention.auto_prune {
+        tokio::spawn(daemon.clone().prune_daily());
     }
     tracing::info!(
         version = ipc::VERSION,
@@ -220,11 +254,28 @@ async fn main_loop(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> 
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::failed(e.to_string(), ""))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::failed(e.to_string(), ""))?;
+    // Connections beyond the cap wait in the kernel's queue rather than take the last file descriptors, and accept
+    // errors (out of descriptors) back off instead of spinning.
+    let permits = Arc::new(tokio::sync::Semaphore::new(connection_cap()));
+    let mut backoff = Backoff::default();
     loop {
+        let pause = backoff.pause();
+        let accept = async {
+            tokio::time::sleep(pause).await;
+            let permit = permits.clone().acquire_owned().await.expect("never closed");
+            (permit, listener.accept().await)
+        };
         tokio::select! {
-            conn = listener.accept() => match conn {
-                Ok(conn) => { tokio::spawn(daemon.clone().handle(conn)); }
-                Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
+            (permit, conn) = accept => match conn {
+                Ok(conn) => {
+                    backoff.succeeded();
+                    tokio::spawn(daemon.clone().handle(conn, Some(permit)));
+                }
+                Err(e) => {
+                    if let Some(failures) = backoff.failed() {
+                        tracing::warn!(error = %e, failures, "accepting connections fails; backing off");
+                    }
+                }
             },
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
@@ -245,7 +296,8 @@ async fn main_loop(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> 
             () = done => {}
             conn = listener.accept() => {
                 if let Ok(conn) = conn {
-                    tokio::spawn(daemon.clone().handle(conn));
+                    let permit = permits.clone().try_acquire_owned().ok();
+                    tokio::spawn(daemon.clone().handle(conn, permit));
                 }
             }
         }
@@ -259,6 +311,45 @@ async fn main_loop(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> 
     drop(pid_lock);
     tracing::info!("dreamerd stopped");
     Ok(())
+}
+
+/// How many client connections are served at once: a quarter of the open-file limit (at least 8, at most 512), so
+/// that held connections never take the descriptors the daemon needs for its own work.
+fn connection_cap() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1024);
+    (limit / 4).clamp(8, 512) as usize
+}
+
+/// Pauses between failing accepts (10 ms doubling to 1 s), and says when a failure is worth a log line: the first
+/// of a streak, then at most one every 10 s.
+#[derive(Default)]
+struct Backoff {
+    failures: u64,
+    last_logged: Option<Instant>,
+}
+
+impl Backoff {
+    fn pause(&self) -> std::time::Duration {
+        if self.failures == 0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_millis(10u64 << self.failures.min(7)).min(std::time::Duration::from_secs(1))
+    }
+
+    /// Counts a failure; returns the streak's length when it should be logged.
+    fn failed(&mut self) -> Option<u64> {
+        self.failures += 1;
+        let due = self.last_logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10));
+        if due {
+            self.last_logged = Some(Instant::now());
+        }
+        due.then_some(self.failures)
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.last_logged = None;
+    }
 }
 
 /// Removes a socket file left by a daemon that died, but only once connecting to it is refused.
@@ -287,24 +378,39 @@ impl Daemon {
         self.dirs.state.join("watchlist.json")
     }
 
-    fn load_watchlist(&self) -> Vec<PathBuf> {
-        match std::fs::read(self.watchlist_path()) {
-            Ok(bytes) => match serde_json::from_slice::<WatchList>(&bytes) {
-                Ok(list) => list.projects,
-                Err(e) => {
-                    tracing::error!(error = %e, path = %self.watchlist_path().display(), "the watch list is unreadable; starting with none");
-                    Vec::new()
-                }
-            },
-            Err(_) => Vec::new(),
+    /// The persisted watch list. One of a newer format is an error (the daemon does not start and so never
+    /// overwrites it); one that cannot be parsed is set aside and reported.
+    fn load_watchlist(&self) -> Result<Vec<PathBuf>> {
+        let path = self.watchlist_path();
+        let bytes = match crate::safefs::read_file(&path, 16 << 20, false) {
+            Ok(Some(b)) => b,
+            Ok(None) => return Ok(Vec::new()),
+            Err(e) => return Err(e).ctx("read", &path),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let format = value.get("format").and_then(serde_json::Value::as_u64).unwrap_or(1);
+        crate::error::check_format(u32::try_from(format).unwrap_or(u32::MAX), WATCHLIST_FORMAT, || {
+            format!("the watch list {}", path.display())
+        })?;
+        match serde_json::from_value::<WatchList>(value) {
+            Ok(list) => Ok(list.projects),
+            Err(e) => {
+                let aside = path.with_extension(format!("json.unreadable-{}", std::process::id()));
+                let _ = std::fs::rename(&path, &aside);
+                tracing::error!(error = %e, kept = %shown(&aside), "the watch list is unreadable; it was set aside and the daemon starts with none");
+                Ok(Vec::new())
+            }
         }
     }
 
+    /// Writes the watch list as it is now. Saves are serialised and each writes the list as it is at that moment,
+    /// so two concurrent watch and unwatch calls can never leave the older list on disk.
     fn save_watchlist(&self) -> Result<()> {
+        let _one_at_a_time = self.watchlist_write.lock().expect("watch list writer");
         let projects: Vec<PathBuf> = self.state.lock().expect("state").projects.keys().cloned().collect();
         let path = self.watchlist_path();
         fsutil::create_private_dir(&self.dirs.state).ctx("create", &self.dirs.state)?;
-        let json = serde_json::to_vec_pretty(&WatchList { projects }).expect("serialises");
+        let json = serde_json::to_vec_pretty(&WatchList { format: WATCHLIST_FORMAT, projects }).expect("serialises");
         fsutil::atomic_write(&path, &json).ctx("write", &path)
     }
 
@@ -320,9 +426,9 @@ impl Daemon {
             }
         };
         if added {
-            tracing::info!(project = %root.display(), "watching");
-            self.ensure_watches(root);
-            if persist && let Err(e) = self.save_watchlist() {
+            tracing::info!(project = %shown(root), "watching");
+            // The watches are put in place by the rescan scheduled below, on a blocking thread.
+            if persist && let Err(e) = tokio::task::block_in_place(|| self.save_watchlist()) {
                 tracing::error!(error = %e, "cannot save the watch list");
             }
         }
@@ -359,7 +465,7 @@ impl Daemon {
             }
         }
         tracing::info!(project = %root.display(), "no longer watching");
-        self.save_watchlist()?;
+        tokio::task::block_in_place(|| self.save_watchlist())?;
         Ok(true)
     }
 
@@ -379,4 +485,29 @@ impl Daemon {
     fn project(&self, root: &Path) -> Project {
         Project { root: root.to_path_buf() }
     }
+
+    /// Prunes the quarantine now and then once a day (`retention.auto_prune`), so it stays bounded by itself.
+    async fn prune_daily(self: Arc<Self>) {
+        loop {
+            let this = self.clone();
+            let pruned =
+                tokio::task::spawn_blocking(move || this.engine.prune(false, std::time::SystemTime::now())).await;
+            match pruned {
+                Ok(Ok(r)) if !r.removed.is_empty() => tracing::info!(
+                    removed = r.removed.len(),
+                    freed_bytes = r.freed_bytes,
+                    retention_days = r.retention_days,
+                    "pruned the quarantine of what is older than the retention age"
+                ),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot prune the quarantine"),
+                _ => {}
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+        }
+    }
+}
+
+/// A path as a log field: control characters escaped, so a name cannot forge a log line.
+pub(crate) fn shown(path: &Path) -> String {
+    crate::manifest::escaped(&path.to_string_lossy()).into_owned()
 }

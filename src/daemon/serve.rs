@@ -18,16 +18,50 @@ use crate::ipc::{self, Envelope, Reply, Request};
 
 /// How long a client may take to send its request after the hello.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of replies waiting for a slow client (`DREAMERD_CLIENT_QUEUE` overrides it). Past it, operation
+/// output is dropped (and counted) and an `events --follow` client is told it `lagged`; nothing grows without bound.
+const CLIENT_QUEUE: usize = 256;
 
-/// Streams an operation's output to the client from the blocking thread that runs it.
-struct ChannelSink(mpsc::UnboundedSender<Reply>);
+fn client_queue() -> usize {
+    std::env::var("DREAMERD_CLIENT_QUEUE").ok().and_then(|q| q.parse().ok()).unwrap_or(CLIENT_QUEUE).max(1)
+}
+
+/// Streams an operation's output to the client from the blocking thread that runs it, never waiting for a client
+/// that reads slowly (or not at all): what does not fit is counted and said once there is room again.
+struct ChannelSink {
+    tx: mpsc::Sender<Reply>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl ChannelSink {
+    fn new(tx: mpsc::Sender<Reply>) -> ChannelSink {
+        ChannelSink { tx, dropped: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn send(&self, reply: Reply) {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            let note = Reply::Progress {
+                message: format!("{dropped} line(s) of output were not shown: this client read too slowly"),
+            };
+            if self.tx.try_send(note).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.dropped.fetch_sub(dropped, Ordering::Relaxed);
+        }
+        if self.tx.try_send(reply).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 impl Sink for ChannelSink {
     fn output(&self, stream: Stream, line: &str) {
-        let _ = self.0.send(Reply::Output { stream, line: line.to_string() });
+        self.send(Reply::Output { stream, line: line.to_string() });
     }
     fn progress(&self, message: &str) {
-        let _ = self.0.send(Reply::Progress { message: message.to_string() });
+        self.send(Reply::Progress { message: message.to_string() });
     }
 }
 
@@ -44,7 +78,12 @@ fn error_reply(e: &Error) -> Reply {
 }
 
 impl Daemon {
-    pub(super) async fn handle(self: Arc<Self>, conn: LocalStream) {
+    /// Serves one connection; `_permit` is its place under the connection cap, given back when it ends.
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        conn: LocalStream,
+        _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) {
         self.connections.fetch_add(1, Ordering::SeqCst);
         self.clone().serve_connection(conn).await;
         self.connections.fetch_sub(1, Ordering::SeqCst);
@@ -78,6 +117,13 @@ impl Daemon {
         .await;
         let request = match read {
             Err(_) => Err(format!("no request within {}s", REQUEST_TIMEOUT.as_secs())),
+            // A probe (is a daemon there?) connects and leaves without a request: nothing to warn about.
+            Ok(Err(e))
+                if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
+            {
+                tracing::debug!("a client left before sending a request");
+                return;
+            }
             Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
             Ok(Ok(0)) => return, // the client went away
             Ok(Ok(_)) if line.len() > ipc::MAX_REQUEST => {
@@ -104,7 +150,7 @@ impl Daemon {
                 return;
             }
         };
-        let (tx, mut rx) = mpsc::unbounded_channel::<Reply>();
+        let (tx, mut rx) = mpsc::channel::<Reply>(client_queue());
         let work = tokio::spawn(self.clone().dispatch(request, tx));
         let mut probe = [0u8; 512];
         loop {
@@ -131,7 +177,7 @@ impl Daemon {
     }
 
     /// Runs one request; every reply, the last included, goes through `tx`.
-    async fn dispatch(self: Arc<Self>, request: Request, tx: mpsc::UnboundedSender<Reply>) {
+    async fn dispatch(self: Arc<Self>, request: Request, tx: mpsc::Sender<Reply>) {
         // Directories come from a client: each must be a project root, whatever the client resolved.
         let request = match request {
             Request::Push { dir } => resolve(&dir).map(|dir| Request::Push { dir }),
@@ -145,7 +191,7 @@ impl Daemon {
         let request = match request {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx.send(error_reply(&e));
+                let _ = tx.send(error_reply(&e)).await;
                 return;
             }
         };
@@ -182,7 +228,7 @@ impl Daemon {
             }
             Request::Push { dir } => {
                 let this = self.clone();
-                let sink = ChannelSink(tx.clone());
+                let sink = ChannelSink::new(tx.clone());
                 let project = self.project(&dir);
                 let report = self.run_op(&dir, move || this.engine.push(&project, &sink)).await;
                 if let Ok(r) = &report {
@@ -202,7 +248,7 @@ impl Daemon {
             }
             Request::Restore { dir, push, dry_run } => {
                 let this = self.clone();
-                let sink = ChannelSink(tx.clone());
+                let sink = ChannelSink::new(tx.clone());
                 let project = self.project(&dir);
                 let report = self
                     .run_op(&dir, move || this.engine.restore(&project, push.as_deref(), dry_run, &sink))
@@ -224,7 +270,8 @@ impl Daemon {
             Ok((exit, data)) => Reply::Result { exit, data },
             Err(e) => error_reply(&e),
         };
-        let _ = tx.send(last);
+        // The last answer waits for room: it is the one a client must get.
+        let _ = tx.send(last).await;
     }
 
     /// Runs a push or restore on a blocking thread, marked so that its own writes are never reported as
@@ -234,10 +281,14 @@ impl Daemon {
         root: &Path,
         op: impl FnOnce() -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        // Counted before the check: shutdown sets `stopping` and then waits for the count, so an operation either
+        // sees `stopping` or is waited for, never neither.
+        self.ops_in_flight.fetch_add(1, Ordering::SeqCst);
         if self.stopping.load(Ordering::SeqCst) {
+            self.ops_in_flight.fetch_sub(1, Ordering::SeqCst);
+            self.ops_done.notify_waiters();
             return Err(Error::Busy("the daemon is shutting down".into()));
         }
-        self.ops_in_flight.fetch_add(1, Ordering::SeqCst);
         *self.state.lock().expect("state").ops.entry(root.to_path_buf()).or_default() += 1;
         let outcome = tokio::task::spawn_blocking(op).await;
         {
@@ -355,38 +406,36 @@ impl Daemon {
         Ok((exit, json!({"daemon": daemon, "projects": projects})))
     }
 
-    async fn stream_events(&self, follow: bool, tx: &mpsc::UnboundedSender<Reply>) {
+    /// The recent events, then (with `follow`) new ones as they come. A follower that reads too slowly is never
+    /// queued for without bound: what does not fit its queue is counted and it gets a `lagged` event.
+    async fn stream_events(&self, follow: bool, tx: &mpsc::Sender<Reply>) {
         // Subscribe before copying the backlog so nothing falls between the two.
         let mut live = self.events.subscribe();
         let backlog: Vec<Value> = self.recent.lock().expect("recent").iter().cloned().collect();
+        let mut missed: u64 = 0;
         for event in backlog {
-            if tx.send(Reply::Event { event }).is_err() {
+            if !offer(tx, Reply::Event { event }, &mut missed) {
                 return;
             }
         }
         if !follow {
-            let _ = tx.send(Reply::Result { exit: 0, data: json!({"ok": true}) });
+            let _ = tx.send(Reply::Result { exit: 0, data: json!({"ok": true}) }).await;
             return;
         }
         loop {
             tokio::select! {
                 event = live.recv() => match event {
                     Ok(event) => {
-                        if tx.send(Reply::Event { event }).is_err() {
+                        if !offer(tx, Reply::Event { event }, &mut missed) {
                             return;
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let event = json!({"type": "lagged", "missed": n});
-                        if tx.send(Reply::Event { event }).is_err() {
-                            return;
-                        }
-                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => missed += n,
                     Err(_) => return,
                 },
                 () = tx.closed() => return,
                 () = self.shutdown_signalled() => {
-                    let _ = tx.send(Reply::Result { exit: 0, data: json!({"ok": true, "daemon": "stopped"}) });
+                    let _ = tx.send(Reply::Result { exit: 0, data: json!({"ok": true, "daemon": "stopped"}) }).await;
                     return;
                 }
             }
@@ -396,5 +445,29 @@ impl Daemon {
     async fn shutdown_signalled(&self) {
         let mut stopped = self.stopped.subscribe();
         let _ = stopped.wait_for(|s| *s).await;
+    }
+}
+
+/// Queues a reply for a follower without waiting: a `lagged` event first when some were missed, and the reply
+/// counted as missed when there is no room. False once the client is gone.
+fn offer(tx: &mpsc::Sender<Reply>, reply: Reply, missed: &mut u64) -> bool {
+    use tokio::sync::mpsc::error::TrySendError;
+    if *missed > 0 {
+        match tx.try_send(Reply::Event { event: json!({"type": "lagged", "missed": *missed}) }) {
+            Ok(()) => *missed = 0,
+            Err(TrySendError::Full(_)) => {
+                *missed += 1;
+                return true;
+            }
+            Err(TrySendError::Closed(_)) => return false,
+        }
+    }
+    match tx.try_send(reply) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) => {
+            *missed += 1;
+            true
+        }
+        Err(TrySendError::Closed(_)) => false,
     }
 }

@@ -11,10 +11,11 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{Daemon, Wake, Watched};
+use super::{Daemon, Wake, Watched, shown};
 use crate::config::OnViolation;
 use crate::engine::{ProjectState, ProjectStatus};
 use crate::error::{Error, Result};
+use crate::manifest::escaped;
 
 /// A project is rescanned at the latest this many quiet periods after its first pending event, even if events
 /// keep coming.
@@ -55,7 +56,9 @@ impl Daemon {
     ) -> Result<()> {
         let wake = self.rescan_tx.clone();
         let flagged = self.overflow_flagged.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Links are never followed: a link in drizzle/ to $HOME would otherwise put a watch on every folder of it.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let watcher = notify::RecommendedWatcher::new(move |event: notify::Result<notify::Event>| {
             if let Ok(e) = &event
                 && matches!(e.kind, EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
             {
@@ -67,7 +70,7 @@ impl Daemon {
             {
                 let _ = wake.send(Wake::Overflow("the event queue was full"));
             }
-        })
+        }, config)
         .map_err(|e| Error::failed(format!("cannot start the file watcher: {e}"), "check inotify limits"))?;
         *self.watcher.lock().expect("watcher") = Some(watcher);
         Ok(())
@@ -75,7 +78,8 @@ impl Daemon {
 
     /// Puts the watches of a project in place: adds missing ones, makes again those of directories that were
     /// deleted or created since, drops those of directories that are gone, and watches the parent while the root
-    /// itself is gone. A rescan with nothing of that kind touches no watch.
+    /// itself is gone. A rescan with nothing of that kind touches no watch. Blocking (adding a recursive watch walks
+    /// the folder): called on a blocking thread, and the state lock is never held while the kernel is asked.
     pub(super) fn ensure_watches(&self, root: &Path) {
         let mut want: Vec<(PathBuf, RecursiveMode)> = wanted(root).into();
         if !is_dir(root)
@@ -83,46 +87,61 @@ impl Daemon {
         {
             want.push((parent.to_path_buf(), RecursiveMode::NonRecursive));
         }
-        let mut guard = self.watcher.lock().expect("watcher");
-        let Some(watcher) = guard.as_mut() else { return };
+        let (have, rewatch) = {
+            let mut state = self.state.lock().expect("state");
+            let Some(watched) = state.projects.get_mut(root) else { return };
+            (watched.watches.clone(), std::mem::take(&mut watched.rewatch))
+        };
+        let wanted_paths: BTreeSet<&PathBuf> = want.iter().map(|(p, _)| p).collect();
+        let mut dropped = Vec::new();
+        let mut made = Vec::new();
+        let mut failed = Vec::new();
+        {
+            let mut guard = self.watcher.lock().expect("watcher");
+            let Some(watcher) = guard.as_mut() else { return };
+            for path in &have {
+                if !wanted_paths.contains(path) {
+                    let _ = watcher.unwatch(path);
+                    dropped.push(path.clone());
+                }
+            }
+            for (path, mode) in &want {
+                let present = is_dir(path);
+                let has_watch = have.contains(path);
+                if present && (rewatch || !has_watch) {
+                    match watcher.watch(path, *mode) {
+                        Ok(()) => made.push(path.clone()),
+                        Err(e) => failed.push((path.clone(), e)),
+                    }
+                } else if !present && has_watch {
+                    let _ = watcher.unwatch(path);
+                    dropped.push(path.clone());
+                }
+            }
+        }
         let mut state = self.state.lock().expect("state");
         let Some(watched) = state.projects.get_mut(root) else { return };
-        let wanted_paths: BTreeSet<&PathBuf> = want.iter().map(|(p, _)| p).collect();
-        watched.watches.retain(|p| {
-            let keep = wanted_paths.contains(p);
-            if !keep {
-                let _ = watcher.unwatch(p);
-            }
-            keep
-        });
-        let rewatch = std::mem::take(&mut watched.rewatch);
-        for (path, mode) in &want {
-            let present = is_dir(path);
-            let has_watch = watched.watches.contains(path);
-            if present && (rewatch || !has_watch) {
-                match watcher.watch(path, *mode) {
-                    Ok(()) => {
-                        watched.watches.insert(path.clone());
-                        let prefix = format!("cannot watch {}:", path.display());
-                        watched.warnings.retain(|w| !w.starts_with(&prefix));
-                    }
-                    Err(e) => {
-                        let warning = if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
-                            format!(
-                                "cannot watch {}: the inotify watch limit is reached; raise \
-                                 fs.inotify.max_user_watches. Changes are found only by rescans until then",
-                                path.display()
-                            )
-                        } else {
-                            format!("cannot watch {}: {e}", path.display())
-                        };
-                        tracing::warn!(project = %root.display(), "{warning}");
-                        watched.warnings.insert(warning);
-                    }
-                }
-            } else if !present && has_watch {
-                let _ = watcher.unwatch(path);
-                watched.watches.remove(path);
+        for path in dropped {
+            watched.watches.remove(&path);
+        }
+        for path in made {
+            let prefix = format!("cannot watch {}:", path.display());
+            watched.warnings.retain(|w| !w.starts_with(&prefix));
+            watched.watches.insert(path);
+        }
+        for (path, e) in failed {
+            watched.watches.remove(&path);
+            let warning = if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+                format!(
+                    "cannot watch {}: the inotify watch limit is reached; raise fs.inotify.max_user_watches. Changes \
+                     are found only by rescans until then",
+                    path.display()
+                )
+            } else {
+                format!("cannot watch {}: {e}", path.display())
+            };
+            if watched.warnings.insert(warning.clone()) {
+                tracing::warn!(project = %shown(root), "{}", escaped(&warning));
             }
         }
     }
@@ -250,11 +269,14 @@ impl Daemon {
             self.mark(root, later);
             return;
         }
-        self.ensure_watches(root);
-        self.note_presence(root);
         let this = self.clone();
         let p = project.clone();
-        let scanned = tokio::task::spawn_blocking(move || this.engine.status(&p)).await;
+        let scanned = tokio::task::spawn_blocking(move || {
+            this.ensure_watches(&p.root);
+            this.note_presence(&p.root);
+            this.engine.status(&p)
+        })
+        .await;
         let status = match scanned {
             // An operation that started while we scanned makes the scan meaningless: look again after it.
             Ok(Ok(s))
@@ -325,15 +347,31 @@ impl Daemon {
             w.status = Some(status.clone());
             (new, cleared, schema_changed && status.schema_pending)
         };
-        let shown = root.display().to_string();
+        let shown = shown(root);
         if !new.is_empty() {
-            for v in &new {
+            // The first change at once; the rest of a burst is one line (every file is in status and events).
+            let first = &new[0];
+            match &first.from {
+                Some(from) => tracing::warn!(
+                    project = %shown,
+                    kind = %first.kind,
+                    path = %escaped(&first.path),
+                    from = %escaped(from),
+                    "drizzle/ changed by hand: run `dreamer database restore` to put it back"
+                ),
+                None => tracing::warn!(
+                    project = %shown,
+                    kind = %first.kind,
+                    path = %escaped(&first.path),
+                    "drizzle/ changed by hand: run `dreamer database restore` to put it back"
+                ),
+            }
+            if new.len() > 1 {
                 tracing::warn!(
                     project = %shown,
-                    kind = %v.kind,
-                    path = %v.path,
-                    from = %v.from.as_deref().unwrap_or(""),
-                    "drizzle/ changed by hand: run `dreamer database restore` to put it back"
+                    more = new.len() - 1,
+                    "and {} more change(s) to drizzle/ in the same burst (`dreamerd status` lists them)",
+                    new.len() - 1
                 );
             }
             self.emit(json!({"type": "violation", "root": root, "violations": new}));

@@ -2,6 +2,7 @@
 //! code; neither knows more about drizzle/ than what is here.
 
 pub mod diagnosis;
+mod prune;
 mod push;
 mod restore;
 pub mod runner;
@@ -37,9 +38,10 @@ const MAX_RECORD: u64 = 64 << 20;
 /// The largest pending archive read back.
 const MAX_ARCHIVE: u64 = 2 << 30;
 
+pub use prune::{PruneReport, Pruned};
 pub use push::{PushFailure, PushReport, Stage};
 pub use restore::RestoreReport;
-pub use status::{LastPush, ProjectState, ProjectStatus};
+pub use status::{Interrupted, LastPush, ProjectState, ProjectStatus};
 
 /// Which output stream of a child process a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

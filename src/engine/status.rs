@@ -38,16 +38,55 @@ pub struct ProjectStatus {
     pub last_push: Option<LastPush>,
     /// Journal faults and disagreements between the database and drizzle/.
     pub drift: Vec<Drift>,
+    /// An operation a crash interrupted, not finished yet (an addition to the contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interrupted>,
+}
+
+/// A push or restore that a crash interrupted: the next push or restore (or the daemon at its start) finishes it,
+/// unless its journal cannot be read, which then blocks both until it is dealt with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interrupted {
+    /// `push` or `restore`; absent when the journal cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// `generate`, `migrate`, `backup` or `swap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
 }
 
 impl ProjectStatus {
     /// True when check should exit 0.
     pub fn is_clean(&self) -> bool {
-        matches!(self.state, ProjectState::Clean | ProjectState::NoBaseline) && self.drift.is_empty()
+        matches!(self.state, ProjectState::Clean | ProjectState::NoBaseline)
+            && self.drift.is_empty()
+            && self.interrupted.is_none()
     }
 }
 
 impl Engine {
+    /// The operation a crash left unfinished on this project, as status shows it. Read-only.
+    pub fn interrupted(&self, project: &Project) -> Option<Interrupted> {
+        match self.read_journal(project) {
+            Ok(None) => None,
+            Ok(Some(j)) => {
+                let (op, phase) = (j.op.as_str().to_string(), j.phase.as_str().to_string());
+                Some(Interrupted {
+                    message: format!("a {op} was interrupted during {phase} and is not finished yet"),
+                    hint: Some(
+                        "the next push or restore of this project (or the daemon when it starts) finishes it".into(),
+                    ),
+                    op: Some(op),
+                    phase: Some(phase),
+                })
+            }
+            Err(e) => Some(Interrupted { op: None, phase: None, message: e.to_string(), hint: e.hint() }),
+        }
+    }
+
     /// Compares drizzle/ and src/schema.ts with the last successful push. Read-only; needs no lock.
     pub fn status(&self, project: &Project) -> Result<ProjectStatus> {
         let baseline = self.baseline(project)?;
@@ -61,12 +100,14 @@ impl Engine {
             schema_pending: schema.is_some(),
             last_push,
             drift: Vec::new(),
+            interrupted: None,
         };
         if self.is_busy(project) {
             status.state = ProjectState::Busy;
             status.schema_pending = false;
             return Ok(status);
         }
+        status.interrupted = self.interrupted(project);
         status.drift = database::check(&project.root, self.config.database.url.as_deref());
         if let Some(base) = baseline {
             let drizzle = project.drizzle();
@@ -79,3 +120,4 @@ impl Engine {
         Ok(status)
     }
 }
+

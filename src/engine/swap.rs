@@ -47,6 +47,26 @@ pub(crate) enum Phase {
     Swap,
 }
 
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Push => "push",
+            Op::Restore => "restore",
+        }
+    }
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Generate => "generate",
+            Phase::Migrate => "migrate",
+            Phase::Backup => "backup",
+            Phase::Swap => "swap",
+        }
+    }
+}
+
 /// The process that runs an operation: a journal whose owner is gone belongs to an interrupted operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Owner {
