@@ -43,7 +43,10 @@ pub fn pack(dir: &Path, tree: &Tree) -> Result<Packed> {
     if let Some((path, kind)) = tree.specials().next() {
         let path = manifest::escaped(path);
         return Err(Error::failed(
-            format!("drizzle/{path} is {}, not a regular file with a UTF-8 name; dreamerd only archives those", kind.described()),
+            format!(
+                "drizzle/{path} is {}, not a regular file with a UTF-8 name; dreamerd only archives those",
+                kind.described()
+            ),
             format!("remove drizzle/{path} (drizzle-kit never creates one), then try again"),
         ));
     }

@@ -13,6 +13,7 @@ use crate::engine::{Engine, ProjectState, ProjectStatus, PruneReport, PushReport
 use crate::error::{Error, Result};
 use crate::ipc::{self, Client, Reply, Request};
 use crate::logging;
+use crate::manifest::escaped;
 use crate::project::Project;
 
 /// Which binary is running.
@@ -292,9 +293,12 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             let log = match (&loaded, log_file) {
                 (Ok((engine, _)), Some(path)) => {
                     let limits = &engine.config.log;
-                    Some(logging::RotatingFile::open(&path, limits.max_bytes, limits.files, true).map_err(|e| {
-                        Error::Environment { context: format!("cannot open the log file {}", path.display()), source: e }
-                    })?)
+                    Some(logging::RotatingFile::open(&path, limits.max_bytes, limits.files, true).map_err(
+                        |e| Error::Environment {
+                            context: format!("cannot open the log file {}", path.display()),
+                            source: e,
+                        },
+                    )?)
                 }
                 _ => None,
             };
@@ -499,11 +503,11 @@ fn human_status(s: &ProjectStatus) -> String {
         out +=
             &format!("DRIFT: {} problem(s) between drizzle/, its journal and the database:\n", s.drift.len());
         for d in &s.drift {
-            out += &format!("  [{}] {}\n    hint: {}\n", d.code, d.message, d.hint());
+            out += &format!("  [{}] {}\n    hint: {}\n", d.code, escaped(&d.message), d.hint());
         }
     }
     if let Some(i) = &s.interrupted {
-        out += &format!("INTERRUPTED: {}\n", i.message);
+        out += &format!("INTERRUPTED: {}\n", escaped(&i.message));
         if let Some(h) = &i.hint {
             out += &format!("  hint: {h}\n");
         }
@@ -531,7 +535,9 @@ fn human_push(r: &PushReport) -> String {
                 .unwrap_or_default();
             let mut out = format!(
                 "push FAILED at {stage}: [{}] {}\nhint: {}\n",
-                f.diagnosis.code, f.diagnosis.message, f.diagnosis.hint
+                f.diagnosis.code,
+                escaped(&f.diagnosis.message),
+                f.diagnosis.hint
             );
             out += if f.rolled_back {
                 "drizzle/ is exactly as it was before the push.\n"
@@ -585,7 +591,12 @@ fn human_prune(r: &PruneReport) -> String {
         r.kept
     );
     for p in &r.removed {
-        text += &format!("  {}  {}  {}\n", p.at, mb(p.bytes), crate::manifest::escaped(&p.path.to_string_lossy()));
+        text += &format!(
+            "  {}  {}  {}\n",
+            p.at,
+            mb(p.bytes),
+            crate::manifest::escaped(&p.path.to_string_lossy())
+        );
     }
     if r.dry_run {
         text += "(dry run: nothing was removed)\n";
@@ -614,7 +625,7 @@ fn human_watch(watch: &serde_json::Value) -> String {
         );
     }
     for w in watch["warnings"].as_array().into_iter().flatten() {
-        out += &format!("  warning: {}\n", w.as_str().unwrap_or_default());
+        out += &format!("  warning: {}\n", escaped(w.as_str().unwrap_or_default()));
     }
     if watch["watched"] == false {
         out += "  (not watched: `dreamerd watch` it to be warned of hand edits at once)\n";

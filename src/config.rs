@@ -133,7 +133,8 @@ impl Config {
         };
         let read = crate::safefs::read_file(&path, 1 << 20, true).and_then(|bytes| {
             let bytes = bytes.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
-            String::from_utf8(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+            String::from_utf8(bytes)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
         });
         let text = read.map_err(|e| Error::Config {
             message: format!("cannot read the configuration file {}: {e}", path.display()),

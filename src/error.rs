@@ -32,7 +32,9 @@ pub enum Error {
     #[error("{0}")]
     DaemonUnreachable(String),
     /// A file or store was written by a newer dreamerd, in a format this one does not know.
-    #[error("{what} was written by a newer dreamerd (format {found}; this dreamerd {version} knows formats up to {known})")]
+    #[error(
+        "{what} was written by a newer dreamerd (format {found}; this dreamerd {version} knows formats up to {known})"
+    )]
     NewerFormat { what: String, found: u32, known: u32, version: &'static str },
 }
 
@@ -42,7 +44,10 @@ impl Error {
     /// The process exit code the contract assigns to this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } | Error::Usage(_) | Error::Environment { .. } | Error::NewerFormat { .. } => 2,
+            Error::Config { .. }
+            | Error::Usage(_)
+            | Error::Environment { .. }
+            | Error::NewerFormat { .. } => 2,
             Error::Failed { .. } | Error::Busy(_) | Error::Corrupt(_) => 1,
             Error::DaemonUnreachable(_) => 3,
         }

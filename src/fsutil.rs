@@ -30,14 +30,18 @@ pub fn create_private_dir(dir: &Path) -> io::Result<()> {
     }
     for new in missing.into_iter().rev() {
         match fs::DirBuilder::new().mode(0o700).create(new) {
-            Ok(()) => fsync_dir(new.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?,
+            Ok(()) => {
+                fsync_dir(new.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
     }
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} is not a directory", dir.display()))),
+        Ok(_) => {
+            Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} is not a directory", dir.display())))
+        }
         Err(e) => Err(e),
     }
 }
@@ -56,7 +60,11 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Makes everything written under `dir` durable at once: one `syncfs` of its filesystem rather than an fsync per
 /// file (a tree of 2,000 migrations is one call, not 2,000).
 pub fn sync_tree(dir: &Path) -> io::Result<()> {
-    let fd = rustix::fs::open(dir, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())?;
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
     rustix::fs::syncfs(&fd)?;
     Ok(())
 }

@@ -99,7 +99,9 @@ pub struct Folder {
 
 fn refused(path: &Path, kind: SpecialKind) -> io::Error {
     let what = match kind {
-        SpecialKind::Symlink => "is a symbolic link or a path through one; dreamerd never follows links here".into(),
+        SpecialKind::Symlink => {
+            "is a symbolic link or a path through one; dreamerd never follows links here".into()
+        }
         other => format!("is {}, not a regular file; dreamerd does not read it", other.described()),
     };
     io::Error::new(io::ErrorKind::InvalidData, format!("{} {what}", path.display()))
@@ -131,10 +133,8 @@ const READ_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::CLOEXEC)
     .union(OFlags::NOCTTY)
     .union(OFlags::NOFOLLOW);
-const DIR_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::CLOEXEC)
-    .union(OFlags::NOFOLLOW);
+const DIR_FLAGS: OFlags =
+    OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC).union(OFlags::NOFOLLOW);
 
 /// The outcome of opening one path below a folder, before the file-type check.
 enum Opened {
@@ -240,7 +240,9 @@ impl Folder {
             Ok(Opened::Missing) => Ok(Found::Missing),
             Ok(Opened::Link) => Ok(Found::Not(SpecialKind::Symlink)),
             // A socket cannot be opened at all.
-            Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => Ok(Found::Not(SpecialKind::Socket)),
+            Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => {
+                Ok(Found::Not(SpecialKind::Socket))
+            }
             Err(e) => Err(e),
         }
     }
@@ -260,7 +262,10 @@ impl Folder {
         self.read(rel, cap)?
             .map(|b| {
                 String::from_utf8(b).map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("{} is not UTF-8 text", self.shown(rel).display()))
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} is not UTF-8 text", self.shown(rel).display()),
+                    )
                 })
             })
             .transpose()

@@ -6,3 +6,4 @@ mod daemon;
 mod diagnosis_e2e;
 mod drizzle_e2e;
 mod push_restore;
+mod safety;

@@ -410,7 +410,8 @@ impl Daemon {
         let projects: Vec<PathBuf> = self.state.lock().expect("state").projects.keys().cloned().collect();
         let path = self.watchlist_path();
         fsutil::create_private_dir(&self.dirs.state).ctx("create", &self.dirs.state)?;
-        let json = serde_json::to_vec_pretty(&WatchList { format: WATCHLIST_FORMAT, projects }).expect("serialises");
+        let json =
+            serde_json::to_vec_pretty(&WatchList { format: WATCHLIST_FORMAT, projects }).expect("serialises");
         fsutil::atomic_write(&path, &json).ctx("write", &path)
     }
 
@@ -491,7 +492,8 @@ impl Daemon {
         loop {
             let this = self.clone();
             let pruned =
-                tokio::task::spawn_blocking(move || this.engine.prune(false, std::time::SystemTime::now())).await;
+                tokio::task::spawn_blocking(move || this.engine.prune(false, std::time::SystemTime::now()))
+                    .await;
             match pruned {
                 Ok(Ok(r)) if !r.removed.is_empty() => tracing::info!(
                     removed = r.removed.len(),

@@ -119,7 +119,10 @@ impl Daemon {
             Err(_) => Err(format!("no request within {}s", REQUEST_TIMEOUT.as_secs())),
             // A probe (is a daemon there?) connects and leaves without a request: nothing to warn about.
             Ok(Err(e))
-                if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
             {
                 tracing::debug!("a client left before sending a request");
                 return;

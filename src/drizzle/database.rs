@@ -173,8 +173,8 @@ pub fn applied_after_crash(path: &Path) -> Result<Option<Vec<Applied>>, String> 
     let Some(file) = checked_file(path)? else { return Ok(None) };
     let flags =
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    let conn =
-        Connection::open_with_flags(&file, flags).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    let conn = Connection::open_with_flags(&file, flags)
+        .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
     applied_in(&conn)
 }

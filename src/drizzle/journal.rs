@@ -75,7 +75,9 @@ pub fn faults(drizzle: &Path) -> Vec<Drift> {
     match Folder::open(drizzle) {
         Ok(Some(folder)) => faults_in(&folder),
         Ok(None) => Vec::new(),
-        Err(e) => vec![Drift::new("journal-unreadable", format!("{} cannot be read: {e}", drizzle.display()), None)],
+        Err(e) => {
+            vec![Drift::new("journal-unreadable", format!("{} cannot be read: {e}", drizzle.display()), None)]
+        }
     }
 }
 

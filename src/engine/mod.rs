@@ -104,9 +104,11 @@ impl Engine {
     pub fn state_format(&self) -> Result<Option<u32>> {
         let marker = self.dirs.state.join("format.json");
         let found = match safefs::read_file(&marker, 4096, false) {
-            Ok(Some(bytes)) => serde_json::from_slice::<StateMarker>(&bytes)
-                .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", marker.display())))?
-                .format,
+            Ok(Some(bytes)) => {
+                serde_json::from_slice::<StateMarker>(&bytes)
+                    .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", marker.display())))?
+                    .format
+            }
             Ok(None) if self.dirs.state.exists() => 1,
             Ok(None) => return Ok(None),
             Err(e) => return Err(e).ctx("read", &marker),
@@ -215,7 +217,9 @@ impl Engine {
         };
         let record: PushRecord = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt(format!("{} is unreadable: {e}", path.display())))?;
-        check_format(record.format, crate::store::RECORD_FORMAT, || format!("the push record {}", path.display()))?;
+        check_format(record.format, crate::store::RECORD_FORMAT, || {
+            format!("the push record {}", path.display())
+        })?;
         Ok(Some(record))
     }
 

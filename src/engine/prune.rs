@@ -37,8 +37,14 @@ impl Engine {
         let days = self.config.retention.quarantine_days;
         let cutoff = now.checked_sub(Duration::from_secs(days * 86_400)).unwrap_or(SystemTime::UNIX_EPOCH);
         let base = self.dirs.state.join("quarantine");
-        let mut report =
-            PruneReport { ok: true, dry_run, retention_days: days, removed: Vec::new(), kept: 0, freed_bytes: 0 };
+        let mut report = PruneReport {
+            ok: true,
+            dry_run,
+            retention_days: days,
+            removed: Vec::new(),
+            kept: 0,
+            freed_bytes: 0,
+        };
         for project in list(&base)? {
             for entry in list(&project)? {
                 let at = quarantined_at(&entry);

@@ -165,9 +165,10 @@ impl Engine {
         let secs = self.config.push.timeout_secs;
         let mut logs: Vec<(&str, RunOutput)> = Vec::new();
         let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
-        let generated = self.run_stage("generate", &self.config.push.generate, project, sink, &mut stage, |out| {
-            diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project))
-        })?;
+        let generated =
+            self.run_stage("generate", &self.config.push.generate, project, sink, &mut stage, |out| {
+                diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project))
+            })?;
         if let Some(diag) = generated {
             return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
         }
@@ -176,9 +177,10 @@ impl Engine {
         journal.child = None;
         self.write_journal(project, &journal)?;
         let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
-        let migrated = self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
-            diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
-        })?;
+        let migrated =
+            self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
+                diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
+            })?;
         if let Some(diag) = migrated {
             return self.fail(project, Stage::Migrate, diag, &mut journal, &logs);
         }
@@ -208,7 +210,8 @@ impl Engine {
         let kept = self.save_pending(project, &record, &archive);
         let quarantine = self.new_quarantine(project, "failed-backup")?;
         write_logs(&quarantine, &logs);
-        let _ = self.keep_tree(project, &before.bytes, &before.files, &quarantine.join("drizzle-before-push"));
+        let _ =
+            self.keep_tree(project, &before.bytes, &before.files, &quarantine.join("drizzle-before-push"));
         if kept.is_ok() {
             self.clear_journal(project)?;
         }
@@ -244,7 +247,9 @@ impl Engine {
         let baseline = self.baseline(project)?;
         if let Ok((record, archive)) = self.new_record(project, &project_id, baseline.as_ref())? {
             if let Err(e) = self.store.save(&record, &archive) {
-                sink.progress(&format!("the store refused the backup ({e}); it is kept locally until the next push"));
+                sink.progress(&format!(
+                    "the store refused the backup ({e}); it is kept locally until the next push"
+                ));
                 self.save_pending(project, &record, &archive)?;
             }
             sink.progress(&format!("recorded push {}", record.id));

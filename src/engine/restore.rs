@@ -92,7 +92,8 @@ impl Engine {
         }
         sink.progress(&format!("restoring drizzle/ to push {}", record.id));
         let quarantine = self.new_quarantine(project, "restore")?;
-        let mut journal = Journal { before_existed: tree.exists, ..Journal::new(Op::Restore, Phase::Swap, &project.root) };
+        let mut journal =
+            Journal { before_existed: tree.exists, ..Journal::new(Op::Restore, Phase::Swap, &project.root) };
         self.install(project, Some((&archive, &record.files)), &quarantine, &mut journal)?;
         if quarantine.join("drizzle").exists() {
             Ok(report(Some(quarantine), changes))

@@ -297,7 +297,8 @@ mod tests {
 
     fn sh(script: &str, timeout: Duration) -> RunOutput {
         let dir = tempfile::tempdir().unwrap();
-        run(&["/bin/sh".into(), "-c".into(), script.into()], dir.path(), timeout, &NullSink, None, |_| {}).unwrap()
+        run(&["/bin/sh".into(), "-c".into(), script.into()], dir.path(), timeout, &NullSink, None, |_| {})
+            .unwrap()
     }
 
     #[test]
@@ -325,9 +326,15 @@ mod tests {
     #[test]
     fn missing_program_is_a_spawn_error() {
         let dir = tempfile::tempdir().unwrap();
-        let err =
-            run(&["./node_modules/.bin/nope".into()], dir.path(), Duration::from_secs(5), &NullSink, None, |_| {})
-                .unwrap_err();
+        let err = run(
+            &["./node_modules/.bin/nope".into()],
+            dir.path(),
+            Duration::from_secs(5),
+            &NullSink,
+            None,
+            |_| {},
+        )
+        .unwrap_err();
         assert_eq!(err.error.kind(), io::ErrorKind::NotFound);
         assert_eq!(err.program, dir.path().join("node_modules/.bin/nope"));
     }

@@ -77,7 +77,8 @@ impl Engine {
                 Some(Interrupted {
                     message: format!("a {op} was interrupted during {phase} and is not finished yet"),
                     hint: Some(
-                        "the next push or restore of this project (or the daemon when it starts) finishes it".into(),
+                        "the next push or restore of this project (or the daemon when it starts) finishes it"
+                            .into(),
                     ),
                     op: Some(op),
                     phase: Some(phase),
@@ -120,4 +121,3 @@ impl Engine {
         Ok(status)
     }
 }
-

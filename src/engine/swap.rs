@@ -87,12 +87,16 @@ impl Owner {
     }
 }
 
-/// A process's start time from /proc, or `None` if it does not exist.
+/// A running process's start time from /proc, or `None` if it does not exist or has exited (a zombie nobody has
+/// reaped yet is gone too: a daemon killed after its parent command exited may stay one).
 fn process_start(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// What an operation in progress is doing, persisted so a crash can be finished at the next start.
@@ -195,7 +199,8 @@ impl Engine {
             Ok(None) => return Ok(None),
             Err(e) => return Err(unreadable(e.to_string())),
         };
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
         let format = value.get("format").and_then(serde_json::Value::as_u64).unwrap_or(1);
         check_format(u32::try_from(format).unwrap_or(u32::MAX), OP_FORMAT, || {
             format!("the journal of an interrupted operation, {}", path.display())
@@ -344,7 +349,13 @@ impl Engine {
     }
 
     /// Keeps a tree (an archive and its files) in `dest`, unless it is a stored push.
-    pub(crate) fn keep_tree(&self, project: &Project, bytes: &[u8], files: &[FileEntry], dest: &Path) -> Result<()> {
+    pub(crate) fn keep_tree(
+        &self,
+        project: &Project,
+        bytes: &[u8],
+        files: &[FileEntry],
+        dest: &Path,
+    ) -> Result<()> {
         if self.stored_push_with(project, files).is_some() {
             return Ok(());
         }
@@ -411,7 +422,8 @@ impl Engine {
                     return self.rollback_to_snapshot(project, &quarantine, &mut journal);
                 }
                 if let Some(files) = &journal.before {
-                    let bytes = fs::read(self.snapshot_path(project)).ctx("read", &self.snapshot_path(project))?;
+                    let bytes =
+                        fs::read(self.snapshot_path(project)).ctx("read", &self.snapshot_path(project))?;
                     self.keep_tree(project, &bytes, files, &quarantine.join("drizzle"))?;
                 }
                 if applied == Some(true) {

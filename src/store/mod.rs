@@ -121,7 +121,9 @@ impl Store {
         let found = match self.blobs.get(FORMAT_KEY, 4096)? {
             Some(bytes) => {
                 serde_json::from_slice::<StoreMarker>(&bytes)
-                    .map_err(|e| Error::Corrupt(format!("{FORMAT_KEY} in {} is unreadable: {e}", self.describe())))?
+                    .map_err(|e| {
+                        Error::Corrupt(format!("{FORMAT_KEY} in {} is unreadable: {e}", self.describe()))
+                    })?
                     .format
             }
             None => 0,
