@@ -1,7 +1,7 @@
 //! Small filesystem primitives that make crash safety possible: atomic writes, durable renames,
 //! atomic directory exchange, and moves that fall back to copying across filesystems.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -54,7 +54,14 @@ pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
 
 /// Flushes a directory's entries (a rename inside it) to disk.
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    // O_DIRECTORY: whatever else is there (a fifo put in its place) fails at once instead of blocking.
+    let fd = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    rustix::fs::fsync(&fd)?;
+    Ok(())
 }
 
 /// Makes everything written under `dir` durable at once: one `syncfs` of its filesystem rather than an fsync per

@@ -460,11 +460,13 @@ impl Daemon {
     fn remove_project(&self, root: &Path) -> Result<bool> {
         let removed = self.state.lock().expect("state").projects.remove(root);
         let Some(watched) = removed else { return Ok(false) };
-        if let Some(w) = self.watcher.lock().expect("watcher").as_mut() {
-            for path in &watched.watches {
-                let _ = notify::Watcher::unwatch(w, path);
+        tokio::task::block_in_place(|| {
+            if let Some(w) = self.watcher.lock().expect("watcher").as_mut() {
+                for path in &watched.watches {
+                    let _ = notify::Watcher::unwatch(w, path);
+                }
             }
-        }
+        });
         tracing::info!(project = %root.display(), "no longer watching");
         tokio::task::block_in_place(|| self.save_watchlist())?;
         Ok(true)

@@ -250,9 +250,13 @@ pub fn check(root: &Path, configured: Option<&str>) -> Vec<Drift> {
         Err(_) => return out, // already reported as journal-unreadable
     };
     let Ok(db) = locate(root, configured) else { return out };
-    match checked_file(&db).and_then(|file| Ok(file.map(|f| applied_in(&open_read_only(&f)?)).transpose()?)) {
-        Ok(Some(Some(rows))) => out.extend(drift(Some(&folder), &entries, &rows)),
-        Ok(Some(None)) => out.extend(drift(Some(&folder), &entries, &[])),
+    // A database without a migrations table has applied nothing.
+    let rows = checked_file(&db).and_then(|file| match file {
+        Some(f) => applied_in(&open_read_only(&f)?).map(|rows| Some(rows.unwrap_or_default())),
+        None => Ok(None),
+    });
+    match rows {
+        Ok(Some(rows)) => out.extend(drift(Some(&folder), &entries, &rows)),
         Ok(None) => {} // no database yet: the first migrate creates it
         Err(why) => out.push(Drift::new("database-unreadable", why, None)),
     }
@@ -347,6 +351,20 @@ mod tests {
             codes,
             ["migration-edited", "migration-missing", "migration-pending", "migration-skipped"]
         );
+    }
+
+    #[test]
+    fn short_or_non_ascii_hashes_in_the_database_do_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let entries = vec![Entry { idx: 0, when: 10, tag: "0000_a".into() }];
+        let rows = vec![
+            Applied { hash: "é".repeat(20), created_at: 99 },
+            Applied { hash: "ab".into(), created_at: 98 },
+        ];
+        let folder = Folder::open(dir.path()).unwrap().unwrap();
+        let drift = drift(Some(&folder), &entries, &rows);
+        assert!(drift.iter().any(|d| d.message.contains("éééééééééééé…")), "{drift:?}");
+        assert!(drift.iter().any(|d| d.message.contains("ab…")), "{drift:?}");
     }
 
     #[test]

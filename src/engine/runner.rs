@@ -62,10 +62,10 @@ struct SpawnRequest {
 }
 
 /// The one long-lived thread that starts every child. A child's parent-death signal fires when the *thread* that
-/// forked it exits, and tokio's blocking threads exit after a few idle seconds, which would kill a drizzle-kit in
-/// the middle of its work; this thread lives as long as the process.
-fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+/// forked it exits, and tokio's blocking threads exit after a few idle seconds; this thread lives as long as the
+/// process, so a drizzle-kit dies with the daemon and never before.
+fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
     SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
         thread::Builder::new()
@@ -76,7 +76,7 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
                 }
             })
             .expect("the spawner thread starts");
-        Mutex::new(tx)
+        tx
     })
 }
 
@@ -84,8 +84,6 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
 fn spawn(command: Command) -> io::Result<Child> {
     let (reply, answer) = mpsc::channel();
     spawner()
-        .lock()
-        .expect("not poisoned")
         .send(SpawnRequest { command, reply })
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
     answer.recv().map_err(|_| io::Error::other("the spawner thread is gone"))?

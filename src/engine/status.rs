@@ -90,6 +90,7 @@ impl Engine {
 
     /// Compares drizzle/ and src/schema.ts with the last successful push. Read-only; needs no lock.
     pub fn status(&self, project: &Project) -> Result<ProjectStatus> {
+        self.state_format()?;
         let baseline = self.baseline(project)?;
         let last_push =
             baseline.as_ref().map(|b| LastPush { id: b.id.clone(), at: b.at.clone(), files: b.files.len() });

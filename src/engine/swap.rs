@@ -156,6 +156,14 @@ impl Engine {
         self.ops_dir(project).join("before-push.tar.zst")
     }
 
+    /// The archive of the tree from before a push, kept beside its journal.
+    fn read_snapshot(&self, project: &Project) -> Result<Vec<u8>> {
+        let path = self.snapshot_path(project);
+        safefs::read_file(&path, archive::Limits::default().max_total * 2, false)
+            .ctx("read", &path)?
+            .ok_or_else(|| Error::Corrupt(format!("{} is missing beside its journal", path.display())))
+    }
+
     pub(crate) fn write_journal(&self, project: &Project, journal: &Journal) -> Result<()> {
         let dir = self.ops_dir(project);
         fsutil::create_private_dir(&dir).ctx("create", &dir)?;
@@ -224,7 +232,7 @@ impl Engine {
                 "it is dreamerd's scratch folder: move it away, then try again",
             ));
         }
-        fs::create_dir(&staging).ctx("create", &staging)?;
+        fsutil::create_dir_durable(&staging).ctx("create", &staging)?;
         if let Some((bytes, files)) = target
             && let Err(e) = archive::unpack_verified(bytes, files, &staging.join("new"), Limits::default())
         {
@@ -407,7 +415,9 @@ impl Engine {
                 // A rollback that died while unpacking left a partial tree: keep it aside first.
                 self.drain_staging(project, None, None)?;
                 let quarantine = self.new_quarantine(project, "interrupted-push")?;
-                self.rollback_to_snapshot(project, &quarantine, &mut journal)
+                let rolled = self.rollback_to_snapshot(project, &quarantine, &mut journal);
+                self.drop_if_empty(&quarantine);
+                rolled
             }
             Phase::Migrate | Phase::Backup => {
                 self.drain_staging(project, None, None)?;
@@ -419,11 +429,12 @@ impl Engine {
                 let quarantine = self.new_quarantine(project, "interrupted-push")?;
                 if applied == Some(false) {
                     sink.progress("rolling back a push whose migrate did not apply");
-                    return self.rollback_to_snapshot(project, &quarantine, &mut journal);
+                    let rolled = self.rollback_to_snapshot(project, &quarantine, &mut journal);
+                    self.drop_if_empty(&quarantine);
+                    return rolled;
                 }
                 if let Some(files) = &journal.before {
-                    let bytes =
-                        fs::read(self.snapshot_path(project)).ctx("read", &self.snapshot_path(project))?;
+                    let bytes = self.read_snapshot(project)?;
                     self.keep_tree(project, &bytes, files, &quarantine.join("drizzle"))?;
                 }
                 if applied == Some(true) {
@@ -468,8 +479,7 @@ impl Engine {
         if holds_exactly(&project.drizzle(), &before) {
             return self.clear_journal(project);
         }
-        let path = self.snapshot_path(project);
-        let bytes = fs::read(&path).ctx("read", &path)?;
+        let bytes = self.read_snapshot(project)?;
         self.install(project, Some((&bytes, &before)), quarantine, journal)
     }
 }
