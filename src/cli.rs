@@ -35,6 +35,10 @@ pub struct Global {
     /// Never start a daemon; fail with exit 3 if none runs.
     #[arg(long, global = true)]
     pub no_spawn: bool,
+    /// The drizzle config to use (default: the project root's drizzle.config.*, or the default the project file
+    /// names). Several configs in one repository are several guarded projects.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub drizzle_config: Option<PathBuf>,
 }
 
 #[derive(Debug, Parser)]
@@ -257,9 +261,20 @@ fn client(global: &Global) -> Result<Client> {
 }
 
 /// Sends one request and waits for its result, streaming operation output to stderr meanwhile.
+/// The project root and config at `dir` (nothing evaluated: the daemon does that with this command's environment).
+fn locate(global: &Global, dir: Option<&std::path::Path>) -> Result<(PathBuf, Option<String>)> {
+    Project::locate(dir, global.drizzle_config.as_deref())
+}
+
 fn call(global: &Global, request: Request) -> Result<(i32, serde_json::Value)> {
+    call_for(global, request, None)
+}
+
+/// Sends a request about a project with its config and this command's environment (drizzle-kit and the config
+/// run with it in the daemon).
+fn call_for(global: &Global, request: Request, config: Option<String>) -> Result<(i32, serde_json::Value)> {
     let mut client = client(global)?;
-    client.send(request)?;
+    client.send_with(request, config, Some(std::env::vars().collect()))?;
     client.finish(|reply| match reply {
         Reply::Output { line, .. } => err_line(&format!("  {line}")),
         Reply::Progress { message } => err_line(&format!("dreamerd: {message}")),
@@ -316,14 +331,23 @@ fn run(global: &Global, action: Action) -> Result<i32> {
         }
         Action::Check(dir) => {
             let (engine, _) = engine(global)?;
-            let project = Project::discover(dir.as_deref())?;
+            let project = Project::discover_with(dir.as_deref(), global.drizzle_config.as_deref())?;
             let status = engine.status(&project)?;
             emit(global, &status, || human_status(&status));
-            Ok(if status.is_clean() { 0 } else { 1 })
+            Ok(match status.state {
+                ProjectState::Unresolved => 2,
+                _ if status.is_clean() => 0,
+                _ => 1,
+            })
         }
         Action::Status(args) => {
-            let dir = if args.all { None } else { Some(Project::discover(args.dir.as_deref())?.root) };
-            let (exit, data) = call(global, Request::Status { dir, all: args.all })?;
+            let (dir, config) = if args.all {
+                (None, None)
+            } else {
+                let (root, config) = locate(global, args.dir.as_deref())?;
+                (Some(root), config)
+            };
+            let (exit, data) = call_for(global, Request::Status { dir, all: args.all }, config)?;
             print_raw(global, &data, || {
                 let projects = data["projects"].as_array().cloned().unwrap_or_default();
                 if projects.is_empty() {
@@ -339,8 +363,8 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             Ok(exit)
         }
         Action::Watch(dir) => {
-            let root = Project::discover(Some(&dir))?.root;
-            let (exit, data) = call(global, Request::Watch { dir: root.clone() })?;
+            let (root, config) = locate(global, Some(&dir))?;
+            let (exit, data) = call_for(global, Request::Watch { dir: root.clone() }, config)?;
             print_raw(global, &data, || {
                 let status = typed::<ProjectStatus>(&data["project"])?;
                 Ok(format!("watching {}\n{}", root.display(), human_status(&status)))
@@ -362,21 +386,28 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             Ok(exit)
         }
         Action::Push(dir) => {
-            let root = Project::discover(dir.as_deref())?.root;
-            let (exit, data) = call(global, Request::Push { dir: root })?;
+            if let Ok(running) = std::env::var(daemon::RUNNING_PUSH) {
+                return Err(Error::failed(
+                    format!("this command runs inside a push of {running}; pushes do not nest"),
+                    "the generate and migrate commands must run drizzle-kit, not `dreamer push`: check push.generate \
+                     and push.migrate",
+                ));
+            }
+            let (root, config) = locate(global, dir.as_deref())?;
+            let (exit, data) = call_for(global, Request::Push { dir: root }, config)?;
             print_raw(global, &data, || Ok(human_push(&typed(&data)?)))?;
             Ok(exit)
         }
         Action::Restore(args) => {
-            let root = Project::discover(args.dir.as_deref())?.root;
+            let (root, config) = locate(global, args.dir.as_deref())?;
             let request = Request::Restore { dir: root, push: args.push, dry_run: args.dry_run };
-            let (exit, data) = call(global, request)?;
+            let (exit, data) = call_for(global, request, config)?;
             print_raw(global, &data, || Ok(human_restore(&typed(&data)?)))?;
             Ok(exit)
         }
         Action::History(dir) => {
-            let root = Project::discover(dir.as_deref())?.root;
-            let (exit, data) = call(global, Request::History { dir: root })?;
+            let (root, config) = locate(global, dir.as_deref())?;
+            let (exit, data) = call_for(global, Request::History { dir: root }, config)?;
             print_raw(global, &data, || Ok(human_history(&typed(&data)?)))?;
             Ok(exit)
         }
@@ -487,6 +518,13 @@ fn human_status(s: &ProjectStatus) -> String {
         ProjectState::Clean => out += &format!("{root}: clean ({push})\n"),
         ProjectState::NoBaseline => out += &format!("{root}: never pushed (run `dreamer push`)\n"),
         ProjectState::Busy => out += &format!("{root}: busy (a push or restore is running)\n"),
+        ProjectState::Unresolved => {
+            out += &format!(
+                "{root}: UNRESOLVED: {} cannot be evaluated, so nothing is guarded: {}\n",
+                s.config.as_deref().unwrap_or("the drizzle config"),
+                escaped(s.reason.as_deref().unwrap_or("unknown reason"))
+            );
+        }
         ProjectState::Violated => {
             out += &format!(
                 "{root}: VIOLATED: {} change(s) to drizzle/ by hand since the last push ({push}):\n",

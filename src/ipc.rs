@@ -21,21 +21,28 @@ use crate::engine::Stream;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 
-/// The protocol version; a CLI that finds another one restarts the daemon.
-pub const PROTOCOL: u32 = 1;
+/// The protocol version; a CLI that finds another one restarts the daemon. 2: requests carry the drizzle config
+/// and the environment of the command that asked.
+pub const PROTOCOL: u32 = 2;
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a client waits for the daemon's hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest request line the daemon reads; anything longer is refused.
-pub const MAX_REQUEST: usize = 64 * 1024;
+/// The largest request line the daemon reads (an environment is carried with it); anything longer is refused.
+pub const MAX_REQUEST: usize = 1 << 20;
 
-/// A request, as the client sends it: `{"protocol": 1, "cmd": "status", ...}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A request, as the client sends it: `{"protocol": 2, "cmd": "status", ...}`.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Envelope {
     pub protocol: u32,
     #[serde(flatten)]
     pub request: Request,
+    /// The drizzle config the command named or found (relative to the project root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drizzle_config: Option<String>,
+    /// The environment of the command: drizzle-kit and the config run with it. Never logged or persisted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<crate::project::Env>,
 }
 
 /// What the client asks. Directories are project roots the client already resolved (absolute).
@@ -246,9 +253,20 @@ impl Client {
         Client::open(&socket_path(dirs)).ok().map(|(client, _)| client)
     }
 
-    /// Sends the request.
+    /// Sends the request, with no config and no environment.
     pub fn send(&mut self, request: Request) -> Result<()> {
-        let mut line = serde_json::to_string(&Envelope { protocol: PROTOCOL, request }).expect("serialises");
+        self.send_with(request, None, None)
+    }
+
+    /// Sends the request with the command's drizzle config and environment.
+    pub fn send_with(
+        &mut self,
+        request: Request,
+        drizzle_config: Option<String>,
+        env: Option<crate::project::Env>,
+    ) -> Result<()> {
+        let envelope = Envelope { protocol: PROTOCOL, request, drizzle_config, env };
+        let mut line = serde_json::to_string(&envelope).expect("serialises");
         line.push('\n');
         let stream = self.reader.get_mut();
         stream.write_all(line.as_bytes()).and_then(|()| stream.flush()).map_err(lost)

@@ -292,7 +292,7 @@ fn socket_permissions_and_hostile_clients() {
 
     let (code, v) = w.json("dreamerd", &["status", "--all"]);
     assert_eq!(code, 0, "the daemon still answers: {v}");
-    assert_eq!(v["daemon"]["protocol"], 1);
+    assert_eq!(v["daemon"]["protocol"], dreamerd::ipc::PROTOCOL);
     assert!(v["daemon"]["version"].is_string());
 }
 
@@ -535,7 +535,7 @@ fn a_daemon_of_another_protocol_is_stopped_and_replaced() {
     let (code, v) = w.json("dreamerd", &["status", "--all"]);
     assert!(old.join().unwrap(), "the CLI asked the old daemon to stop");
     assert_eq!(code, 0, "{v}");
-    assert_eq!(v["daemon"]["protocol"], 1, "a new daemon answered");
+    assert_eq!(v["daemon"]["protocol"], dreamerd::ipc::PROTOCOL, "a new daemon answered");
     assert!(w.daemon_pid().is_some());
 }
 

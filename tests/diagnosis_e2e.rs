@@ -319,7 +319,7 @@ fn a_database_dreamerd_cannot_open_is_said_with_the_generic_hint() {
     let v = failed_push(&w, "migrate", "unknown");
     assert!(message(&v).contains("printed no error"), "{v}");
     assert!(
-        message(&v).contains("cannot find the database") && message(&v).contains("not a local SQLite file"),
+        message(&v).contains("cannot find the database") && message(&v).contains("local SQLite file"),
         "{v}"
     );
     assert!(v["diagnosis"]["hint"].as_str().unwrap().contains("restore"), "{v}");

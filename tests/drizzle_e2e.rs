@@ -30,7 +30,9 @@ fn first_push_backs_up_and_check_is_clean() {
     assert_eq!(
         v,
         json!({"root": w.root, "state": "clean", "violations": [], "schema_pending": false,
-               "last_push": {"id": id, "at": at, "files": 3}, "drift": []})
+               "last_push": {"id": id, "at": at, "files": 3}, "drift": [],
+               "config": "drizzle.config.ts", "out": "drizzle", "schema": ["src/schema.ts"], "dialect": "sqlite",
+               "layout": "evaluated", "database": {"checked": true}})
     );
     // The archive and its record are in the local store under $XDG_DATA_HOME.
     let project_id = w.read(".dreamerd.toml");

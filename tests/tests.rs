@@ -5,5 +5,6 @@ mod support;
 mod daemon;
 mod diagnosis_e2e;
 mod drizzle_e2e;
+mod layouts;
 mod push_restore;
 mod safety;

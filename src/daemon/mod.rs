@@ -4,6 +4,8 @@
 mod serve;
 mod watch;
 
+pub use serve::RUNNING_PUSH;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +69,8 @@ struct Watched {
     rewatch: bool,
     /// Serialises rescans of this project.
     scan_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Where its files are, as its config said at the last rescan.
+    paths: Option<watch::WatchPaths>,
 }
 
 /// Per-project watch details added to status by the daemon (an addition to the contract).
@@ -80,9 +84,36 @@ pub struct WatchInfo {
     pub warnings: Vec<String>,
 }
 
+/// What the last command for a project carried: the config it named and its environment (in memory only).
+#[derive(Clone, Default)]
+pub(crate) struct Context {
+    pub config: Option<String>,
+    pub env: Option<crate::project::Env>,
+}
+
+/// A project to resolve on a blocking thread: root, config, and the environment to evaluate it with.
+#[derive(Clone)]
+pub(crate) struct Spec {
+    root: PathBuf,
+    context: Context,
+}
+
+impl Spec {
+    /// Finds the config (the one named, else the root's default) and evaluates it.
+    pub(crate) fn resolve(&self) -> Result<Project> {
+        let config = match &self.context.config {
+            Some(c) => Some(c.clone()),
+            None => Project::locate(Some(&self.root), None)?.1,
+        };
+        Project::resolve(&self.root, config.as_deref(), self.context.env.clone())
+    }
+}
+
 #[derive(Default)]
 struct State {
     projects: BTreeMap<PathBuf, Watched>,
+    /// The last command's config and environment per project root.
+    contexts: HashMap<PathBuf, Context>,
     /// Push or restore operations in flight, by project root.
     ops: HashMap<PathBuf, usize>,
     /// Projects with file events waiting for the quiet period: (first event, due).
@@ -443,8 +474,8 @@ impl Daemon {
     /// next push or restore.
     async fn recover_project(self: &Arc<Self>, root: &Path) {
         let this = self.clone();
-        let project = self.project(root);
-        match self.run_op(root, move || this.engine.recover_now(&project, &LogSink)).await {
+        let spec = self.spec(root);
+        match self.run_op(root, move || this.engine.recover_now(&spec.resolve()?, &LogSink)).await {
             Ok(true) => {
                 tracing::info!(project = %root.display(), "finished what an interrupted operation left")
             }
@@ -485,8 +516,23 @@ impl Daemon {
         let _ = self.events.send(event);
     }
 
-    fn project(&self, root: &Path) -> Project {
-        Project { root: root.to_path_buf() }
+    /// The project at `root` as the last command for it named it (config, environment).
+    pub(crate) fn spec(&self, root: &Path) -> Spec {
+        let context = self.state.lock().expect("state").contexts.get(root).cloned().unwrap_or_default();
+        Spec { root: root.to_path_buf(), context }
+    }
+
+    /// Keeps what a command carried for a project. A command without an environment (an older client) keeps the
+    /// one known.
+    pub(crate) fn remember(&self, root: &Path, context: Context) {
+        let mut state = self.state.lock().expect("state");
+        let known = state.contexts.entry(root.to_path_buf()).or_default();
+        if context.config.is_some() {
+            known.config = context.config;
+        }
+        if context.env.is_some() {
+            known.env = context.env;
+        }
     }
 
     /// Prunes the quarantine now and then once a day (`retention.auto_prune`), so it stays bounded by itself.

@@ -16,6 +16,8 @@ use crate::engine::{ProjectStatus, PushReport, Sink, Stream};
 use crate::error::{Error, Result};
 use crate::ipc::{self, Envelope, Reply, Request};
 
+pub use crate::engine::RUNNING_PUSH;
+
 /// How long a client may take to send its request after the hello.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default number of replies waiting for a slow client (`DREAMERD_CLIENT_QUEUE` overrides it). Past it, operation
@@ -65,12 +67,13 @@ impl Sink for ChannelSink {
     }
 }
 
-/// The project root at `dir`, which must be absolute.
+/// The project root at `dir`, which must be absolute. Only located here: the config is evaluated on a blocking
+/// thread, with the environment the request carried.
 fn resolve(dir: &Path) -> Result<std::path::PathBuf> {
     if !dir.is_absolute() {
         return Err(Error::Usage(format!("{} is not an absolute path", dir.display())));
     }
-    Ok(crate::project::Project::discover(Some(dir))?.root)
+    Ok(crate::project::Project::locate(Some(dir), None)?.0)
 }
 
 fn error_reply(e: &Error) -> Reply {
@@ -136,8 +139,10 @@ impl Daemon {
                 serde_json::from_slice::<Envelope>(&line).map_err(|e| format!("malformed request: {e}"))
             }
         };
-        let request = match request {
-            Ok(env) if env.protocol == ipc::PROTOCOL => env.request,
+        let (request, context) = match request {
+            Ok(env) if env.protocol == ipc::PROTOCOL => {
+                (env.request, super::Context { config: env.drizzle_config, env: env.env })
+            }
             Ok(env) => {
                 let e = Error::Usage(format!(
                     "protocol {} is not spoken here; this daemon speaks protocol {}",
@@ -154,7 +159,7 @@ impl Daemon {
             }
         };
         let (tx, mut rx) = mpsc::channel::<Reply>(client_queue());
-        let work = tokio::spawn(self.clone().dispatch(request, tx));
+        let work = tokio::spawn(self.clone().dispatch(request, context, tx));
         let mut probe = [0u8; 512];
         loop {
             tokio::select! {
@@ -180,7 +185,7 @@ impl Daemon {
     }
 
     /// Runs one request; every reply, the last included, goes through `tx`.
-    async fn dispatch(self: Arc<Self>, request: Request, tx: mpsc::Sender<Reply>) {
+    async fn dispatch(self: Arc<Self>, request: Request, context: super::Context, tx: mpsc::Sender<Reply>) {
         // Directories come from a client: each must be a project root, whatever the client resolved.
         let request = match request {
             Request::Push { dir } => resolve(&dir).map(|dir| Request::Push { dir }),
@@ -198,6 +203,34 @@ impl Daemon {
                 return;
             }
         };
+        // The command's config and environment are what this project's work runs with, now and when the daemon
+        // rescans it by itself later (in memory only).
+        let dir = match &request {
+            Request::Push { dir }
+            | Request::Restore { dir, .. }
+            | Request::History { dir }
+            | Request::Watch { dir }
+            | Request::Status { dir: Some(dir), .. } => Some(dir.clone()),
+            _ => None,
+        };
+        if let Some(dir) = &dir {
+            self.remember(dir, context.clone());
+        }
+        if let (Request::Push { dir }, Some(env)) = (&request, &context.env)
+            && let Some(running) = env.get(RUNNING_PUSH)
+        {
+            let e = Error::failed(
+                format!(
+                    "a push of {running} is running and a command it started asked for another push of {}; \
+                     pushes do not nest",
+                    dir.display()
+                ),
+                "the generate and migrate commands must run drizzle-kit, not `dreamer push`: check push.generate and \
+                 push.migrate",
+            );
+            let _ = tx.send(error_reply(&e)).await;
+            return;
+        }
         let result = match request {
             Request::Events { follow } => {
                 self.stream_events(follow, &tx).await;
@@ -214,8 +247,9 @@ impl Daemon {
                 .map(|removed| (0, json!({"ok": true, "root": dir, "was_watched": removed}))),
             Request::History { dir } => {
                 let this = self.clone();
-                let project = self.project(&dir);
+                let spec = self.spec(&dir);
                 tokio::task::spawn_blocking(move || -> Result<(i32, Value)> {
+                    let project = spec.resolve()?;
                     let history = match this.engine.project_id(&project)? {
                         Some(id) => this.engine.store.history(&id)?,
                         None => Vec::new(),
@@ -232,8 +266,8 @@ impl Daemon {
             Request::Push { dir } => {
                 let this = self.clone();
                 let sink = ChannelSink::new(tx.clone());
-                let project = self.project(&dir);
-                let report = self.run_op(&dir, move || this.engine.push(&project, &sink)).await;
+                let spec = self.spec(&dir);
+                let report = self.run_op(&dir, move || this.engine.push(&spec.resolve()?, &sink)).await;
                 if let Ok(r) = &report {
                     let event = match r {
                         PushReport::Ok { push_id, files, unchanged, .. } => {
@@ -252,9 +286,11 @@ impl Daemon {
             Request::Restore { dir, push, dry_run } => {
                 let this = self.clone();
                 let sink = ChannelSink::new(tx.clone());
-                let project = self.project(&dir);
+                let spec = self.spec(&dir);
                 let report = self
-                    .run_op(&dir, move || this.engine.restore(&project, push.as_deref(), dry_run, &sink))
+                    .run_op(&dir, move || {
+                        this.engine.restore(&spec.resolve()?, push.as_deref(), dry_run, &sink)
+                    })
                     .await;
                 if let Ok(r) = &report
                     && !dry_run
@@ -361,12 +397,12 @@ impl Daemon {
             Some((Some(mut status), info)) if !busy_now => {
                 // File events keep violations current; the database changes without any, so read it now.
                 let this = self.clone();
-                let root = root.to_path_buf();
-                status.drift = tokio::task::spawn_blocking(move || {
-                    crate::drizzle::database::check(&root, this.engine.config.database.url.as_deref())
-                })
-                .await
-                .unwrap_or(status.drift);
+                let spec = self.spec(root);
+                let fresh =
+                    tokio::task::spawn_blocking(move || spec.resolve().map(|p| this.engine.drift(&p)));
+                if let Ok(Ok(drift)) = fresh.await {
+                    status.drift = drift;
+                }
                 (status, info)
             }
             other => {
@@ -377,10 +413,11 @@ impl Daemon {
                     warnings: Vec::new(),
                 });
                 let this = self.clone();
-                let project = self.project(root);
-                let status: ProjectStatus = tokio::task::spawn_blocking(move || this.engine.status(&project))
-                    .await
-                    .unwrap_or_else(|e| Err(Error::failed(format!("status panicked: {e}"), "")))?;
+                let spec = self.spec(root);
+                let status: ProjectStatus =
+                    tokio::task::spawn_blocking(move || this.engine.status(&spec.resolve()?))
+                        .await
+                        .unwrap_or_else(|e| Err(Error::failed(format!("status panicked: {e}"), "")))?;
                 (status, info)
             }
         };

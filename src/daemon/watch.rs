@@ -16,33 +16,97 @@ use crate::config::OnViolation;
 use crate::engine::{ProjectState, ProjectStatus};
 use crate::error::{Error, Result};
 use crate::manifest::escaped;
+use crate::project::Project;
 
 /// A project is rescanned at the latest this many quiet periods after its first pending event, even if events
 /// keep coming.
 const MAX_DELAY_FACTOR: u32 = 10;
 
-/// What to watch in a project: drizzle/ recursively; src/ and the root itself non-recursively, so that editors'
-/// atomic saves of src/schema.ts and the deletion and re-creation of drizzle/ or src/ are seen.
-fn wanted(root: &Path) -> [(PathBuf, RecursiveMode); 3] {
-    [
-        (root.to_path_buf(), RecursiveMode::NonRecursive),
-        (root.join("src"), RecursiveMode::NonRecursive),
-        (root.join("drizzle"), RecursiveMode::Recursive),
-    ]
+/// Where a project's files are, as the daemon watches them: the migration folder recursively; the root, the
+/// config's folder and the schema's folders without their subfolders (a glob with `**` recursively from its
+/// base), so that editors' atomic saves and the deletion and re-creation of folders are seen.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct WatchPaths {
+    root: PathBuf,
+    out: PathBuf,
+    /// Folders holding the schema (any file appearing in them may be schema).
+    schema_dirs: Vec<(PathBuf, RecursiveMode)>,
+    /// Files whose change matters besides the migration folder: the schema files, the config, `.env` files.
+    files: BTreeSet<PathBuf>,
+    /// Folders watched for those files.
+    file_dirs: BTreeSet<PathBuf>,
 }
 
-/// Whether an event path matters to the project at `root`.
-fn relevant(root: &Path, path: &Path) -> bool {
-    let Ok(rel) = path.strip_prefix(root) else {
-        // The parent of a vanished project root: only the root's own re-appearance counts.
-        return root.parent() == path.parent() && path == root;
-    };
-    let rel = rel.to_string_lossy();
-    rel.is_empty()
-        || rel == "drizzle"
-        || rel.starts_with("drizzle/")
-        || rel == "src"
-        || rel == "src/schema.ts"
+impl WatchPaths {
+    /// What dreamerd 0.1.0 watched: `drizzle/` and `src/schema.ts`.
+    pub(super) fn legacy(root: &Path) -> WatchPaths {
+        WatchPaths::of(&Project::legacy(root))
+    }
+
+    /// The paths of a resolved project.
+    pub(super) fn of(project: &Project) -> WatchPaths {
+        let root = project.root.clone();
+        let workdir = project.workdir();
+        let mut files: BTreeSet<PathBuf> = project.schema_files().into_iter().collect();
+        if let Some(config) = &project.config {
+            files.insert(crate::project::layout::normalize(&root.join(config)));
+        }
+        files.insert(workdir.join(".env"));
+        let mut schema_dirs = Vec::new();
+        for pattern in &project.layout.schema {
+            if pattern.contains(['*', '?', '[', '{']) {
+                let base: PathBuf = Path::new(pattern)
+                    .components()
+                    .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[', '{']))
+                    .collect();
+                let mode = if pattern.contains("**") {
+                    RecursiveMode::Recursive
+                } else {
+                    RecursiveMode::NonRecursive
+                };
+                schema_dirs.push((crate::project::layout::normalize(&workdir.join(base)), mode));
+            } else {
+                let path = crate::project::layout::normalize(&workdir.join(pattern));
+                if is_dir(&path) {
+                    schema_dirs.push((path, RecursiveMode::NonRecursive));
+                }
+            }
+        }
+        let file_dirs = files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)).collect();
+        WatchPaths { root, out: project.drizzle(), schema_dirs, files, file_dirs }
+    }
+
+    /// Every folder to watch, and how.
+    fn wanted(&self) -> Vec<(PathBuf, RecursiveMode)> {
+        let mut want: Vec<(PathBuf, RecursiveMode)> = vec![(self.root.clone(), RecursiveMode::NonRecursive)];
+        for dir in &self.file_dirs {
+            want.push((dir.clone(), RecursiveMode::NonRecursive));
+        }
+        want.extend(self.schema_dirs.iter().cloned());
+        want.push((self.out.clone(), RecursiveMode::Recursive));
+        // One watch per folder; recursive wins.
+        want.sort_by(|a, b| {
+            a.0.cmp(&b.0).then((b.1 == RecursiveMode::Recursive).cmp(&(a.1 == RecursiveMode::Recursive)))
+        });
+        want.dedup_by(|a, b| a.0 == b.0);
+        want
+    }
+
+    /// Whether an event path matters.
+    fn relevant(&self, path: &Path) -> bool {
+        if path.starts_with(self.root.join(crate::engine::STAGING)) {
+            return false;
+        }
+        path == self.root
+            || path.starts_with(&self.out)
+            || self.files.contains(path)
+            || self.file_dirs.contains(path)
+            || self.schema_dirs.iter().any(|(d, mode)| {
+                path == d
+                    || path.parent() == Some(d.as_path())
+                    || (*mode == RecursiveMode::Recursive && path.starts_with(d))
+            })
+    }
 }
 
 fn is_dir(path: &Path) -> bool {
@@ -80,8 +144,10 @@ impl Daemon {
     /// deleted or created since, drops those of directories that are gone, and watches the parent while the root
     /// itself is gone. A rescan with nothing of that kind touches no watch. Blocking (adding a recursive watch walks
     /// the folder): called on a blocking thread, and the state lock is never held while the kernel is asked.
-    pub(super) fn ensure_watches(&self, root: &Path) {
-        let mut want: Vec<(PathBuf, RecursiveMode)> = wanted(root).into();
+    pub(super) fn ensure_watches(&self, project: &Project) {
+        let root = &project.root;
+        let paths = WatchPaths::of(project);
+        let mut want = paths.wanted();
         if !is_dir(root)
             && let Some(parent) = root.parent()
         {
@@ -90,6 +156,7 @@ impl Daemon {
         let (have, rewatch) = {
             let mut state = self.state.lock().expect("state");
             let Some(watched) = state.projects.get_mut(root) else { return };
+            watched.paths = Some(paths);
             (watched.watches.clone(), std::mem::take(&mut watched.rewatch))
         };
         let wanted_paths: BTreeSet<&PathBuf> = want.iter().map(|(p, _)| p).collect();
@@ -203,21 +270,28 @@ impl Daemon {
             self.mark_all(debounce, "the kernel's event queue overflowed");
             return;
         }
-        let roots: Vec<PathBuf> = {
-            let state = self.state.lock().expect("state");
-            state
-                .projects
-                .keys()
-                .filter(|root| event.paths.iter().any(|p| relevant(root, p)))
-                .cloned()
-                .collect()
-        };
         let now = Instant::now();
+        let mut state = self.state.lock().expect("state");
+        let roots: Vec<PathBuf> = state
+            .projects
+            .iter()
+            .filter(|(root, w)| {
+                let legacy;
+                let paths = match &w.paths {
+                    Some(p) => p,
+                    None => {
+                        legacy = WatchPaths::legacy(root);
+                        &legacy
+                    }
+                };
+                event.paths.iter().any(|p| paths.relevant(p))
+            })
+            .map(|(r, _)| r.clone())
+            .collect();
         for root in roots {
-            let mut state = self.state.lock().expect("state");
             // An event on a watched directory itself (deleted, created, moved) means its watch must be made again.
-            if event.paths.iter().any(|p| wanted(&root).iter().any(|(w, _)| w == p))
-                && let Some(w) = state.projects.get_mut(&root)
+            if let Some(w) = state.projects.get_mut(&root)
+                && event.paths.iter().any(|p| w.watches.contains(p))
             {
                 w.rewatch = true;
             }
@@ -260,9 +334,8 @@ impl Daemon {
             }
         };
         let _scan = lock.lock().await;
-        let project = self.project(root);
-        let busy = self.state.lock().expect("state").ops.get(root).copied().unwrap_or(0) > 0
-            || self.engine.is_busy(&project);
+        let spec = self.spec(root);
+        let busy = self.state.lock().expect("state").ops.get(root).copied().unwrap_or(0) > 0;
         if busy {
             // Our own writes (or another process's push) are not violations; look again once it is done.
             let later = Instant::now() + Duration::from_millis(self.engine.config.watch.debounce_ms.max(50));
@@ -270,11 +343,11 @@ impl Daemon {
             return;
         }
         let this = self.clone();
-        let p = project.clone();
         let scanned = tokio::task::spawn_blocking(move || {
-            this.ensure_watches(&p.root);
-            this.note_presence(&p.root);
-            this.engine.status(&p)
+            this.note_presence(&spec.root);
+            let project = spec.resolve()?;
+            this.ensure_watches(&project);
+            this.engine.status(&project)
         })
         .await;
         let status = match scanned {
@@ -403,9 +476,10 @@ impl Daemon {
     /// `watch.on_violation = "restore"`: puts drizzle/ back at once and says so.
     async fn auto_restore(self: &Arc<Self>, root: &Path, what: String) {
         let this = self.clone();
-        let project = self.project(root);
-        let outcome =
-            self.run_op(root, move || this.engine.restore(&project, None, false, &super::LogSink)).await;
+        let spec = self.spec(root);
+        let outcome = self
+            .run_op(root, move || this.engine.restore(&spec.resolve()?, None, false, &super::LogSink))
+            .await;
         let shown = root.display().to_string();
         match outcome {
             Ok(report) => {
@@ -448,15 +522,16 @@ mod tests {
 
     #[test]
     fn relevance() {
-        let root = Path::new("/p/app");
-        assert!(relevant(root, Path::new("/p/app/drizzle/meta/_journal.json")));
-        assert!(relevant(root, Path::new("/p/app/drizzle")));
-        assert!(relevant(root, Path::new("/p/app/src/schema.ts")));
-        assert!(relevant(root, Path::new("/p/app/src")));
-        assert!(relevant(root, Path::new("/p/app")));
-        assert!(!relevant(root, Path::new("/p/app/local.db")));
-        assert!(!relevant(root, Path::new("/p/app/src/other.ts")));
-        assert!(!relevant(root, Path::new("/p/app/.dreamerd-tmp/new/x.sql")));
-        assert!(!relevant(root, Path::new("/p/other")));
+        let paths = WatchPaths::legacy(Path::new("/p/app"));
+        let relevant = |p: &str| paths.relevant(Path::new(p));
+        assert!(relevant("/p/app/drizzle/meta/_journal.json"));
+        assert!(relevant("/p/app/drizzle"));
+        assert!(relevant("/p/app/src/schema.ts"));
+        assert!(relevant("/p/app/src"));
+        assert!(relevant("/p/app"));
+        assert!(!relevant("/p/app/local.db"));
+        assert!(!relevant("/p/app/src/other.ts"));
+        assert!(!relevant("/p/app/.dreamerd-tmp/new/x.sql"));
+        assert!(!relevant("/p/other"));
     }
 }

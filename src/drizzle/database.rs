@@ -78,15 +78,54 @@ fn url_literal(text: &str) -> Option<String> {
     }
 }
 
-fn from_url(root: &Path, url: &str) -> Result<PathBuf, String> {
+/// The SQLite file a database URL names, relative to `base` (a URL may hold a password: it is never quoted).
+pub fn from_url(base: &Path, url: &str) -> Result<PathBuf, String> {
     let path = url.strip_prefix("file://").or_else(|| url.strip_prefix("file:")).unwrap_or(url);
     if path.is_empty() || path == ":memory:" || path.contains("://") {
-        return Err(format!("{url:?} is not a local SQLite file, so dreamerd cannot read it"));
+        return Err("the database URL does not name a local SQLite file, so dreamerd cannot read it".into());
     }
-    Ok(root.join(path))
+    Ok(base.join(path))
 }
 
-/// One row of `__drizzle_migrations`.
+/// The SQLite database a project migrates, and its migrations table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub path: PathBuf,
+    /// `migrations.table` (default `__drizzle_migrations`).
+    pub table: String,
+}
+
+impl Target {
+    /// The database at `path` with drizzle's default table.
+    pub fn new(path: PathBuf) -> Target {
+        Target { path, table: "__drizzle_migrations".into() }
+    }
+}
+
+/// Whether the database was compared with the migration folder, and why not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checked {
+    pub checked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Checked {
+    pub fn yes() -> Checked {
+        Checked { checked: true, reason: None }
+    }
+
+    pub fn no(reason: impl Into<String>) -> Checked {
+        Checked { checked: false, reason: Some(reason.into()) }
+    }
+}
+
+/// An SQL identifier, quoted.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// One row of the migrations table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub hash: String,
@@ -127,21 +166,19 @@ fn open_read_only(path: &Path) -> Result<Connection, String> {
 }
 
 /// The applied migrations, or `None` when the database has no migrations table yet.
-fn applied_in(conn: &Connection) -> Result<Option<Vec<Applied>>, String> {
+fn applied_in(conn: &Connection, table: &str) -> Result<Option<Vec<Applied>>, String> {
     let exists: bool = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '__drizzle_migrations'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
+        .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| {
+            r.get::<_, i64>(0)
+        })
         .map(|n| n > 0)
         .map_err(|e| format!("cannot read the database: {e}"))?;
     if !exists {
         return Ok(None);
     }
     let mut stmt = conn
-        .prepare("SELECT hash, created_at FROM __drizzle_migrations")
-        .map_err(|e| format!("cannot read __drizzle_migrations: {e}"))?;
+        .prepare(&format!("SELECT hash, created_at FROM {}", quoted(table)))
+        .map_err(|e| format!("cannot read {table}: {e}"))?;
     let rows = stmt
         .query_map([], |r| {
             let created_at = match r.get::<_, rusqlite::types::Value>(1)? {
@@ -152,16 +189,14 @@ fn applied_in(conn: &Connection) -> Result<Option<Vec<Applied>>, String> {
             };
             Ok(Applied { hash: r.get(0)?, created_at })
         })
-        .map_err(|e| format!("cannot read __drizzle_migrations: {e}"))?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map(Some)
-        .map_err(|e| format!("cannot read __drizzle_migrations: {e}"))
+        .map_err(|e| format!("cannot read {table}: {e}"))?;
+    rows.collect::<Result<Vec<_>, _>>().map(Some).map_err(|e| format!("cannot read {table}: {e}"))
 }
 
 /// What the database at `path` has applied; `Ok(None)` if it does not exist or has no migrations table.
-pub fn applied(path: &Path) -> Result<Option<Vec<Applied>>, String> {
-    match checked_file(path)? {
-        Some(file) => applied_in(&open_read_only(&file)?),
+pub fn applied(db: &Target) -> Result<Option<Vec<Applied>>, String> {
+    match checked_file(&db.path)? {
+        Some(file) => applied_in(&open_read_only(&file)?, &db.table),
         None => Ok(None),
     }
 }
@@ -169,14 +204,14 @@ pub fn applied(path: &Path) -> Result<Option<Vec<Applied>>, String> {
 /// What the database applied, read after a crash that may have interrupted a migrate: the database is opened
 /// read-write (never created), so that SQLite first rolls back the transaction the crash left in its journal, as the
 /// app's next open would do; only a SELECT is run. Opened read-only, such a database cannot be read at all.
-pub fn applied_after_crash(path: &Path) -> Result<Option<Vec<Applied>>, String> {
-    let Some(file) = checked_file(path)? else { return Ok(None) };
+pub fn applied_after_crash(db: &Target) -> Result<Option<Vec<Applied>>, String> {
+    let Some(file) = checked_file(&db.path)? else { return Ok(None) };
     let flags =
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let conn = Connection::open_with_flags(&file, flags)
         .map_err(|e| format!("cannot open {}: {e}", file.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| e.to_string())?;
-    applied_in(&conn)
+    applied_in(&conn, &db.table)
 }
 
 /// sha256 hex of a file's text, as drizzle's migrator stores it.
@@ -234,33 +269,42 @@ pub fn drift(drizzle: Option<&Folder>, entries: &[Entry], applied: &[Applied]) -
     out
 }
 
-/// Journal faults plus database drift for a project.
-pub fn check(root: &Path, configured: Option<&str>) -> Vec<Drift> {
-    let drizzle = root.join("drizzle");
-    let folder = match Folder::open(&drizzle) {
-        Ok(f) => f,
+/// Journal faults of the migration folder `drizzle`, plus its drift against the database (`Err` says why there is
+/// none to compare with); and whether the database was compared at all.
+pub fn check(drizzle: &Path, db: Result<Target, String>) -> (Vec<Drift>, Checked) {
+    let folder = match Folder::open(drizzle) {
+        Ok(Some(f)) => f,
         // Reported as a violation of the folder itself.
-        Err(_) => return Vec::new(),
+        Ok(None) | Err(_) => return (Vec::new(), Checked::no("the migration folder cannot be read")),
     };
-    let Some(folder) = folder else { return Vec::new() };
     let mut out = journal::faults_in(&folder);
     let entries = match journal::read_in(&folder) {
         Ok(Some(e)) => e,
         Ok(None) => Vec::new(),
-        Err(_) => return out, // already reported as journal-unreadable
+        Err(_) => return (out, Checked::no("the journal cannot be read")), // already reported
     };
-    let Ok(db) = locate(root, configured) else { return out };
+    let db = match db {
+        Ok(db) => db,
+        Err(why) => return (out, Checked::no(why)),
+    };
     // A database without a migrations table has applied nothing.
-    let rows = checked_file(&db).and_then(|file| match file {
-        Some(f) => applied_in(&open_read_only(&f)?).map(|rows| Some(rows.unwrap_or_default())),
+    let rows = checked_file(&db.path).and_then(|file| match file {
+        Some(f) => applied_in(&open_read_only(&f)?, &db.table).map(|rows| Some(rows.unwrap_or_default())),
         None => Ok(None),
     });
-    match rows {
-        Ok(Some(rows)) => out.extend(drift(Some(&folder), &entries, &rows)),
-        Ok(None) => {} // no database yet: the first migrate creates it
-        Err(why) => out.push(Drift::new("database-unreadable", why, None)),
-    }
-    out
+    let checked = match rows {
+        Ok(Some(rows)) => {
+            out.extend(drift(Some(&folder), &entries, &rows));
+            Checked::yes()
+        }
+        // No database yet: the first migrate creates it.
+        Ok(None) => Checked::no(format!("{} does not exist yet", db.path.display())),
+        Err(why) => {
+            out.push(Drift::new("database-unreadable", why.clone(), None));
+            Checked::no(why)
+        }
+    };
+    (out, checked)
 }
 
 /// Where a replay of the pending migrations failed.
@@ -273,9 +317,9 @@ pub struct ReplayFailure {
 
 /// Replays the migrations `migrate` would apply on an in-memory copy of the database (taken with SQLite's backup
 /// API, so the file is only read), in one transaction that is thrown away. Returns the first failing statement.
-pub fn replay(drizzle: &Path, db: &Path) -> Result<Option<ReplayFailure>, String> {
+pub fn replay(drizzle: &Path, db: &Target) -> Result<Option<ReplayFailure>, String> {
     let mut copy = Connection::open_in_memory().map_err(|e| e.to_string())?;
-    if let Some(file) = checked_file(db)? {
+    if let Some(file) = checked_file(&db.path)? {
         let source = open_read_only(&file)?;
         let backup = rusqlite::backup::Backup::new(&source, &mut copy)
             .map_err(|e| format!("cannot copy the database: {e}"))?;
@@ -283,7 +327,7 @@ pub fn replay(drizzle: &Path, db: &Path) -> Result<Option<ReplayFailure>, String
             .run_to_completion(256, Duration::from_millis(10), None)
             .map_err(|e| format!("cannot copy the database: {e}"))?;
     }
-    let newest = applied_in(&copy)?.unwrap_or_default().iter().map(|a| a.created_at).max();
+    let newest = applied_in(&copy, &db.table)?.unwrap_or_default().iter().map(|a| a.created_at).max();
     let folder = Folder::open(drizzle).map_err(|e| e.to_string())?.ok_or("the migration folder is gone")?;
     let entries = journal::read_in(&folder)?.unwrap_or_default();
     let tx = copy.transaction().map_err(|e| e.to_string())?;
@@ -343,7 +387,7 @@ mod tests {
             Entry { idx: 1, when: 20, tag: "0001_b".into() },
             Entry { idx: 2, when: 40, tag: "0002_c".into() },
         ];
-        let rows = applied(&db).unwrap().unwrap();
+        let rows = applied(&Target::new(db.clone())).unwrap().unwrap();
         let folder = Folder::open(&drizzle).unwrap().unwrap();
         let mut codes: Vec<_> = drift(Some(&folder), &entries, &rows).into_iter().map(|d| d.code).collect();
         codes.sort();
@@ -382,7 +426,7 @@ mod tests {
         let db = dir.path().join("local.db");
         Connection::open(&db).unwrap().execute_batch("CREATE TABLE keep (x integer)").unwrap();
         let before = fs::read(&db).unwrap();
-        let failure = replay(&drizzle, &db).unwrap().unwrap();
+        let failure = replay(&drizzle, &Target::new(db.clone())).unwrap().unwrap();
         assert_eq!(failure.migration, "0000_a");
         assert!(failure.error.contains("table a already exists"), "{}", failure.error);
         assert_eq!(fs::read(&db).unwrap(), before);

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::dirs::Dirs;
+use crate::drizzle::database;
 use crate::error::{Error, IoContext, Result, check_format};
 use crate::fsutil;
 use crate::project::Project;
@@ -39,9 +40,10 @@ const MAX_RECORD: u64 = 64 << 20;
 const MAX_ARCHIVE: u64 = 2 << 30;
 
 pub use prune::{PruneReport, Pruned};
-pub use push::{PushFailure, PushReport, Stage};
+pub use push::{PushFailure, PushReport, RUNNING_PUSH, Stage};
 pub use restore::RestoreReport;
 pub use status::{Interrupted, LastPush, ProjectState, ProjectStatus};
+pub use swap::STAGING;
 
 /// Which output stream of a child process a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,6 +188,44 @@ impl Engine {
         true
     }
 
+    /// The SQLite database the project migrates: `database.url` (relative to the root) when set, else the URL its
+    /// config resolved to (relative to where drizzle-kit runs). `Err` says why there is none to read.
+    pub fn database(&self, project: &Project) -> std::result::Result<database::Target, String> {
+        let table = project.layout.table.clone();
+        let target = |path| database::Target { path, table: table.clone() };
+        if let Some(url) = &self.config.database.url {
+            return database::from_url(&project.root, url).map(target);
+        }
+        if project.config.is_none() {
+            return database::locate(&project.root, None).map(target);
+        }
+        if !matches!(project.layout.dialect.as_str(), "sqlite" | "turso") {
+            return Err(format!("{}: not supported yet", project.layout.dialect));
+        }
+        match (&project.db_url, &project.problem, &project.env) {
+            (Some(url), _, _) => database::from_url(&project.workdir(), url.expose()).map(target),
+            (None, Some(problem), _) => Err(format!("the config could not be evaluated: {problem}")),
+            (None, None, None) => {
+                Err("not checked until the next command: the config needs the environment of \
+                                       a command (the daemon has not had one since it started)"
+                    .into())
+            }
+            (None, None, Some(_)) => Err("the config names no dbCredentials.url".into()),
+        }
+    }
+
+    /// The migration folder as the manifest sees it: everything in it but what is not a migration (schema files kept
+    /// there, and what `drizzle-kit pull` writes).
+    pub fn scan_out(&self, project: &Project) -> Result<crate::manifest::Tree> {
+        let out = project.drizzle();
+        scan_excluding(&out, &project.not_migrations()).ctx("read", &out)
+    }
+
+    /// Journal faults and the drift between the migration folder and the database.
+    pub fn drift(&self, project: &Project) -> Vec<crate::drizzle::Drift> {
+        database::check(&project.drizzle(), self.database(project)).0
+    }
+
     /// True if another process holds the project's operation lock right now.
     pub fn is_busy(&self, project: &Project) -> bool {
         let Ok(file) = File::open(self.lock_path(project)) else { return false };
@@ -313,6 +353,17 @@ impl Engine {
         }
         unreachable!("some suffix is free")
     }
+}
+
+/// A tree scanned without the entries at `excluded` (paths relative to it).
+pub(crate) fn scan_excluding(dir: &Path, excluded: &[String]) -> std::io::Result<crate::manifest::Tree> {
+    let mut tree = crate::manifest::scan(dir)?;
+    for name in excluded {
+        if matches!(tree.nodes.get(name), Some(crate::manifest::Node::File { .. })) {
+            tree.nodes.remove(name);
+        }
+    }
+    Ok(tree)
 }
 
 /// Tries to take `file`'s exclusive lock for up to `wait`; false if it stays held.

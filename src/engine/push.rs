@@ -2,7 +2,7 @@
 //! as it was and keeps what the failed run wrote.
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +61,42 @@ impl PushReport {
     }
 }
 
+/// Set in the environment of the commands a push runs (to the project root): a `dreamer push` they start is
+/// refused, since pushes do not nest.
+pub const RUNNING_PUSH: &str = "DREAMERD_RUNNING_PUSH";
+
+/// The argv of a stage as it runs for `project`: a relative program (`./node_modules/.bin/drizzle-kit`) is found
+/// the way npm finds it, up to a monorepo's root; drizzle-kit gets `--config` when it would not find the config by
+/// itself (another name, or another folder than where it runs).
+fn stage_argv(argv: &[String], project: &Project) -> Vec<String> {
+    let workdir = project.workdir();
+    let mut argv = argv.to_vec();
+    let program = Path::new(&argv[0]);
+    if program.is_relative()
+        && argv[0].contains('/')
+        && !workdir.join(program).exists()
+        && let Some(found) = workdir.ancestors().skip(1).map(|d| d.join(program)).find(|p| p.exists())
+    {
+        argv[0] = found.to_string_lossy().into_owned();
+    }
+    let runs_kit = argv.iter().any(|a| Path::new(a).file_name().is_some_and(|n| n == "drizzle-kit"));
+    if let Some(config) = &project.config
+        && runs_kit
+        && !argv.iter().any(|a| a == "--config" || a.starts_with("--config="))
+    {
+        let path = crate::project::layout::normalize(&project.root.join(config));
+        let found_by_kit = path.parent() == Some(workdir.as_path())
+            && crate::project::layout::FOUND_BY_DRIZZLE_KIT
+                .iter()
+                .find(|n| workdir.join(n).is_file())
+                .is_some_and(|n| path.file_name().is_some_and(|f| f == *n));
+        if !found_by_kit {
+            argv.push(format!("--config={}", crate::project::layout::relative(&path, &workdir)));
+        }
+    }
+    argv
+}
+
 /// What one drizzle-kit stage of a push works with.
 struct StageRun<'a> {
     lock: &'a super::ProjectLock,
@@ -94,6 +130,18 @@ impl Engine {
         };
         self.recover(project, sink)?;
         let drizzle = project.drizzle();
+        if project.unresolved() {
+            return Ok(precheck_failure(
+                "unresolved",
+                format!(
+                    "{} cannot be evaluated, so dreamerd does not know where the migrations are: {}",
+                    project.config.as_deref().unwrap_or("the drizzle config"),
+                    project.problem.as_deref().unwrap_or("unknown reason")
+                ),
+                "install the project's node packages (`npm install`, or `bun install`) so the config can run, and fix \
+                 what the message says; nothing was changed",
+            ));
+        }
         if let Err(e) = self.flush_pending(project, sink) {
             return Ok(PushReport::Failed(PushFailure {
                 ok: false,
@@ -108,7 +156,7 @@ impl Engine {
             }));
         }
         let baseline = self.baseline(project)?;
-        let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
+        let tree = self.scan_out(project)?;
 
         if let Some(base) = &baseline {
             let violations = manifest::diff(&base.files, &tree);
@@ -117,7 +165,8 @@ impl Engine {
                 return Ok(precheck_failure(
                     "drizzle-tampered",
                     format!(
-                        "drizzle/ was changed by hand since push {}: {}",
+                        "{} was changed by hand since push {}: {}",
+                        project.out_shown(),
                         base.id,
                         shown_paths(&paths, 5)
                     ),
@@ -127,10 +176,7 @@ impl Engine {
                 ));
             }
         }
-        let drift: Vec<Drift> = database::check(&project.root, self.config.database.url.as_deref())
-            .into_iter()
-            .filter(Drift::blocks_push)
-            .collect();
+        let drift: Vec<Drift> = self.drift(project).into_iter().filter(Drift::blocks_push).collect();
         if let Some(first) = drift.first() {
             let all: Vec<String> = drift.iter().map(|d| format!("[{}] {}", d.code, d.message)).collect();
             return Ok(precheck_failure(
@@ -191,12 +237,18 @@ impl Engine {
         let (record, archive) = match self.new_record(project, &project_id, baseline.as_ref())? {
             Err(unchanged) => {
                 self.clear_journal(project)?;
+                if let Err(e) = project.record_layout() {
+                    sink.progress(&format!("cannot record the layout in the project file: {e}"));
+                }
                 return Ok(unchanged);
             }
             Ok(r) => r,
         };
         let Err(e) = self.store.save(&record, &archive) else {
             self.clear_journal(project)?;
+            if let Err(e) = project.record_layout() {
+                sink.progress(&format!("cannot record the layout in the project file: {e}"));
+            }
             return Ok(PushReport::Ok {
                 ok: true,
                 push_id: record.id,
@@ -269,14 +321,26 @@ impl Engine {
         stage: &mut StageRun<'_>,
         judge: impl FnOnce(&RunOutput) -> Option<Diagnosis>,
     ) -> Result<Option<Diagnosis>> {
+        let argv = stage_argv(argv, project);
         sink.progress(&format!("running {}", argv.join(" ")));
         let timeout = Duration::from_secs(self.config.push.timeout_secs);
+        // The asking command's environment (never this process's), marked so that a nested push is refused.
+        let mut env = project.env.clone().unwrap_or_else(|| std::env::vars().collect());
+        env.insert(RUNNING_PUSH.into(), project.root.to_string_lossy().into_owned());
         let mut recorded = Ok(());
         let on_spawn = |pid: u32| {
             stage.journal.child = Some(pid as i32);
             recorded = self.write_journal(project, stage.journal);
         };
-        let ran = runner::run(argv, &project.root, timeout, sink, Some(stage.lock.fd()), on_spawn);
+        let ran = runner::run_with(
+            &argv,
+            &project.workdir(),
+            timeout,
+            sink,
+            Some(stage.lock.fd()),
+            Some(&env),
+            on_spawn,
+        );
         recorded?;
         Ok(match ran {
             Err(e) => Some(diagnosis::spawn_failed(name, &e)),
@@ -291,7 +355,7 @@ impl Engine {
     /// After generate: what it wrote must be a coherent drizzle/ (it exits 0 on errors, so check by content).
     fn judge_written(&self, project: &Project) -> Option<Diagnosis> {
         let drizzle = project.drizzle();
-        let tree = match manifest::scan(&drizzle) {
+        let tree = match self.scan_out(project) {
             Ok(t) => t,
             Err(e) => {
                 return Some(Diagnosis::new("unknown", format!("cannot read drizzle/: {e}"), "try again"));
@@ -323,7 +387,7 @@ impl Engine {
         if generic.code != "unknown" {
             return generic;
         }
-        let db = match database::locate(&project.root, self.config.database.url.as_deref()) {
+        let db = match self.database(project) {
             Ok(db) => db,
             Err(why) => {
                 return Diagnosis {
@@ -378,7 +442,7 @@ impl Engine {
         baseline: Option<&PushRecord>,
     ) -> Result<Result<(PushRecord, Vec<u8>), PushReport>> {
         let drizzle = project.drizzle();
-        let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
+        let tree = self.scan_out(project)?;
         let packed: Packed = archive::pack(&drizzle, &tree)?;
         let schema = project.schema_hash()?;
         if let Some(base) = baseline

@@ -74,7 +74,7 @@ impl Engine {
             }
         };
         let drizzle = project.drizzle();
-        let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
+        let tree = self.scan_out(project)?;
         let changes = manifest::diff(&record.files, &tree);
         let report = |quarantine, changes| RestoreReport {
             ok: true,
@@ -87,7 +87,7 @@ impl Engine {
         if dry_run {
             return Ok(report(None, changes));
         }
-        if holds_exactly(&drizzle, &record.files) {
+        if holds_exactly(&drizzle, &record.files, &project.not_migrations()) {
             return Ok(report(None, changes));
         }
         sink.progress(&format!("restoring drizzle/ to push {}", record.id));

@@ -49,6 +49,15 @@ pub struct SpawnError {
     pub error: io::Error,
 }
 
+/// The first executable `name` on a `PATH` value.
+pub fn find_on_path(name: &str, path: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
 /// Resolves argv[0]: a relative path with a `/` is taken relative to the project root, not our cwd.
 pub fn program_path(program: &str, root: &Path) -> PathBuf {
     let p = Path::new(program);
@@ -101,8 +110,32 @@ pub fn run(
     inherit: Option<BorrowedFd<'_>>,
     on_spawn: impl FnOnce(u32),
 ) -> Result<RunOutput, SpawnError> {
-    let program = program_path(&argv[0], root);
+    run_with(argv, root, timeout, sink, inherit, None, on_spawn)
+}
+
+/// [`run`] with exactly the environment `env` (the asking command's) instead of this process's.
+pub fn run_with(
+    argv: &[String],
+    root: &Path,
+    timeout: Duration,
+    sink: &dyn Sink,
+    inherit: Option<BorrowedFd<'_>>,
+    env: Option<&std::collections::BTreeMap<String, String>>,
+    on_spawn: impl FnOnce(u32),
+) -> Result<RunOutput, SpawnError> {
+    let mut program = program_path(&argv[0], root);
     let mut command = Command::new(&program);
+    if let Some(env) = env {
+        command.env_clear().envs(env);
+        // A bare program name is looked up on the asking command's PATH, not this process's.
+        if !argv[0].contains('/')
+            && let Some(found) = env.get("PATH").and_then(|path| find_on_path(&argv[0], path))
+        {
+            program = found;
+            command = Command::new(&program);
+            command.env_clear().envs(env);
+        }
+    }
     command
         .args(&argv[1..])
         .current_dir(root)

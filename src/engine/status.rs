@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Engine;
 use crate::drizzle::{Drift, database};
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::manifest::{self, Violation};
 use crate::project::Project;
 
@@ -18,6 +18,8 @@ pub enum ProjectState {
     Violated,
     NoBaseline,
     Busy,
+    /// The config cannot be evaluated and no layout was recorded: nothing can be guarded (`reason` says why).
+    Unresolved,
 }
 
 /// The last successful push, briefly.
@@ -41,6 +43,31 @@ pub struct ProjectStatus {
     /// An operation a crash interrupted, not finished yet (an addition to the contract).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interrupted>,
+    /// The drizzle config in use, relative to the root (absent for a project without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// The migration folder, relative to the root.
+    #[serde(default)]
+    pub out: String,
+    /// The schema as the config names it.
+    #[serde(default)]
+    pub schema: Vec<String>,
+    #[serde(default)]
+    pub dialect: String,
+    /// How the layout was found: `evaluated`, `static` (a JSON config) or `recorded` (the config could not be
+    /// evaluated here; the layout of the last push is used, and `reason` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<crate::project::Source>,
+    /// Why the project is `unresolved`, or why its recorded layout is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Whether the database was compared with the migration folder, and why not.
+    #[serde(default = "unchecked")]
+    pub database: crate::drizzle::database::Checked,
+}
+
+fn unchecked() -> crate::drizzle::database::Checked {
+    crate::drizzle::database::Checked::no("unknown")
 }
 
 /// A push or restore that a crash interrupted: the next push or restore (or the daemon at its start) finishes it,
@@ -103,17 +130,29 @@ impl Engine {
             last_push,
             drift: Vec::new(),
             interrupted: None,
+            config: project.config.clone(),
+            out: project.layout.out.clone(),
+            schema: project.layout.schema.clone(),
+            dialect: project.layout.dialect.clone(),
+            layout: project.source,
+            reason: project.problem.clone(),
+            database: database::Checked::no("not compared"),
         };
+        if project.unresolved() {
+            status.state = ProjectState::Unresolved;
+            status.schema_pending = false;
+            status.database = database::Checked::no("the config could not be evaluated");
+            return Ok(status);
+        }
         if self.is_busy(project) {
             status.state = ProjectState::Busy;
             status.schema_pending = false;
             return Ok(status);
         }
         status.interrupted = self.interrupted(project);
-        status.drift = database::check(&project.root, self.config.database.url.as_deref());
+        (status.drift, status.database) = database::check(&project.drizzle(), self.database(project));
         if let Some(base) = baseline {
-            let drizzle = project.drizzle();
-            let tree = manifest::scan(&drizzle).ctx("read", &drizzle)?;
+            let tree = self.scan_out(project)?;
             status.violations = manifest::diff(&base.files, &tree);
             status.schema_pending = schema != base.schema_blake3;
             status.state =

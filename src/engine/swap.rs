@@ -266,7 +266,11 @@ impl Engine {
         };
         match &journal.target {
             Some(files) => {
-                if holds_exactly(&new, files) && !holds_exactly(&drizzle, files) {
+                let keep = project.not_migrations();
+                if holds_exactly(&new, files, &keep) && !holds_exactly(&drizzle, files, &keep) {
+                    // What is not a migration (a schema file kept in the folder) goes across with the swap.
+                    carry_across(&drizzle, &new, &keep)
+                        .map_err(|e| failed("carry the schema files across", e))?;
                     if fsutil::exists_nofollow(&drizzle) {
                         if !fsutil::exchange(&drizzle, &new).map_err(|e| failed("swap in the new tree", e))? {
                             fs::rename(&drizzle, staging.join("old"))
@@ -306,7 +310,7 @@ impl Engine {
         let mut quarantine = quarantine.map(Path::to_path_buf);
         for entry in entries {
             let path = entry.ctx("read", &staging)?.path();
-            if target.is_some_and(|files| holds_exactly(&path, files)) {
+            if target.is_some_and(|files| holds_exactly(&path, files, &project.not_migrations())) {
                 fsutil::remove_any(&path).ctx("remove", &path)?;
                 continue;
             }
@@ -457,7 +461,7 @@ impl Engine {
     /// The database is opened so that SQLite first rolls back a transaction the crash interrupted, as the app's next
     /// open would; dreamerd itself writes nothing.
     fn migrate_applied(&self, project: &Project) -> Option<bool> {
-        let db = crate::drizzle::database::locate(&project.root, self.config.database.url.as_deref()).ok()?;
+        let db = self.database(project).ok()?;
         let folder = safefs::Folder::open(&project.drizzle()).ok()??;
         let entries = crate::drizzle::journal::read_in(&folder).ok()?.unwrap_or_default();
         let applied = crate::drizzle::database::applied_after_crash(&db).ok()?.unwrap_or_default();
@@ -476,7 +480,7 @@ impl Engine {
         if !journal.before_existed {
             return self.install(project, None, quarantine, journal);
         }
-        if holds_exactly(&project.drizzle(), &before) {
+        if holds_exactly(&project.drizzle(), &before, &project.not_migrations()) {
             return self.clear_journal(project);
         }
         let bytes = self.read_snapshot(project)?;
@@ -484,9 +488,24 @@ impl Engine {
     }
 }
 
-/// True if `dir` is a directory holding exactly these regular files and nothing else but directories.
-pub(crate) fn holds_exactly(dir: &Path, files: &[FileEntry]) -> bool {
-    match manifest::scan(dir) {
+/// Moves the files at `names` (relative paths) from `from` into `to`, where `to` lacks them.
+fn carry_across(from: &Path, to: &Path, names: &[String]) -> std::io::Result<()> {
+    for name in names {
+        let (src, dest) = (from.join(name), to.join(name));
+        if safefs::is_regular_file(&src) && !fsutil::exists_nofollow(&dest) {
+            if let Some(parent) = dest.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(&src, &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// True if `dir` is a directory holding exactly these regular files (besides those at `keep`, which are not
+/// migrations) and nothing else but directories.
+pub(crate) fn holds_exactly(dir: &Path, files: &[FileEntry], keep: &[String]) -> bool {
+    match super::scan_excluding(dir, keep) {
         Ok(tree) => {
             tree.exists
                 && !tree.nodes.contains_key(".")
@@ -534,7 +553,7 @@ mod tests {
             runtime: None,
         };
         let engine = Engine::new(Config::default(), dirs).unwrap();
-        let project = Project { root: tmp.path().join("proj") };
+        let project = Project::legacy(&tmp.path().join("proj"));
         write(&project.drizzle(), &[("0000_a.sql", "old"), ("mine.sql", "hand edit")]);
         let target_dir = tmp.path().join("target");
         write(&target_dir, &[("0000_a.sql", "new"), ("meta/_journal.json", "{}")]);
@@ -558,7 +577,7 @@ mod tests {
 
     fn assert_completed(f: &Fixture) {
         f.engine.recover(&f.project, &NullSink).unwrap();
-        assert!(holds_exactly(&f.project.drizzle(), &f.target.files), "the new tree is in place");
+        assert!(holds_exactly(&f.project.drizzle(), &f.target.files, &[]), "the new tree is in place");
         let kept = f.quarantine.join("drizzle");
         assert_eq!(fs::read_to_string(kept.join("mine.sql")).unwrap(), "hand edit", "the old tree is kept");
         assert_eq!(fs::read_to_string(kept.join("0000_a.sql")).unwrap(), "old");

@@ -44,7 +44,7 @@ impl World {
         let root = tmp.path().join("proj");
         fs::create_dir_all(root.join("src")).unwrap();
         fs::write(root.join("src/schema.ts"), "export const x = 1;\n").unwrap();
-        fs::write(root.join("drizzle.config.ts"), "export default {};\n").unwrap();
+        fs::write(root.join("drizzle.config.json"), CONFIG_JSON).unwrap();
         let root = fs::canonicalize(root).unwrap();
         let run = tmp.path().join("xdg/run");
         fs::create_dir_all(&run).unwrap();
@@ -129,6 +129,18 @@ impl World {
         let mut all: Vec<&str> = args.to_vec();
         all.push("--json");
         let run = self.run(bin, &all);
+        let value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {run:?}"));
+        (run.code, value)
+    }
+
+    /// Runs with `--json` in `dir` (instead of the project root) and parses stdout.
+    pub fn json_in(&self, dir: &Path, bin: &str, args: &[&str]) -> (i32, Value) {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let mut cmd = self.cmd(bin, &all);
+        cmd.current_dir(dir);
+        let run = Run::from(cmd.output().unwrap());
         let value = serde_json::from_str(&run.stdout)
             .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {run:?}"));
         (run.code, value)
@@ -237,6 +249,11 @@ impl Drop for World {
         }
     }
 }
+
+/// The config of a project without drizzle-kit (stand-ins run instead): read as it is, no runtime needed.
+pub const CONFIG_JSON: &str = r#"{"dialect": "sqlite", "schema": "./src/schema.ts", "out": "./drizzle"}"#;
+/// The same with a local SQLite database.
+pub const CONFIG_JSON_DB: &str = r#"{"dialect": "sqlite", "schema": "./src/schema.ts", "out": "./drizzle", "dbCredentials": {"url": "./local.db"}}"#;
 
 /// A generate stand-in that writes one new migration per run, like drizzle-kit does.
 pub const GENERATE: &str = r#"
