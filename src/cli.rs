@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::daemon;
 use crate::dirs::Dirs;
 use crate::engine::{Engine, ProjectState, ProjectStatus, PruneReport, PushReport, RestoreReport};
@@ -35,6 +35,9 @@ pub struct Global {
     /// Never start a daemon; fail with exit 3 if none runs.
     #[arg(long, global = true)]
     pub no_spawn: bool,
+    /// Say which files the settings came from (on stderr).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     /// The drizzle config to use (default: the project root's drizzle.config.*, or the default the project file
     /// names). Several configs in one repository are several guarded projects.
     #[arg(long, global = true, value_name = "PATH")]
@@ -237,27 +240,46 @@ fn engine(global: &Global) -> Result<(Engine, Option<PathBuf>)> {
     Ok((Engine::new(config, dirs)?, file.map(|f| std::path::absolute(&f).unwrap_or(f))))
 }
 
-/// Validates the configuration (so a broken file is exit 2 even while a daemon runs) and connects.
-fn client(global: &Global) -> Result<Client> {
+/// The engine of an in-process operation on `project`: this command's settings layered with the project file's.
+fn project_engine(global: &Global, project: &Project) -> Result<Engine> {
     let dirs = Dirs::from_env()?;
-    let (_, file) = Config::load(global.config.as_deref(), &dirs)?;
-    let file = file.map(|f| std::path::absolute(&f).unwrap_or(f));
+    let settings = Settings::load(global.config.as_deref(), &dirs)?;
+    let engine = Engine::for_project(&settings, project, dirs)?;
+    verbose_sources(global, &engine.sources);
+    Ok(engine)
+}
+
+/// With `-v`: the files the settings came from.
+fn verbose_sources(global: &Global, sources: &[PathBuf]) {
+    if global.verbose {
+        let shown: Vec<String> = sources.iter().map(|p| p.display().to_string()).collect();
+        let shown = if shown.is_empty() { "the built-in defaults".to_string() } else { shown.join(", ") };
+        err_line(&format!("dreamerd: settings from {shown}"));
+    }
+}
+
+/// Checks the configuration (so a broken file is exit 2 even while a daemon runs) and connects. The settings go
+/// with each request; only the daemon-only keys of an explicit file cannot apply, and that is said.
+fn client(global: &Global) -> Result<(Client, Settings)> {
+    let dirs = Dirs::from_env()?;
+    let settings = Settings::load(global.config.as_deref(), &dirs)?;
+    let file = settings.file.as_ref().map(|l| l.origin.clone());
     let spawn_with = file.clone().or_else(|| global.config.clone());
     let client = Client::connect(&dirs, spawn_with.as_deref(), global.no_spawn)?;
+    let daemon_only = settings.daemon_only_keys();
     if let Some(Reply::Hello { config, pid, .. }) = &client.hello
         && *config != file
+        && settings.explicit
+        && !daemon_only.is_empty()
     {
-        let shown = |c: &Option<PathBuf>| {
-            c.as_ref().map_or("the built-in defaults".to_string(), |p| p.display().to_string())
-        };
         err_line(&format!(
-            "dreamerd: warning: the running daemon (pid {pid}) uses {}, not {}; run `dreamerd stop` to restart it \
-             with yours",
-            shown(config),
-            shown(&file)
+            "dreamerd: warning: {} of {} apply only to a daemon started with it; the running daemon (pid {pid}) was \
+             not: run `dreamerd stop`, and the next command starts one with it",
+            daemon_only.join(", "),
+            file.as_ref().map(|f| f.display().to_string()).unwrap_or_default()
         ));
     }
-    Ok(client)
+    Ok((client, settings))
 }
 
 /// Sends one request and waits for its result, streaming operation output to stderr meanwhile.
@@ -273,13 +295,27 @@ fn call(global: &Global, request: Request) -> Result<(i32, serde_json::Value)> {
 /// Sends a request about a project with its config and this command's environment (drizzle-kit and the config
 /// run with it in the daemon).
 fn call_for(global: &Global, request: Request, config: Option<String>) -> Result<(i32, serde_json::Value)> {
-    let mut client = client(global)?;
-    client.send_with(request, config, Some(std::env::vars().collect()))?;
-    client.finish(|reply| match reply {
-        Reply::Output { line, .. } => err_line(&format!("  {line}")),
-        Reply::Progress { message } => err_line(&format!("dreamerd: {message}")),
-        _ => {}
-    })
+    let (mut client, settings) = client(global)?;
+    client.send_with(request, config, Some(std::env::vars().collect()), Some(settings))?;
+    let verbose = global.verbose;
+    client
+        .finish(|reply| match reply {
+            Reply::Output { line, .. } => err_line(&format!("  {line}")),
+            Reply::Progress { message } => err_line(&format!("dreamerd: {message}")),
+            _ => {}
+        })
+        .inspect(|(_, data)| {
+            if verbose {
+                let sources: Vec<PathBuf> = data["settings"]
+                    .as_array()
+                    .or_else(|| data["projects"][0]["settings"].as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(PathBuf::from))
+                    .collect();
+                verbose_sources(global, &sources);
+            }
+        })
 }
 
 fn typed<T: serde::de::DeserializeOwned>(data: &serde_json::Value) -> Result<T> {
@@ -320,7 +356,8 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             logging::init("info", log);
             let (engine, file) = loaded?;
             let dirs = engine.dirs.clone();
-            daemon::run(engine, dirs, file)?;
+            let settings = Settings::load(global.config.as_deref(), &dirs)?;
+            daemon::run(engine, dirs, file, settings)?;
             Ok(0)
         }
         Action::Prune(dry_run) => {
@@ -330,8 +367,8 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             Ok(0)
         }
         Action::Check(dir) => {
-            let (engine, _) = engine(global)?;
             let project = Project::discover_with(dir.as_deref(), global.drizzle_config.as_deref())?;
+            let engine = project_engine(global, &project)?;
             let status = engine.status(&project)?;
             emit(global, &status, || human_status(&status));
             Ok(match status.state {
@@ -412,7 +449,7 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             Ok(exit)
         }
         Action::Events(follow) => {
-            let mut client = client(global)?;
+            let (mut client, _) = client(global)?;
             client.send(Request::Events { follow })?;
             let json = global.json;
             let (exit, _) = client.finish(|reply| {

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dirs::Dirs;
 use crate::error::{Error, Result};
@@ -188,6 +188,97 @@ impl Config {
     }
 }
 
+/// One source of settings: TOML text and the file it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Layer {
+    pub origin: PathBuf,
+    pub text: String,
+}
+
+/// The configuration file a command found: its text, and whether it was named explicitly (`--config`,
+/// `DREAMERD_CONFIG`), which makes it win over the project file for the keys it sets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct Settings {
+    pub file: Option<Layer>,
+    pub explicit: bool,
+}
+
+/// Keys only the daemon applies, when it starts.
+pub const DAEMON_ONLY: &[&str] = &["watch", "notify", "log", "retention"];
+
+impl Settings {
+    /// The configuration file named by `--config` (`explicit`), else `DREAMERD_CONFIG`, else the XDG file if it
+    /// exists; `None` inside when there is none. The file is checked as it is loaded.
+    pub fn load(explicit: Option<&Path>, dirs: &Dirs) -> Result<Settings> {
+        let named = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("DREAMERD_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
+        let is_explicit = named.is_some();
+        let path = match named {
+            Some(p) => std::path::absolute(&p).unwrap_or(p),
+            None if dirs.config_file.exists() => dirs.config_file.clone(),
+            None => return Ok(Settings::default()),
+        };
+        let read = crate::safefs::read_file(&path, 1 << 20, true).and_then(|bytes| {
+            let bytes = bytes.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+            String::from_utf8(bytes)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+        });
+        let text = read.map_err(|e| Error::Config {
+            message: format!("cannot read the configuration file {}: {e}", path.display()),
+        })?;
+        Config::parse(&text, &path)?;
+        Ok(Settings { file: Some(Layer { origin: path, text }), explicit: is_explicit })
+    }
+
+    /// The keys of daemon-only tables the file sets (`watch.debounce_ms`...).
+    pub fn daemon_only_keys(&self) -> Vec<String> {
+        let Some(file) = &self.file else { return Vec::new() };
+        let table: toml::Table = toml::from_str(&file.text).unwrap_or_default();
+        DAEMON_ONLY
+            .iter()
+            .filter_map(|t| table.get(*t).and_then(|v| v.as_table()).map(|keys| (t, keys)))
+            .flat_map(|(t, keys)| keys.keys().map(move |k| format!("{t}.{k}")))
+            .collect()
+    }
+}
+
+impl Config {
+    /// The configuration of one operation: the defaults, then the user's file, then the project file's settings,
+    /// then an explicit file (`--config`), each key of a later layer winning. Returns it with the files used.
+    pub fn layered(settings: &Settings, project: Option<&Layer>) -> Result<(Config, Vec<PathBuf>)> {
+        let mut layers: Vec<&Layer> = Vec::new();
+        if !settings.explicit {
+            layers.extend(settings.file.as_ref());
+        }
+        layers.extend(project);
+        if settings.explicit {
+            layers.extend(settings.file.as_ref());
+        }
+        let mut merged = toml::Table::new();
+        for layer in &layers {
+            Config::parse(&layer.text, &layer.origin)?;
+            let table: toml::Table = toml::from_str(&layer.text).expect("parsed just above");
+            deep_merge(&mut merged, table);
+        }
+        let text = toml::to_string(&merged).expect("a table serialises");
+        let config = Config::parse(&text, Path::new("the merged configuration"))?;
+        Ok((config, layers.iter().map(|l| l.origin.clone()).collect()))
+    }
+}
+
+/// Merges `from` into `into`, tables key by key, anything else replaced.
+fn deep_merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => deep_merge(a, b),
+            (_, v) => {
+                into.insert(key, v);
+            }
+        }
+    }
+}
+
 /// A parsed `store.url`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreLocation {
@@ -292,6 +383,24 @@ mod tests {
         let err = Config::parse("[push]\ngenerate = []\n", Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("push.generate"));
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn layers_win_in_order_and_an_explicit_file_wins_over_the_project() {
+        let user = Layer {
+            origin: "/u.toml".into(),
+            text: "[push]\ntimeout_secs = 7\n[watch]\ndebounce_ms = 5\n".into(),
+        };
+        let project = Layer { origin: "/p/.dreamerd.toml".into(), text: "[push]\ntimeout_secs = 9\n".into() };
+        let implicit = Settings { file: Some(user.clone()), explicit: false };
+        let (c, used) = Config::layered(&implicit, Some(&project)).unwrap();
+        assert_eq!(c.push.timeout_secs, 9, "the project file wins over the user's file");
+        assert_eq!(c.watch.debounce_ms, 5);
+        assert_eq!(used.len(), 2);
+        let explicit = Settings { file: Some(user), explicit: true };
+        let (c, _) = Config::layered(&explicit, Some(&project)).unwrap();
+        assert_eq!(c.push.timeout_secs, 7, "--config wins for the keys it sets");
+        assert_eq!(explicit.daemon_only_keys(), ["watch.debounce_ms"]);
     }
 
     #[test]

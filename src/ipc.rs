@@ -43,6 +43,9 @@ pub struct Envelope {
     /// The environment of the command: drizzle-kit and the config run with it. Never logged or persisted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<crate::project::Env>,
+    /// The command's configuration file (its text), layered over the project file's settings for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<crate::config::Settings>,
 }
 
 /// What the client asks. Directories are project roots the client already resolved (absolute).
@@ -255,7 +258,7 @@ impl Client {
 
     /// Sends the request, with no config and no environment.
     pub fn send(&mut self, request: Request) -> Result<()> {
-        self.send_with(request, None, None)
+        self.send_with(request, None, None, None)
     }
 
     /// Sends the request with the command's drizzle config and environment.
@@ -264,8 +267,9 @@ impl Client {
         request: Request,
         drizzle_config: Option<String>,
         env: Option<crate::project::Env>,
+        settings: Option<crate::config::Settings>,
     ) -> Result<()> {
-        let envelope = Envelope { protocol: PROTOCOL, request, drizzle_config, env };
+        let envelope = Envelope { protocol: PROTOCOL, request, drizzle_config, env, settings };
         let mut line = serde_json::to_string(&envelope).expect("serialises");
         line.push('\n');
         let stream = self.reader.get_mut();

@@ -249,3 +249,114 @@ fn a_push_started_by_a_push_is_refused() {
         .collect::<String>();
     assert!(log.contains("pushes do not nest"), "{log}");
 }
+
+#[test]
+fn a_config_that_imports_a_helper_and_reads_dotenv() {
+    let w = project(
+        "drizzle.config.ts",
+        "import 'dotenv/config';\nimport { defineConfig } from 'drizzle-kit';\nimport { folders } from './config/paths';\n\n\
+         export default defineConfig({\n  dialect: 'sqlite',\n  schema: folders.schema,\n  out: folders.out,\n  \
+         dbCredentials: { url: process.env.DATABASE_URL! },\n});\n",
+        &[
+            (
+                "config/paths.ts",
+                "export const folders = { schema: './lib/db/schema.ts', out: './lib/db/migrations' };\n",
+            ),
+            ("lib/db/schema.ts", USERS),
+            (".env", "DATABASE_URL=./from-dotenv.db\n"),
+        ],
+        "",
+    );
+    guarded(&w, &[], "lib/db/migrations", "lib/db/schema.ts");
+    assert!(w.path("from-dotenv.db").is_file(), "the database .env names was migrated");
+    // The helper is an input of the config: moving the migration folder there is seen.
+    w.write(
+        "config/paths.ts",
+        "export const folders = { schema: './lib/db/schema.ts', out: './lib/db/other' };\n",
+    );
+    let (_, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(v["out"], "lib/db/other", "{v}");
+}
+
+#[test]
+fn two_configs_in_one_repository_are_two_projects() {
+    let w = project(
+        "configs/one.config.ts",
+        &config("./migrations/one", "'./src/schema.ts'", "'./one.db'"),
+        &[("src/schema.ts", USERS), ("src/posts.ts", POSTS)],
+        "",
+    );
+    w.write("configs/two.config.ts", &config("./migrations/two", "'./src/posts.ts'", "'./two.db'"));
+    let one = ["--drizzle-config", "configs/one.config.ts"];
+    let two = ["--drizzle-config", "configs/two.config.ts"];
+    json_ok(&w, "dreamer", &["push", one[0], one[1]]);
+    json_ok(&w, "dreamer", &["push", two[0], two[1]]);
+    let file = w.read(".dreamerd.toml");
+    assert!(file.contains("default = \"configs/one.config.ts\""), "{file}");
+    assert!(file.contains("[configs.\"configs/two.config.ts\"]"), "{file}");
+    // Each has its own baseline: an edit in one folder is a violation of that project only.
+    w.write("migrations/two/by-hand.sql", "x");
+    let (code, v) = w.json("dreamerd", &["check", two[0], two[1]]);
+    assert_eq!(code, 1, "{v}");
+    let (code, v) = w.json("dreamerd", &["check", one[0], one[1]]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "without the flag, the default: {v}");
+    assert_eq!(v["config"], "configs/one.config.ts");
+    let (_, h1) = w.json("dreamerd", &["history", one[0], one[1]]);
+    let (_, h2) = w.json("dreamerd", &["history", two[0], two[1]]);
+    assert_ne!(h1["pushes"][0]["id"], h2["pushes"][0]["id"]);
+    assert_eq!(h1["pushes"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_postgresql_project_is_guarded_and_says_its_database_was_not_compared() {
+    let w = project(
+        "drizzle.config.ts",
+        "import { defineConfig } from 'drizzle-kit';\nexport default defineConfig({ dialect: 'postgresql', \
+         schema: './src/schema.ts', out: './drizzle', dbCredentials: { url: process.env.DATABASE_URL! } });\n",
+        &[("src/schema.ts", USERS)],
+        "",
+    );
+    w.set_env("DATABASE_URL", "postgres://app:s3cret-pw@127.0.0.1:1/app");
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["dialect"], "postgresql");
+    assert_eq!(v["database"]["checked"], false);
+    assert!(v["database"]["reason"].as_str().unwrap().contains("postgresql: not supported yet"), "{v}");
+    assert!(!v.to_string().contains("s3cret-pw"), "the password is nowhere: {v}");
+}
+
+#[test]
+fn settings_come_from_the_project_file_and_an_explicit_config_wins() {
+    let w = project(
+        "drizzle.config.ts",
+        &config("./drizzle", "'./src/schema.ts'", "'./local.db'"),
+        &[("src/schema.ts", USERS)],
+        "",
+    );
+    let kit = "./node_modules/.bin/drizzle-kit";
+    w.write("team-gen.sh", &format!("echo team >> ran.txt\nexec {kit} generate\n"));
+    w.write("mine-gen.sh", &format!("echo mine >> ran.txt\nexec {kit} generate\n"));
+    // The project's own generate command, committed in the project file.
+    w.write(".dreamerd.toml", "format = 2\n[push]\ngenerate = [\"/bin/sh\", \"./team-gen.sh\"]\n");
+    json_ok(&w, "dreamer", &["push"]);
+    assert_eq!(w.read("ran.txt"), "team\n");
+    // An explicit --config wins over it, for this command only (the daemon is already running).
+    fs::write(w.tmp.path().join("mine.toml"), "[push]\ngenerate = [\"/bin/sh\", \"./mine-gen.sh\"]\n")
+        .unwrap();
+    let mine = w.tmp.path().join("mine.toml");
+    let schema = w.read("src/schema.ts").replace("notNull(),\n});", "notNull(),\n  bio: text('bio'),\n});");
+    w.write("src/schema.ts", &schema);
+    let v = json_ok(&w, "dreamer", &["--config", mine.to_str().unwrap(), "push"]);
+    assert!(v["settings"].as_array().unwrap().iter().any(|s| s.as_str() == mine.to_str()), "{v}");
+    assert_eq!(w.read("ran.txt"), "team\nmine\n");
+    // A committed file may not point the store at a local path.
+    w.write(
+        ".dreamerd.toml",
+        &format!("{}[store]\nurl = \"file:///tmp/elsewhere\"\n", w.read(".dreamerd.toml")),
+    );
+    let run = w.run("dreamerd", &["check"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("store.url"), "{}", run.stderr);
+}

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::alerts::Desktop;
+use crate::config::Settings;
 use crate::dirs::Dirs;
 use crate::engine::{Engine, ProjectStatus, rfc3339};
 use crate::error::{Error, IoContext, Result};
@@ -84,11 +85,13 @@ pub struct WatchInfo {
     pub warnings: Vec<String>,
 }
 
-/// What the last command for a project carried: the config it named and its environment (in memory only).
+/// What the last command for a project carried: the config it named, its environment and its settings (in memory
+/// only).
 #[derive(Clone, Default)]
 pub(crate) struct Context {
     pub config: Option<String>,
     pub env: Option<crate::project::Env>,
+    pub settings: Option<Settings>,
 }
 
 /// A project to resolve on a blocking thread: root, config, and the environment to evaluate it with.
@@ -126,6 +129,8 @@ pub(crate) struct Daemon {
     dirs: Dirs,
     /// The configuration file read at start, told to clients so they can warn when theirs differs.
     config_file: Option<PathBuf>,
+    /// The settings read at start: what work the daemon does by itself uses, until a command carries its own.
+    settings: Settings,
     state: Mutex<State>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     events: broadcast::Sender<serde_json::Value>,
@@ -222,15 +227,20 @@ fn first_format() -> u32 {
 }
 
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or `dreamerd stop`.
-pub fn run(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> Result<()> {
+pub fn run(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>, settings: Settings) -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
             Error::failed(format!("cannot start the async runtime: {e}"), "check system limits")
         })?;
-    runtime.block_on(main_loop(engine, dirs, config_file))
+    runtime.block_on(main_loop(engine, dirs, config_file, settings))
 }
 
-async fn main_loop(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> Result<()> {
+async fn main_loop(
+    engine: Engine,
+    dirs: Dirs,
+    config_file: Option<PathBuf>,
+    settings: Settings,
+) -> Result<()> {
     let runtime_dir = ipc::runtime_dir(&dirs);
     ipc::secure_runtime_dir(&runtime_dir)?;
     let pid_lock = PidLock::acquire(&runtime_dir)?;
@@ -248,6 +258,7 @@ async fn main_loop(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>) -> 
         engine,
         dirs,
         config_file,
+        settings,
         state: Mutex::new(State::default()),
         watcher: Mutex::new(None),
         events: broadcast::channel(1024).0,
@@ -475,7 +486,11 @@ impl Daemon {
     async fn recover_project(self: &Arc<Self>, root: &Path) {
         let this = self.clone();
         let spec = self.spec(root);
-        match self.run_op(root, move || this.engine.recover_now(&spec.resolve()?, &LogSink)).await {
+        let op = move || {
+            let project = spec.resolve()?;
+            this.engine_for(&spec, &project)?.recover_now(&project, &LogSink)
+        };
+        match self.run_op(root, op).await {
             Ok(true) => {
                 tracing::info!(project = %root.display(), "finished what an interrupted operation left")
             }
@@ -522,6 +537,13 @@ impl Daemon {
         Spec { root: root.to_path_buf(), context }
     }
 
+    /// The engine of an operation on `project`: the settings the last command carried (else the daemon's own),
+    /// layered with the project file's.
+    pub(crate) fn engine_for(&self, spec: &Spec, project: &Project) -> Result<Engine> {
+        let settings = spec.context.settings.as_ref().unwrap_or(&self.settings);
+        Engine::for_project(settings, project, self.dirs.clone())
+    }
+
     /// Keeps what a command carried for a project. A command without an environment (an older client) keeps the
     /// one known.
     pub(crate) fn remember(&self, root: &Path, context: Context) {
@@ -532,6 +554,9 @@ impl Daemon {
         }
         if context.env.is_some() {
             known.env = context.env;
+        }
+        if context.settings.is_some() {
+            known.settings = context.settings;
         }
     }
 

@@ -140,9 +140,10 @@ impl Daemon {
             }
         };
         let (request, context) = match request {
-            Ok(env) if env.protocol == ipc::PROTOCOL => {
-                (env.request, super::Context { config: env.drizzle_config, env: env.env })
-            }
+            Ok(env) if env.protocol == ipc::PROTOCOL => (
+                env.request,
+                super::Context { config: env.drizzle_config, env: env.env, settings: env.settings },
+            ),
             Ok(env) => {
                 let e = Error::Usage(format!(
                     "protocol {} is not spoken here; this daemon speaks protocol {}",
@@ -250,8 +251,9 @@ impl Daemon {
                 let spec = self.spec(&dir);
                 tokio::task::spawn_blocking(move || -> Result<(i32, Value)> {
                     let project = spec.resolve()?;
-                    let history = match this.engine.project_id(&project)? {
-                        Some(id) => this.engine.store.history(&id)?,
+                    let engine = this.engine_for(&spec, &project)?;
+                    let history = match engine.project_id(&project)? {
+                        Some(id) => engine.store.history(&id)?,
                         None => Vec::new(),
                     };
                     let pushes: Vec<Value> = history
@@ -267,7 +269,11 @@ impl Daemon {
                 let this = self.clone();
                 let sink = ChannelSink::new(tx.clone());
                 let spec = self.spec(&dir);
-                let report = self.run_op(&dir, move || this.engine.push(&spec.resolve()?, &sink)).await;
+                let op = move || {
+                    let project = spec.resolve()?;
+                    this.engine_for(&spec, &project)?.push(&project, &sink)
+                };
+                let report = self.run_op(&dir, op).await;
                 if let Ok(r) = &report {
                     let event = match r {
                         PushReport::Ok { push_id, files, unchanged, .. } => {

@@ -347,7 +347,7 @@ impl Daemon {
             this.note_presence(&spec.root);
             let project = spec.resolve()?;
             this.ensure_watches(&project);
-            this.engine.status(&project)
+            this.engine_for(&spec, &project)?.status(&project)
         })
         .await;
         let status = match scanned {

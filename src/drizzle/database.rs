@@ -272,15 +272,15 @@ pub fn drift(drizzle: Option<&Folder>, entries: &[Entry], applied: &[Applied]) -
 /// Journal faults of the migration folder `drizzle`, plus its drift against the database (`Err` says why there is
 /// none to compare with); and whether the database was compared at all.
 pub fn check(drizzle: &Path, db: Result<Target, String>) -> (Vec<Drift>, Checked) {
+    // A missing folder has no faults, and applied nothing: whatever the database applied is missing from it.
     let folder = match Folder::open(drizzle) {
-        Ok(Some(f)) => f,
-        // Reported as a violation of the folder itself.
-        Ok(None) | Err(_) => return (Vec::new(), Checked::no("the migration folder cannot be read")),
+        Ok(f) => f,
+        // Something else in its place is reported as a violation of the folder itself.
+        Err(_) => return (Vec::new(), Checked::no("the migration folder cannot be read")),
     };
-    let mut out = journal::faults_in(&folder);
-    let entries = match journal::read_in(&folder) {
-        Ok(Some(e)) => e,
-        Ok(None) => Vec::new(),
+    let mut out = folder.as_ref().map(journal::faults_in).unwrap_or_default();
+    let entries = match folder.as_ref().map(journal::read_in).transpose() {
+        Ok(e) => e.flatten().unwrap_or_default(),
         Err(_) => return (out, Checked::no("the journal cannot be read")), // already reported
     };
     let db = match db {
@@ -294,7 +294,7 @@ pub fn check(drizzle: &Path, db: Result<Target, String>) -> (Vec<Drift>, Checked
     });
     let checked = match rows {
         Ok(Some(rows)) => {
-            out.extend(drift(Some(&folder), &entries, &rows));
+            out.extend(drift(folder.as_ref(), &entries, &rows));
             Checked::yes()
         }
         // No database yet: the first migrate creates it.

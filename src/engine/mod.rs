@@ -72,6 +72,8 @@ pub struct Engine {
     pub config: Config,
     pub dirs: Dirs,
     pub store: Store,
+    /// The files the configuration was layered from, for `--json` and `-v`.
+    pub sources: Vec<PathBuf>,
     /// Set once the state directory's format was checked (and its marker written) by this engine.
     state_ready: OnceLock<()>,
 }
@@ -98,7 +100,15 @@ impl Engine {
     /// An engine over a loaded configuration.
     pub fn new(config: Config, dirs: Dirs) -> Result<Engine> {
         let store = Store::open(&config.store_location(&dirs))?;
-        Ok(Engine { config, dirs, store, state_ready: OnceLock::new() })
+        Ok(Engine { config, dirs, store, sources: Vec::new(), state_ready: OnceLock::new() })
+    }
+
+    /// The engine of one operation on `project`: the user's settings, the project file's, an explicit file's.
+    pub fn for_project(settings: &crate::config::Settings, project: &Project, dirs: Dirs) -> Result<Engine> {
+        let (config, sources) = Config::layered(settings, project.settings()?.as_ref())?;
+        let mut engine = Engine::new(config, dirs)?;
+        engine.sources = sources;
+        Ok(engine)
     }
 
     /// The format of the state directory: the marker's, 1 for a directory dreamerd 0.1.0 wrote, `None` when there is

@@ -39,6 +39,9 @@ pub enum PushReport {
         files: usize,
         /// True when drizzle/ and the schema were already exactly the last push: no new backup was made.
         unchanged: bool,
+        /// The configuration files the settings came from.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        settings: Vec<PathBuf>,
     },
     Failed(PushFailure),
 }
@@ -53,6 +56,9 @@ pub struct PushFailure {
     pub rolled_back: bool,
     /// Where what the failed run wrote (and its output) was kept.
     pub quarantine: Option<PathBuf>,
+    /// The configuration files the settings came from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<PathBuf>,
 }
 
 impl PushReport {
@@ -111,12 +117,22 @@ fn precheck_failure(code: &str, message: String, hint: &str) -> PushReport {
         diagnosis: Diagnosis::new(code, message, hint),
         rolled_back: true,
         quarantine: None,
+        settings: Vec::new(),
     })
 }
 
 impl Engine {
     /// Runs a whole push on `project`.
     pub fn push(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
+        let mut report = self.push_locked(project, sink)?;
+        match &mut report {
+            PushReport::Ok { settings, .. } => settings.clone_from(&self.sources),
+            PushReport::Failed(f) => f.settings.clone_from(&self.sources),
+        }
+        Ok(report)
+    }
+
+    fn push_locked(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
         let _lock = match self.lock(project) {
             Ok(lock) => lock,
             Err(Error::Busy(message)) => {
@@ -153,6 +169,7 @@ impl Engine {
                 ),
                 rolled_back: true,
                 quarantine: None,
+                settings: Vec::new(),
             }));
         }
         let baseline = self.baseline(project)?;
@@ -254,6 +271,7 @@ impl Engine {
                 push_id: record.id,
                 files: record.files.len(),
                 unchanged: false,
+                settings: Vec::new(),
             });
         };
         // The database now holds the new migrations, so drizzle/ keeps them: no rollback. The backup waits in
@@ -289,6 +307,7 @@ impl Engine {
             ),
             rolled_back: false,
             quarantine: Some(quarantine),
+            settings: Vec::new(),
         }))
     }
 
@@ -454,6 +473,7 @@ impl Engine {
                 push_id: base.id.clone(),
                 files: packed.files.len(),
                 unchanged: true,
+                settings: Vec::new(),
             }));
         }
         let now = SystemTime::now();
@@ -498,6 +518,7 @@ impl Engine {
             diagnosis,
             rolled_back: true,
             quarantine: Some(quarantine),
+            settings: Vec::new(),
         }))
     }
 }

@@ -64,6 +64,9 @@ pub struct ProjectStatus {
     /// Whether the database was compared with the migration folder, and why not.
     #[serde(default = "unchecked")]
     pub database: crate::drizzle::database::Checked,
+    /// The configuration files the settings came from (the user's, the project file, an explicit `--config`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<PathBuf>,
 }
 
 fn unchecked() -> crate::drizzle::database::Checked {
@@ -137,6 +140,7 @@ impl Engine {
             layout: project.source,
             reason: project.problem.clone(),
             database: database::Checked::no("not compared"),
+            settings: self.sources.clone(),
         };
         if project.unresolved() {
             status.state = ProjectState::Unresolved;

@@ -45,6 +45,15 @@ pub struct ProjectFile {
     /// Every other config of the repository, by its path relative to the root.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub configs: BTreeMap<String, ConfigEntry>,
+    /// The project's own settings, in the shape of the user configuration's tables: `[push]` (the generate and
+    /// migrate commands, `timeout_secs`), `[store]` (an `s3://` store shared by the team; never a local path),
+    /// `[database]`. They win over the user's file, and lose to an explicit `--config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<toml::Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<toml::Table>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<toml::Table>,
 }
 
 /// One config other than the default.
@@ -224,6 +233,14 @@ impl Project {
     pub fn discover_with(dir: Option<&Path>, drizzle_config: Option<&Path>) -> Result<Project> {
         let (root, config) = Project::locate(dir, drizzle_config)?;
         Project::resolve(&root, config.as_deref(), Some(std::env::vars().collect()))
+    }
+
+    /// The project file's settings as a configuration layer.
+    pub fn settings(&self) -> Result<Option<crate::config::Layer>> {
+        match ProjectFile::read(&self.root)? {
+            Some(file) => file.settings_layer(&self.root),
+            None => Ok(None),
+        }
     }
 
     /// True when the config could not be evaluated and no layout was recorded: nothing can be guarded.
@@ -442,6 +459,33 @@ impl ProjectFile {
         })?;
         check_format(parsed.format, PROJECT_FORMAT, || format!("the project file {}", path.display()))?;
         Ok(Some(parsed))
+    }
+
+    /// The project's settings as a configuration layer, `None` when it has none. A store at a local path is refused:
+    /// a committed file must not make everyone's backups go to a folder of one machine.
+    pub fn settings_layer(&self, root: &Path) -> Result<Option<crate::config::Layer>> {
+        let origin = root.join(ID_FILE);
+        if let Some(url) = self.store.as_ref().and_then(|s| s.get("url")).and_then(|u| u.as_str())
+            && !url.starts_with("s3://")
+        {
+            return Err(Error::Config {
+                message: format!(
+                    "{}: key store.url: a committed project file may only name a shared store (s3://...), not {url:?}; \
+                     set a local store in your own configuration instead",
+                    origin.display()
+                ),
+            });
+        }
+        let mut table = toml::Table::new();
+        for (key, value) in [("push", &self.push), ("store", &self.store), ("database", &self.database)] {
+            if let Some(v) = value {
+                table.insert(key.into(), toml::Value::Table(v.clone()));
+            }
+        }
+        if table.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(crate::config::Layer { origin, text: toml::to_string(&table).expect("a table serialises") }))
     }
 
     /// The recorded layout of `config`.
