@@ -360,3 +360,37 @@ fn settings_come_from_the_project_file_and_an_explicit_config_wins() {
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("store.url"), "{}", run.stderr);
 }
+
+#[test]
+fn a_bun_project_pushes_with_bun_run_push() {
+    let w = project(
+        "drizzle.config.ts",
+        &config("./drizzle", "'./src/schema.ts'", "'./local.db'"),
+        &[("src/schema.ts", USERS)],
+        "",
+    );
+    // The projects dreamerd was made for: bun, and a "push" script that runs `dreamer push`.
+    w.write(
+        "package.json",
+        r#"{"name": "agent-app", "private": true, "type": "module", "scripts": {"push": "dreamer push"}}"#,
+    );
+    w.write(
+        "bun.lock",
+        r#"{"lockfileVersion": 1, "workspaces": {"": {"name": "agent-app"}}, "packages": {}}"#,
+    );
+    let bin = fixture_dir().join("node_modules/.bin");
+    let dreamer_dir = Path::new(env!("CARGO_BIN_EXE_dreamer")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}:/usr/bin:/bin", dreamer_dir.display(), bin.display());
+    let mut cmd = w.cmd("dreamer", &[]);
+    let envs: Vec<_> = cmd.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
+    cmd = std::process::Command::new(bin.join("bun"));
+    cmd.args(["run", "push"]).current_dir(&w.root).envs(envs).env("PATH", &path);
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bun run push: {err}");
+    assert!(err.contains("running bun x drizzle-kit generate"), "drizzle-kit ran under bun: {err}");
+    assert!(w.path("drizzle/meta/_journal.json").is_file());
+    assert!(w.path("local.db").is_file());
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{v}");
+}

@@ -71,12 +71,21 @@ impl PushReport {
 /// refused, since pushes do not nest.
 pub const RUNNING_PUSH: &str = "DREAMERD_RUNNING_PUSH";
 
+/// The program of the default generate and migrate commands.
+const DEFAULT_KIT: &str = "./node_modules/.bin/drizzle-kit";
+
 /// The argv of a stage as it runs for `project`: a relative program (`./node_modules/.bin/drizzle-kit`) is found
 /// the way npm finds it, up to a monorepo's root; drizzle-kit gets `--config` when it would not find the config by
 /// itself (another name, or another folder than where it runs).
 fn stage_argv(argv: &[String], project: &Project) -> Vec<String> {
     let workdir = project.workdir();
     let mut argv = argv.to_vec();
+    // The default drizzle-kit of a project that uses bun (a bun.lock or bun.lockb above it) runs under bun, which
+    // finds the project's own drizzle-kit as npm would.
+    let uses_bun = workdir.ancestors().any(|d| d.join("bun.lock").is_file() || d.join("bun.lockb").is_file());
+    if uses_bun && argv[0] == DEFAULT_KIT {
+        argv.splice(0..1, ["bun".to_string(), "x".into(), "drizzle-kit".into()]);
+    }
     let program = Path::new(&argv[0]);
     if program.is_relative()
         && argv[0].contains('/')
