@@ -545,6 +545,8 @@ fn report_error(global: &Global, err: &Error) -> i32 {
 
 fn human_status(s: &ProjectStatus) -> String {
     let mut out = String::new();
+    let out_dir = if s.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", s.out) };
+    let schema = if s.schema.is_empty() { "src/schema.ts".to_string() } else { s.schema.join(", ") };
     let root = s.root.display();
     let push = s
         .last_push
@@ -564,19 +566,23 @@ fn human_status(s: &ProjectStatus) -> String {
         }
         ProjectState::Violated => {
             out += &format!(
-                "{root}: VIOLATED: {} change(s) to drizzle/ by hand since the last push ({push}):\n",
+                "{root}: VIOLATED: {} change(s) to {out_dir} by hand since the last push ({push}):\n",
                 s.violations.len()
             );
             for v in &s.violations {
                 out += &format!("  {}\n", v.human());
             }
-            out += "drizzle/ is written only by `dreamer push`. Run `dreamer database restore` to put it back \
-                    (your edits are kept in quarantine), move schema changes into src/schema.ts, then push.\n";
+            out += &format!(
+                "{out_dir} is written only by `dreamer push`. Run `dreamer database restore` to put it back (your \
+                 edits are kept in quarantine), move schema changes into {schema}, then push.\n"
+            );
         }
     }
     if !s.drift.is_empty() {
-        out +=
-            &format!("DRIFT: {} problem(s) between drizzle/, its journal and the database:\n", s.drift.len());
+        out += &format!(
+            "DRIFT: {} problem(s) between {out_dir}, its journal and the database:\n",
+            s.drift.len()
+        );
         for d in &s.drift {
             out += &format!("  [{}] {}\n    hint: {}\n", d.code, escaped(&d.message), d.hint());
         }
@@ -588,7 +594,7 @@ fn human_status(s: &ProjectStatus) -> String {
         }
     }
     if s.schema_pending && s.state != ProjectState::NoBaseline {
-        out += "src/schema.ts changed since the last push: run `dreamer push` to apply it.\n";
+        out += &format!("{schema} changed since the last push: run `dreamer push` to apply it.\n");
     }
     out
 }

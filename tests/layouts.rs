@@ -394,3 +394,54 @@ fn a_bun_project_pushes_with_bun_run_push() {
     let (code, v) = w.json("dreamerd", &["check"]);
     assert_eq!(code, 0, "{v}");
 }
+
+#[test]
+fn without_node_modules_the_layout_recorded_at_the_last_push_is_used() {
+    let w = project(
+        "drizzle.config.ts",
+        &config("./db/migrations", "'./db/schema.ts'", "'./local.db'"),
+        &[("db/schema.ts", USERS)],
+        "",
+    );
+    json_ok(&w, "dreamer", &["push"]);
+    assert!(w.read(".dreamerd.toml").contains("out = \"db/migrations\""), "{}", w.read(".dreamerd.toml"));
+    // A CI checkout: no node_modules, so the config cannot run.
+    fs::remove_file(w.path("node_modules")).unwrap();
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["layout"], "recorded");
+    assert_eq!(v["out"], "db/migrations");
+    assert!(v["reason"].as_str().unwrap().contains("cannot evaluate"), "{v}");
+    w.write("db/migrations/by-hand.sql", "x");
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 1, "still guarded: {v}");
+    // Without a recorded layout there is nothing to guess from: unresolved, exit 2.
+    w.write(".dreamerd.toml", w.read(".dreamerd.toml").split("[layout]").next().unwrap());
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(v["state"], "unresolved");
+}
+
+#[test]
+fn after_a_restart_the_daemon_waits_for_a_command_to_read_a_database_the_environment_names() {
+    let w = project(
+        "drizzle.config.ts",
+        &config("./drizzle", "'./src/schema.ts'", "process.env.DATABASE_URL!"),
+        &[("src/schema.ts", USERS)],
+        "",
+    );
+    w.set_env("DATABASE_URL", "./env.db");
+    json_ok(&w, "dreamer", &["push"]);
+    assert_eq!(w.run("dreamerd", &["stop"]).code, 0);
+    // `status --all` names no project: the restarted daemon has no environment for this one yet.
+    let (_, v) = w.json("dreamerd", &["status", "--all"]);
+    let project = &v["projects"][0];
+    assert_eq!(project["database"]["checked"], false, "{v}");
+    assert!(
+        project["database"]["reason"].as_str().unwrap().contains("not checked until the next command"),
+        "{v}"
+    );
+    // A command for the project carries one.
+    let (_, v) = w.json("dreamerd", &["status"]);
+    assert_eq!(v["projects"][0]["database"]["checked"], true, "{v}");
+}

@@ -220,6 +220,9 @@ struct WatchList {
     #[serde(default = "first_format")]
     format: u32,
     projects: Vec<PathBuf>,
+    /// The drizzle config a project was watched with, where a command named one (older daemons ignore it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    configs: BTreeMap<PathBuf, String>,
 }
 
 fn first_format() -> u32 {
@@ -435,7 +438,13 @@ impl Daemon {
             format!("the watch list {}", path.display())
         })?;
         match serde_json::from_value::<WatchList>(value) {
-            Ok(list) => Ok(list.projects),
+            Ok(list) => {
+                let mut state = self.state.lock().expect("state");
+                for (root, config) in list.configs {
+                    state.contexts.entry(root).or_default().config = Some(config);
+                }
+                Ok(list.projects)
+            }
             Err(e) => {
                 let aside = path.with_extension(format!("json.unreadable-{}", std::process::id()));
                 let _ = std::fs::rename(&path, &aside);
@@ -449,11 +458,19 @@ impl Daemon {
     /// so two concurrent watch and unwatch calls can never leave the older list on disk.
     fn save_watchlist(&self) -> Result<()> {
         let _one_at_a_time = self.watchlist_write.lock().expect("watch list writer");
-        let projects: Vec<PathBuf> = self.state.lock().expect("state").projects.keys().cloned().collect();
+        let (projects, configs) = {
+            let state = self.state.lock().expect("state");
+            let projects: Vec<PathBuf> = state.projects.keys().cloned().collect();
+            let configs = projects
+                .iter()
+                .filter_map(|r| state.contexts.get(r).and_then(|c| c.config.clone()).map(|c| (r.clone(), c)))
+                .collect();
+            (projects, configs)
+        };
         let path = self.watchlist_path();
         fsutil::create_private_dir(&self.dirs.state).ctx("create", &self.dirs.state)?;
-        let json =
-            serde_json::to_vec_pretty(&WatchList { format: WATCHLIST_FORMAT, projects }).expect("serialises");
+        let list = WatchList { format: WATCHLIST_FORMAT, projects, configs };
+        let json = serde_json::to_vec_pretty(&list).expect("serialises");
         fsutil::atomic_write(&path, &json).ctx("write", &path)
     }
 

@@ -295,7 +295,8 @@ impl Daemon {
                 let spec = self.spec(&dir);
                 let report = self
                     .run_op(&dir, move || {
-                        this.engine.restore(&spec.resolve()?, push.as_deref(), dry_run, &sink)
+                        let project = spec.resolve()?;
+                        this.engine_for(&spec, &project)?.restore(&project, push.as_deref(), dry_run, &sink)
                     })
                     .await;
                 if let Ok(r) = &report
@@ -404,10 +405,13 @@ impl Daemon {
                 // File events keep violations current; the database changes without any, so read it now.
                 let this = self.clone();
                 let spec = self.spec(root);
-                let fresh =
-                    tokio::task::spawn_blocking(move || spec.resolve().map(|p| this.engine.drift(&p)));
-                if let Ok(Ok(drift)) = fresh.await {
+                let fresh = tokio::task::spawn_blocking(move || -> Result<_> {
+                    let project = spec.resolve()?;
+                    Ok(this.engine_for(&spec, &project)?.database_check(&project))
+                });
+                if let Ok(Ok((drift, database))) = fresh.await {
                     status.drift = drift;
+                    status.database = database;
                 }
                 (status, info)
             }
@@ -420,10 +424,12 @@ impl Daemon {
                 });
                 let this = self.clone();
                 let spec = self.spec(root);
-                let status: ProjectStatus =
-                    tokio::task::spawn_blocking(move || this.engine.status(&spec.resolve()?))
-                        .await
-                        .unwrap_or_else(|e| Err(Error::failed(format!("status panicked: {e}"), "")))?;
+                let status: ProjectStatus = tokio::task::spawn_blocking(move || {
+                    let project = spec.resolve()?;
+                    this.engine_for(&spec, &project)?.status(&project)
+                })
+                .await
+                .unwrap_or_else(|e| Err(Error::failed(format!("status panicked: {e}"), "")))?;
                 (status, info)
             }
         };

@@ -421,6 +421,7 @@ impl Daemon {
             (new, cleared, schema_changed && status.schema_pending)
         };
         let shown = shown(root);
+        let out_dir = if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) };
         if !new.is_empty() {
             // The first change at once; the rest of a burst is one line (every file is in status and events).
             let first = &new[0];
@@ -430,20 +431,20 @@ impl Daemon {
                     kind = %first.kind,
                     path = %escaped(&first.path),
                     from = %escaped(from),
-                    "drizzle/ changed by hand: run `dreamer database restore` to put it back"
+                    "{out_dir} changed by hand: run `dreamer database restore` to put it back"
                 ),
                 None => tracing::warn!(
                     project = %shown,
                     kind = %first.kind,
                     path = %escaped(&first.path),
-                    "drizzle/ changed by hand: run `dreamer database restore` to put it back"
+                    "{out_dir} changed by hand: run `dreamer database restore` to put it back"
                 ),
             }
             if new.len() > 1 {
                 tracing::warn!(
                     project = %shown,
                     more = new.len() - 1,
-                    "and {} more change(s) to drizzle/ in the same burst (`dreamerd status` lists them)",
+                    "and {} more change(s) to {out_dir} in the same burst (`dreamerd status` lists them)",
                     new.len() - 1
                 );
             }
@@ -451,9 +452,9 @@ impl Daemon {
             let auto = self.engine.config.watch.on_violation == OnViolation::Restore;
             if !auto {
                 self.desktop.notify(
-                    format!("drizzle/ changed by hand in {}", project_name(root)),
+                    format!("{out_dir} changed by hand in {}", project_name(root)),
                     format!(
-                        "{}\n\nOnly `dreamer push` may write drizzle/. Run `dreamer database restore` in {shown}.",
+                        "{}\n\nOnly `dreamer push` may write {out_dir}. Run `dreamer database restore` in {shown}.",
                         list_violations(&new)
                     ),
                 );
@@ -464,11 +465,11 @@ impl Daemon {
             }
         }
         if cleared {
-            tracing::info!(project = %shown, "drizzle/ matches the last push again; violation cleared");
+            tracing::info!(project = %shown, "{out_dir} matches the last push again; violation cleared");
             self.emit(json!({"type": "cleared", "root": root}));
         }
         if schema_changed {
-            tracing::info!(project = %shown, "src/schema.ts changed since the last push; run `dreamer push` to apply it");
+            tracing::info!(project = %shown, "the schema changed since the last push; run `dreamer push` to apply it");
             self.emit(json!({"type": "schema-changed", "root": root, "schema_pending": true}));
         }
     }
@@ -478,7 +479,10 @@ impl Daemon {
         let this = self.clone();
         let spec = self.spec(root);
         let outcome = self
-            .run_op(root, move || this.engine.restore(&spec.resolve()?, None, false, &super::LogSink))
+            .run_op(root, move || {
+                let project = spec.resolve()?;
+                this.engine_for(&spec, &project)?.restore(&project, None, false, &super::LogSink)
+            })
             .await;
         let shown = root.display().to_string();
         match outcome {

@@ -233,7 +233,12 @@ impl Engine {
 
     /// Journal faults and the drift between the migration folder and the database.
     pub fn drift(&self, project: &Project) -> Vec<crate::drizzle::Drift> {
-        database::check(&project.drizzle(), self.database(project)).0
+        self.database_check(project).0
+    }
+
+    /// [`Engine::drift`], and whether the database was compared at all.
+    pub fn database_check(&self, project: &Project) -> (Vec<crate::drizzle::Drift>, database::Checked) {
+        database::check(&project.drizzle(), self.database(project))
     }
 
     /// True if another process holds the project's operation lock right now.

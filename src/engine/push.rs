@@ -136,7 +136,15 @@ impl Engine {
         let mut report = self.push_locked(project, sink)?;
         match &mut report {
             PushReport::Ok { settings, .. } => settings.clone_from(&self.sources),
-            PushReport::Failed(f) => f.settings.clone_from(&self.sources),
+            PushReport::Failed(f) => {
+                f.settings.clone_from(&self.sources);
+                // Hints are written for the common layout; they name this project's folder and schema.
+                f.diagnosis.hint = f
+                    .diagnosis
+                    .hint
+                    .replace("drizzle/", &project.out_shown())
+                    .replace("src/schema.ts", &project.schema_shown());
+            }
         }
         Ok(report)
     }
