@@ -644,12 +644,19 @@ fn a_client_of_another_user_is_refused() {
 fn a_command_whose_configuration_differs_from_the_daemons_says_so() {
     let w = stand_in_world();
     w.push_ok(); // the daemon reads the world's config file
+    // Push, store and database keys apply to the command that names them: no warning, and the file is named.
     w.write("ci.toml", "[push]\ntimeout_secs = 7\n");
-    let run = w.run("dreamerd", &["status", "--config", "ci.toml"]);
-    assert!(run.stderr.contains("warning: the running daemon"), "{}", run.stderr);
-    assert!(run.stderr.contains("ci.toml") && run.stderr.contains("dreamerd stop"), "{}", run.stderr);
-    let run = w.run("dreamerd", &["status"]);
+    let run = w.run("dreamerd", &["status", "--config", "ci.toml", "--json"]);
+    assert!(!run.stderr.contains("warning"), "{}", run.stderr);
+    assert!(run.stdout.contains("ci.toml"), "the settings name it: {}", run.stdout);
+    // Keys only a daemon at its start applies are said not to apply.
+    w.write("watch.toml", "[watch]\ndebounce_ms = 5\n");
+    let run = w.run("dreamerd", &["status", "--config", "watch.toml"]);
+    assert!(run.stderr.contains("watch.debounce_ms"), "{}", run.stderr);
+    assert!(run.stderr.contains("dreamerd stop"), "{}", run.stderr);
+    let run = w.run("dreamerd", &["status", "-v"]);
     assert!(!run.stderr.contains("warning"), "same configuration, no warning: {}", run.stderr);
+    assert!(run.stderr.contains("settings from"), "-v names the files: {}", run.stderr);
 }
 
 #[test]

@@ -407,11 +407,13 @@ impl Daemon {
                 let spec = self.spec(root);
                 let fresh = tokio::task::spawn_blocking(move || -> Result<_> {
                     let project = spec.resolve()?;
-                    Ok(this.engine_for(&spec, &project)?.database_check(&project))
+                    let engine = this.engine_for(&spec, &project)?;
+                    Ok((engine.database_check(&project), engine.sources))
                 });
-                if let Ok(Ok((drift, database))) = fresh.await {
+                if let Ok(Ok(((drift, database), sources))) = fresh.await {
                     status.drift = drift;
                     status.database = database;
+                    status.settings = sources;
                 }
                 (status, info)
             }
