@@ -445,3 +445,24 @@ fn after_a_restart_the_daemon_waits_for_a_command_to_read_a_database_the_environ
     let (_, v) = w.json("dreamerd", &["status"]);
     assert_eq!(v["projects"][0]["database"]["checked"], true, "{v}");
 }
+
+#[test]
+fn several_configs_and_no_choice_is_a_usage_error_listing_them() {
+    let w = project(
+        "configs/sqlite.config.ts",
+        &config("./migrations/sqlite", "'./src/schema.ts'", "'./local.db'"),
+        &[("src/schema.ts", USERS)],
+        "",
+    );
+    fs::remove_dir_all(w.path("src")).unwrap();
+    w.write("db/schema.ts", USERS);
+    w.write("configs/sqlite.config.ts", &config("./migrations/sqlite", "'./db/schema.ts'", "'./local.db'"));
+    w.write("configs/turso.config.ts", &config("./migrations/turso", "'./db/schema.ts'", "'./turso.db'"));
+    let run = w.run("dreamerd", &["check"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("configs/sqlite.config.ts, configs/turso.config.ts"), "{}", run.stderr);
+    assert!(run.stderr.contains("--drizzle-config"), "{}", run.stderr);
+    let (code, v) = w.json("dreamerd", &["check", "--drizzle-config", "configs/turso.config.ts"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["out"], "migrations/turso");
+}

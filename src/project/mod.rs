@@ -110,6 +110,33 @@ impl PartialEq for Project {
     }
 }
 
+/// Drizzle configs with other names near `root` (it and its subfolders two deep, `node_modules` left out): files
+/// named `*.config.{ts,js,mjs,cjs}` that import drizzle-kit. Relative paths, sorted.
+fn candidates(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, depth: usize, root: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() && depth > 0 && !name.starts_with('.') && name != "node_modules" {
+                walk(&e.path(), depth - 1, root, out);
+            } else if t.is_file()
+                && [".config.ts", ".config.js", ".config.mjs", ".config.cjs"].iter().any(|x| name.ends_with(x))
+                && crate::safefs::read_file(&e.path(), 1 << 20, false)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|b| String::from_utf8_lossy(&b).contains("drizzle-kit"))
+            {
+                out.push(layout::relative(&e.path(), root));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, 2, root, &mut out);
+    out.sort();
+    out
+}
+
 /// The default config in a folder, in drizzle-kit's order of preference (then `.mjs`, `.cjs`).
 fn default_config_in(dir: &Path) -> Option<&'static str> {
     layout::CONFIG_NAMES.iter().copied().find(|n| crate::safefs::is_regular_file(&dir.join(n)))
@@ -152,7 +179,13 @@ impl Project {
                 || crate::safefs::is_regular_file(&d.join(ID_FILE))
                 || crate::safefs::is_regular_file(&d.join("src/schema.ts"))
         };
-        let root = canonical.ancestors().find(|d| is_root(d)).map(Path::to_path_buf);
+        // Else a package whose drizzle configs have other names (`configs/sqlite.config.ts`).
+        let root = canonical.ancestors().find(|d| is_root(d)).map(Path::to_path_buf).or_else(|| {
+            canonical
+                .ancestors()
+                .find(|d| crate::safefs::is_regular_file(&d.join("package.json")) && !candidates(d).is_empty())
+                .map(Path::to_path_buf)
+        });
         let root = match (root, &explicit) {
             (Some(r), Some(c)) if c.starts_with(&r) => r,
             // A config outside any project: its own folder is the root.
@@ -184,14 +217,18 @@ impl Project {
         if let Some(name) = default_config_in(root) {
             return Ok(Some(name.to_string()));
         }
-        match file.configs.len() {
+        let mut known: Vec<String> = file.configs.keys().cloned().collect();
+        if known.is_empty() && file.id.is_none() {
+            known = candidates(root);
+        }
+        match known.len() {
             0 => Ok(None),
-            1 => Ok(file.configs.keys().next().cloned()),
+            1 => Ok(known.pop()),
             _ => Err(Error::Usage(format!(
                 "{} has several drizzle configs ({}) and none is the default: pass --drizzle-config PATH, or set \
                  default = \"PATH\" in {ID_FILE}",
                 root.display(),
-                file.configs.keys().cloned().collect::<Vec<_>>().join(", ")
+                known.join(", ")
             ))),
         }
     }
