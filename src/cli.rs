@@ -559,7 +559,7 @@ fn human_status(s: &ProjectStatus) -> String {
         ProjectState::Busy => out += &format!("{root}: busy (a push or restore is running)\n"),
         ProjectState::Unresolved => {
             out += &format!(
-                "{root}: UNRESOLVED: {} cannot be evaluated, so nothing is guarded: {}\n",
+                "{root}: UNRESOLVED ({}): {}\n",
                 s.config.as_deref().unwrap_or("the drizzle config"),
                 escaped(s.reason.as_deref().unwrap_or("unknown reason"))
             );

@@ -466,3 +466,46 @@ fn several_configs_and_no_choice_is_a_usage_error_listing_them() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["out"], "migrations/turso");
 }
+
+#[test]
+fn a_migration_folder_moved_by_the_config_or_gone_is_unresolved() {
+    let w = project(
+        "drizzle.config.ts",
+        &config("./drizzle", "'./src/schema.ts'", "'./local.db'"),
+        &[("src/schema.ts", USERS)],
+        "",
+    );
+    json_ok(&w, "dreamer", &["push"]);
+    // The folder is gone while the database applied its migration.
+    fs::rename(w.path("drizzle"), w.path("elsewhere")).unwrap();
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(v["state"], "unresolved");
+    assert!(v["reason"].as_str().unwrap().contains("drizzle/ does not exist"), "{v}");
+    // The config now names another folder, without the files: said, not guarded in silence.
+    w.write("drizzle.config.ts", &config("./migrations", "'./src/schema.ts'", "'./local.db'"));
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 2, "{v}");
+    assert!(v["reason"].as_str().unwrap().contains("last push had them in drizzle/"), "{v}");
+    // Moved with its files: clean, and the next push records the new place.
+    fs::rename(w.path("elsewhere"), w.path("migrations")).unwrap();
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{v}");
+    json_ok(&w, "dreamer", &["push"]);
+    assert!(w.read(".dreamerd.toml").contains("out = \"migrations\""));
+}
+
+#[test]
+fn schema_as_a_folder() {
+    let w = project(
+        "drizzle.config.ts",
+        &config("./drizzle", "'./src/schema'", "'./local.db'"),
+        &[("src/schema/users.ts", USERS), ("src/schema/posts.ts", POSTS)],
+        "",
+    );
+    guarded(&w, &[], "drizzle", "src/schema/users.ts");
+    // A new file in the folder is schema too.
+    w.write("src/schema/more.ts", &POSTS.replace("posts", "more"));
+    let v = json_ok(&w, "dreamerd", &["check"]);
+    assert_eq!(v["schema_pending"], true, "{v}");
+}

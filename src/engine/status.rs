@@ -155,12 +155,31 @@ impl Engine {
         }
         status.interrupted = self.interrupted(project);
         (status.drift, status.database) = database::check(&project.drizzle(), self.database(project));
+        let tree = self.scan_out(project)?;
         if let Some(base) = baseline {
-            let tree = self.scan_out(project)?;
             status.violations = manifest::diff(&base.files, &tree);
             status.schema_pending = schema != base.schema_blake3;
             status.state =
                 if status.violations.is_empty() { ProjectState::Clean } else { ProjectState::Violated };
+        }
+        // Loud, never guarding the wrong folder in silence: one the config moved since the last push, or one that is
+        // gone while the database applied migrations.
+        let out = project.out_shown();
+        if let Some(before) = project.recorded_out()
+            && before != project.layout.out
+            && status.state != ProjectState::Clean
+        {
+            status.state = ProjectState::Unresolved;
+            status.reason = Some(format!(
+                "the config now puts the migrations in {out}, the last push had them in {before}/: move the folder \
+                 there (or undo the config change), then `dreamer push` records the new place"
+            ));
+        } else if !tree.exists && status.drift.iter().any(|d| d.code == "migration-missing") {
+            status.state = ProjectState::Unresolved;
+            status.reason = Some(format!(
+                "{out} does not exist, but the database applied migrations: check the config's out, or bring the \
+                 folder back with `dreamer database restore`"
+            ));
         }
         Ok(status)
     }

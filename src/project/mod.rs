@@ -121,7 +121,9 @@ fn candidates(root: &Path) -> Vec<String> {
             if t.is_dir() && depth > 0 && !name.starts_with('.') && name != "node_modules" {
                 walk(&e.path(), depth - 1, root, out);
             } else if t.is_file()
-                && [".config.ts", ".config.js", ".config.mjs", ".config.cjs"].iter().any(|x| name.ends_with(x))
+                && [".config.ts", ".config.js", ".config.mjs", ".config.cjs"]
+                    .iter()
+                    .any(|x| name.ends_with(x))
                 && crate::safefs::read_file(&e.path(), 1 << 20, false)
                     .ok()
                     .flatten()
@@ -183,7 +185,9 @@ impl Project {
         let root = canonical.ancestors().find(|d| is_root(d)).map(Path::to_path_buf).or_else(|| {
             canonical
                 .ancestors()
-                .find(|d| crate::safefs::is_regular_file(&d.join("package.json")) && !candidates(d).is_empty())
+                .find(|d| {
+                    crate::safefs::is_regular_file(&d.join("package.json")) && !candidates(d).is_empty()
+                })
                 .map(Path::to_path_buf)
         });
         let root = match (root, &explicit) {
@@ -270,6 +274,12 @@ impl Project {
     pub fn discover_with(dir: Option<&Path>, drizzle_config: Option<&Path>) -> Result<Project> {
         let (root, config) = Project::locate(dir, drizzle_config)?;
         Project::resolve(&root, config.as_deref(), Some(std::env::vars().collect()))
+    }
+
+    /// The migration folder the last push recorded for this config, when it was recorded.
+    pub fn recorded_out(&self) -> Option<String> {
+        let file = ProjectFile::read(&self.root).ok()??;
+        file.layout_of(self.config.as_deref()?, self).map(|l| l.out)
     }
 
     /// The project file's settings as a configuration layer.
