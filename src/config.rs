@@ -123,24 +123,9 @@ impl Config {
     /// Loads the configuration: `explicit` (from `--config`), else `DREAMERD_CONFIG`, else the XDG file if it
     /// exists, else the embedded defaults. Returns the file that was read, if any.
     pub fn load(explicit: Option<&Path>, dirs: &Dirs) -> Result<(Config, Option<PathBuf>)> {
-        let named = explicit
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("DREAMERD_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from));
-        let path = match named {
-            Some(p) => p,
-            None if dirs.config_file.exists() => dirs.config_file.clone(),
-            None => return Ok((Config::default(), None)),
-        };
-        let read = crate::safefs::read_file(&path, 1 << 20, true).and_then(|bytes| {
-            let bytes = bytes.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
-            String::from_utf8(bytes)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
-        });
-        let text = read.map_err(|e| Error::Config {
-            message: format!("cannot read the configuration file {}: {e}", path.display()),
-        })?;
-        let config = Config::parse(&text, &path)?;
-        Ok((config, Some(path)))
+        let settings = Settings::load(explicit, dirs)?;
+        let (config, _) = Config::layered(&settings, None)?;
+        Ok((config, settings.file.map(|f| f.origin)))
     }
 
     /// Parses and validates configuration text; `origin` names the file in errors.
