@@ -73,7 +73,7 @@ fn resolve(dir: &Path) -> Result<std::path::PathBuf> {
     if !dir.is_absolute() {
         return Err(Error::Usage(format!("{} is not an absolute path", dir.display())));
     }
-    Ok(crate::project::Project::locate(Some(dir), None)?.0)
+    Ok(crate::project::Project::find_root(Some(dir), None)?.0)
 }
 
 fn error_reply(e: &Error) -> Reply {

@@ -162,6 +162,20 @@ impl Project {
     /// config, a project file or `src/schema.ts`; and the config to use: `drizzle_config` when given (a path, from
     /// the current directory), else the root's default config. Nothing is evaluated.
     pub fn locate(dir: Option<&Path>, drizzle_config: Option<&Path>) -> Result<(PathBuf, Option<String>)> {
+        let (root, explicit) = Project::find_root(dir, drizzle_config)?;
+        let config = match explicit {
+            Some(c) => Some(layout::relative(&c, &root)),
+            None => Project::default_config(&root)?,
+        };
+        Ok((root, config))
+    }
+
+    /// The project root at `dir` (see [`Project::locate`]), and the named config made canonical; no config is
+    /// chosen, so a root with several configs is still a root.
+    pub fn find_root(
+        dir: Option<&Path>,
+        drizzle_config: Option<&Path>,
+    ) -> Result<(PathBuf, Option<PathBuf>)> {
         let start = match dir {
             Some(d) => d.to_path_buf(),
             None => std::env::current_dir().ctx("read", Path::new("the current directory"))?,
@@ -204,11 +218,7 @@ impl Project {
                 )));
             }
         };
-        let config = match explicit {
-            Some(c) => Some(layout::relative(&c, &root)),
-            None => Project::default_config(&root)?,
-        };
-        Ok((root, config))
+        Ok((root, explicit))
     }
 
     /// The config a root uses when none is named: the project file's `default`, else its drizzle.config.*, else
