@@ -254,13 +254,21 @@ fn env_files(dir: &Path) -> Vec<PathBuf> {
 /// Cached by the config, the files it read, the `.env` files and the environment.
 pub fn evaluate(root: &Path, config: &Path, env: Option<&Env>) -> Result<Resolved, String> {
     let key = (config.to_path_buf(), env_hash(env));
+    // What the config read, and the .env files there are now (a new one may change it too).
+    let watched = |inputs: &[PathBuf]| {
+        let mut files = inputs.to_vec();
+        files.extend(env_files(&workdir_of(config)));
+        files.sort();
+        files.dedup();
+        fingerprint(&files)
+    };
     if let Some((print, resolved)) = cache().lock().expect("cache").get(&key).cloned()
-        && fingerprint(&resolved.inputs) == print
+        && watched(&resolved.inputs) == print
     {
         return Ok(resolved);
     }
     let resolved = evaluate_uncached(root, config, env)?;
-    let print = fingerprint(&resolved.inputs);
+    let print = watched(&resolved.inputs);
     cache().lock().expect("cache").insert(key, (print, resolved.clone()));
     Ok(resolved)
 }
@@ -295,7 +303,8 @@ fn evaluate_uncached(root: &Path, config: &Path, env: Option<&Env>) -> Result<Re
     let out_dir = normalize(&workdir.join(raw.out.as_deref().unwrap_or("drizzle")));
     let url =
         raw.db_credentials.as_ref().and_then(|c| c.get("url").and_then(|u| u.as_str()).map(String::from));
-    let mut inputs: Vec<PathBuf> = loaded.into_iter().filter(|p| p.is_absolute()).collect();
+    // bun lists its `-e` script as `[eval]`: only real files are inputs.
+    let mut inputs: Vec<PathBuf> = loaded.into_iter().filter(|p| p.is_absolute() && p.exists()).collect();
     inputs.extend(env_files(&workdir));
     inputs.sort();
     inputs.dedup();
@@ -333,8 +342,17 @@ fn run_evaluator(
     };
     run_env.remove("NODE_OPTIONS");
     let kit = drizzle_kit_dir(workdir);
+    // The project's own runtime: bun where it uses bun (a bun.lock above it), else node; either where the other is
+    // missing from the command's PATH.
+    let path = run_env.get("PATH").cloned().unwrap_or_default();
+    let has = |name: &str| runner::find_on_path(name, &path).is_some();
+    let uses_bun = workdir.ancestors().any(|d| d.join("bun.lock").is_file() || d.join("bun.lockb").is_file());
+    let runtime = match (uses_bun, has("bun"), has("node")) {
+        (true, true, _) | (_, true, false) => "bun",
+        _ => "node",
+    };
     let argv = vec![
-        "node".to_string(),
+        runtime.to_string(),
         "-e".into(),
         EVALUATOR.into(),
         config.to_string_lossy().into_owned(),
@@ -343,7 +361,7 @@ fn run_evaluator(
     let out = runner::run_with(&argv, workdir, EVALUATE_TIMEOUT, &NullSink, None, Some(&run_env), |_| {})
         .map_err(|e| {
             if e.error.kind() == std::io::ErrorKind::NotFound {
-                format!("cannot evaluate {shown}: node is not installed (or not on the PATH of the command)")
+                format!("cannot evaluate {shown}: neither node nor bun is on the PATH of the command")
             } else {
                 format!("cannot evaluate {shown}: {}", e.error)
             }
