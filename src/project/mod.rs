@@ -338,13 +338,6 @@ impl Project {
         layout::schema_files(&self.root, &self.layout)
     }
 
-    /// The first schema file, for messages.
-    pub fn schema(&self) -> PathBuf {
-        self.schema_files().into_iter().next().unwrap_or_else(|| {
-            self.workdir().join(self.layout.schema.first().map(String::as_str).unwrap_or("src/schema.ts"))
-        })
-    }
-
     /// The schema as messages name it (`src/db/schema.ts`, or its patterns).
     pub fn schema_shown(&self) -> String {
         self.layout.schema.join(", ")
