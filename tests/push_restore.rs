@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::support::{GENERATE, World, stand_in_world, tree_of};
+use crate::support::{GENERATE, MIGRATE_OK, World, stand_in_world, tree_of};
 
 fn violations(w: &World) -> Value {
     let (code, v) = w.json("dreamerd", &["check"]);
@@ -469,4 +469,77 @@ fn human_output_is_short_and_says_what_to_do() {
         "drift is shown: {}",
         run.stdout
     );
+}
+
+/// A fresh clone of `w`'s project on another machine: its files, new XDG folders, no store.
+fn clone_of(w: &World) -> World {
+    let clone = World::empty();
+    for (rel, bytes) in tree_of(&w.root) {
+        if rel.starts_with("node_modules") {
+            continue;
+        }
+        let dest = clone.path(&rel);
+        fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        fs::write(dest, bytes).unwrap();
+    }
+    clone
+}
+
+#[test]
+fn check_in_a_fresh_clone_without_a_store_verifies_the_committed_sum() {
+    let w = stand_in_world();
+    w.push_ok();
+    let last = w.push_ok();
+    let sum = w.read(".dreamerd.sum");
+    assert!(sum.contains(&format!("push {last}")), "{sum}");
+    let ci = clone_of(&w);
+    let (code, v) = ci.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "unedited: {v}");
+    assert_eq!(v["last_push"]["id"], last.as_str());
+    // A hand edit committed in git: check names the file, and a push there does not take it for a baseline.
+    ci.write("drizzle/0001_step.sql", "CREATE TABLE edited (x integer);");
+    let (code, v) = ci.json("dreamerd", &["check"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["violations"][0]["path"], "0001_step.sql");
+    let (code, v) = ci.json("dreamer", &["push"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["diagnosis"]["code"], "drizzle-tampered");
+    // Unedited, the clone's first push stores a backup of its own (the sum alone has none).
+    let ci = clone_of(&w);
+    ci.stand_ins(GENERATE, MIGRATE_OK);
+    let (code, v) = ci.json("dreamer", &["push"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["unchanged"], false, "{v}");
+}
+
+#[test]
+fn a_sum_holding_git_conflict_markers_says_so() {
+    let w = stand_in_world();
+    w.push_ok();
+    let sum = w.read(".dreamerd.sum");
+    w.write(".dreamerd.sum", &format!("<<<<<<< HEAD\n{sum}=======\n{sum}>>>>>>> feature\n"));
+    let ci = clone_of(&w);
+    let run = ci.run("dreamerd", &["check"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("conflict markers"), "{}", run.stderr);
+    assert!(run.stderr.contains("two branches each pushed"), "{}", run.stderr);
+}
+
+#[test]
+fn a_store_renamed_away_stops_push_restore_and_history() {
+    let w = stand_in_world();
+    w.push_ok();
+    let moved = w.store().with_extension("moved");
+    fs::rename(w.store(), &moved).unwrap();
+    for (bin, args) in
+        [("dreamer", vec!["push"]), ("dreamer", vec!["database", "restore"]), ("dreamerd", vec!["history"])]
+    {
+        let run = w.run(bin, &args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(run.stderr.contains("does not exist"), "{}", run.stderr);
+    }
+    assert!(!w.store().exists(), "nothing was written where the store was");
+    // check needs no store: the committed sum still says what the folder must be.
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{v}");
 }

@@ -252,6 +252,7 @@ impl Daemon {
                 tokio::task::spawn_blocking(move || -> Result<(i32, Value)> {
                     let project = spec.resolve()?;
                     let engine = this.engine_for(&spec, &project)?;
+                    engine.require_store(&project)?;
                     let history = match engine.project_id(&project)? {
                         Some(id) => engine.store.history(&id)?,
                         None => Vec::new(),

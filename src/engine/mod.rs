@@ -7,6 +7,7 @@ mod push;
 mod restore;
 pub mod runner;
 mod status;
+mod sum;
 mod swap;
 
 use std::fs::{self, File, TryLockError};
@@ -43,6 +44,7 @@ pub use prune::{PruneReport, Pruned};
 pub use push::{PushFailure, PushReport, RUNNING_PUSH, Stage};
 pub use restore::RestoreReport;
 pub use status::{Interrupted, LastPush, ProjectState, ProjectStatus};
+pub use sum::Sum;
 pub use swap::STAGING;
 
 /// Which output stream of a child process a line came from.
@@ -249,14 +251,22 @@ impl Engine {
 
     /// The baseline of a project: the record of its last successful push, if it has one.
     pub fn baseline(&self, project: &Project) -> Result<Option<PushRecord>> {
-        let Some(id) = self.project_id(project)? else { return Ok(None) };
-        // A push whose backup could not be stored yet is still the last successful push.
-        if let Some(record) = self.pending_record(project)?
-            && record.project_id == id
-        {
-            return Ok(Some(record));
+        let id = self.project_id(project)?;
+        if let Some(id) = &id {
+            // A push whose backup could not be stored yet is still the last successful push.
+            if let Some(record) = self.pending_record(project)?
+                && &record.project_id == id
+            {
+                return Ok(Some(record));
+            }
+            if self.store.reachable()?
+                && let Some(record) = self.store.latest(id)?
+            {
+                return Ok(Some(record));
+            }
         }
-        self.store.latest(&id)
+        // The store knows nothing of it (a fresh clone, CI): the committed sum is what the folder must be.
+        Ok(Sum::read(project)?.map(|s| s.as_record(id.as_deref().unwrap_or_default())))
     }
 
     fn remembered_id_path(&self, project: &Project) -> PathBuf {
@@ -289,17 +299,40 @@ impl Engine {
             .map(|s| s.trim().to_string())
             .filter(|s| valid_id(s));
         match project.id()? {
-            Some(id) => {
-                if remembered.as_deref() != Some(id.as_str()) {
-                    // Best effort: the file in the project stays the source of truth.
-                    let _ = self.prepare_state();
-                    let _ = fsutil::create_private_dir(path.parent().expect("has a parent"))
-                        .and_then(|()| fsutil::atomic_write(&path, id.as_bytes()));
-                }
-                Ok(Some(id))
-            }
+            Some(id) => Ok(Some(id)),
             None => Ok(remembered),
         }
+    }
+
+    /// Remembers this checkout's id in the state directory (at a push): deleting the project file then switches
+    /// nothing off, and a store that vanishes afterwards is noticed.
+    fn remember_id(&self, project: &Project, id: &str) -> Result<()> {
+        let path = self.remembered_id_path(project);
+        let known = safefs::read_file(&path, 4096, false).ok().flatten();
+        if known.as_deref() == Some(id.as_bytes()) {
+            return Ok(());
+        }
+        self.prepare_state()?;
+        fsutil::create_private_dir(path.parent().expect("has a parent")).ctx("create", &path)?;
+        fsutil::atomic_write(&path, id.as_bytes()).ctx("write", &path)
+    }
+
+    /// Refuses a store that is gone: a local store folder that does not exist while `store.url` names it, or while
+    /// this checkout has pushed to it. Never read as "never pushed", which would take hand-made files for a baseline.
+    pub fn require_store(&self, project: &Project) -> Result<()> {
+        if self.store.reachable()? {
+            return Ok(());
+        }
+        let named = self.config.store.url.is_some();
+        if named || self.remembered_id_path(project).exists() {
+            return Err(Error::Usage(format!(
+                "{} does not exist, but {}: it was moved, deleted or mistyped. Put it back (or fix store.url); \
+                 nothing was changed",
+                self.store.describe(),
+                if named { "store.url names it" } else { "this checkout's pushes were stored there" }
+            )));
+        }
+        Ok(())
     }
 
     /// The project's identity, created (or its deleted file written again) when it has none.
@@ -308,7 +341,7 @@ impl Engine {
             Some(id) => project.ensure_id_as(&id)?,
             None => project.ensure_id()?,
         };
-        self.project_id(project)?;
+        self.remember_id(project, &id)?;
         Ok(id)
     }
 

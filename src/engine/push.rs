@@ -162,6 +162,7 @@ impl Engine {
             Err(e) => return Err(e),
         };
         self.recover(project, sink)?;
+        self.require_store(project)?;
         let drizzle = project.drizzle();
         if project.unresolved() {
             return Ok(precheck_failure(
@@ -274,12 +275,16 @@ impl Engine {
                 if let Err(e) = project.record_layout() {
                     sink.progress(&format!("cannot record the layout in the project file: {e}"));
                 }
+                if let Some(base) = &baseline {
+                    self.record_sum(project, base, sink);
+                }
                 return Ok(unchanged);
             }
             Ok(r) => r,
         };
         let Err(e) = self.store.save(&record, &archive) else {
             self.clear_journal(project)?;
+            self.record_sum(project, &record, sink);
             if let Err(e) = project.record_layout() {
                 sink.progress(&format!("cannot record the layout in the project file: {e}"));
             }
@@ -301,6 +306,7 @@ impl Engine {
             self.keep_tree(project, &before.bytes, &before.files, &quarantine.join("drizzle-before-push"));
         if kept.is_ok() {
             self.clear_journal(project)?;
+            self.record_sum(project, &record, sink);
         }
         let message = match kept {
             Ok(()) => format!(
@@ -340,9 +346,17 @@ impl Engine {
                 ));
                 self.save_pending(project, &record, &archive)?;
             }
+            self.record_sum(project, &record, sink);
             sink.progress(&format!("recorded push {}", record.id));
         }
         Ok(())
+    }
+
+    /// Writes the committed sum of the folder for `record`; a failure is said, and the push stays done.
+    pub(crate) fn record_sum(&self, project: &Project, record: &PushRecord, sink: &dyn Sink) {
+        if let Err(e) = super::Sum::write(project, record) {
+            sink.progress(&format!("cannot write the sum of the migration folder: {e}"));
+        }
     }
 
     /// Runs one drizzle-kit stage and judges it; its output is kept in `logs` for the quarantine folder. The child
@@ -481,7 +495,8 @@ impl Engine {
         let tree = self.scan_out(project)?;
         let packed: Packed = archive::pack(&drizzle, &tree)?;
         let schema = project.schema_hash()?;
-        if let Some(base) = baseline
+        // A baseline that is only the committed sum has no backup yet: this push makes it.
+        if let Some(base) = baseline.filter(|b| !b.archive_blake3.is_empty())
             && base.files == packed.files
             && base.schema_blake3 == schema
         {

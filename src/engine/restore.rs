@@ -38,6 +38,7 @@ impl Engine {
         if !dry_run {
             self.recover(project, sink)?;
         }
+        self.require_store(project)?;
         let nothing = || {
             Error::failed(
                 format!("no successful push yet, nothing to restore (project {})", project.root.display()),
@@ -88,6 +89,7 @@ impl Engine {
             return Ok(report(None, changes));
         }
         if holds_exactly(&drizzle, &record.files, &project.not_migrations()) {
+            self.record_sum(project, &record, sink);
             return Ok(report(None, changes));
         }
         sink.progress(&format!("restoring drizzle/ to push {}", record.id));
@@ -95,6 +97,7 @@ impl Engine {
         let mut journal =
             Journal { before_existed: tree.exists, ..Journal::new(Op::Restore, Phase::Swap, &project.root) };
         self.install(project, Some((&archive, &record.files)), &quarantine, &mut journal)?;
+        self.record_sum(project, &record, sink);
         if quarantine.join("drizzle").exists() {
             Ok(report(Some(quarantine), changes))
         } else {

@@ -61,6 +61,10 @@ impl super::Blobs for LocalBlobs {
     fn describe(&self) -> String {
         format!("the local store {}", self.root.display())
     }
+
+    fn reachable(&self) -> Result<bool> {
+        Ok(self.root.is_dir())
+    }
 }
 
 fn walk(dir: &std::path::Path, prefix: &str, out: &mut Vec<String>) -> io::Result<()> {

@@ -36,6 +36,10 @@ pub trait Blobs: Send + Sync {
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// Where the store is, for messages (never with credentials).
     fn describe(&self) -> String;
+    /// Whether the store is there at all (a local store's folder exists).
+    fn reachable(&self) -> Result<bool> {
+        Ok(true)
+    }
 }
 
 /// The record of one successful push: what `drizzle/` held, file by file, and where its archive is.
@@ -141,6 +145,11 @@ impl Store {
     /// Where the store is, for messages.
     pub fn describe(&self) -> String {
         self.blobs.describe()
+    }
+
+    /// Whether the store is there at all.
+    pub fn reachable(&self) -> Result<bool> {
+        self.blobs.reachable()
     }
 
     fn push_key(project: &str, push: &str, leaf: &str) -> String {
