@@ -554,7 +554,14 @@ fn human_status(s: &ProjectStatus) -> String {
         .map(|p| format!("push {} of {}, {} files", p.id, p.at, p.files))
         .unwrap_or_default();
     match s.state {
-        ProjectState::Clean => out += &format!("{root}: clean ({push})\n"),
+        ProjectState::Clean => match &s.matches {
+            Some(other) => {
+                out += &format!(
+                    "{root}: clean: {out_dir} holds push {other} (restored or pulled), not the last push\n"
+                )
+            }
+            None => out += &format!("{root}: clean ({push})\n"),
+        },
         ProjectState::NoBaseline => out += &format!("{root}: never pushed (run `dreamer push`)\n"),
         ProjectState::Busy => out += &format!("{root}: busy (a push or restore is running)\n"),
         ProjectState::Unresolved => {

@@ -198,11 +198,8 @@ fn database_drift_codes_from_a_real_database() {
     assert_eq!(drift_codes(&w), ["migration-missing"]);
     let (code, check) = w.json("dreamerd", &["check"]);
     assert_eq!(code, 1, "drift makes check exit 1");
-    assert_eq!(
-        check["violations"].as_array().unwrap().len(),
-        3,
-        "and drizzle/ is behind the last push: {check}"
-    );
+    assert!(check["violations"].as_array().unwrap().is_empty(), "an older push is no violation: {check}");
+    assert_eq!(check["matches"], first.as_str(), "drizzle/ holds the older push: {check}");
     // The daemon's status carries the same drift.
     assert_eq!(w.status()["drift"][0]["code"], "migration-missing");
     w.json("dreamer", &["database", "restore"]);

@@ -543,3 +543,23 @@ fn a_store_renamed_away_stops_push_restore_and_history() {
     let (code, v) = w.json("dreamerd", &["check"]);
     assert_eq!(code, 0, "{v}");
 }
+
+#[test]
+fn a_folder_restored_to_an_older_push_is_clean_and_a_push_builds_on_it() {
+    let w = stand_in_world();
+    let first = w.push_ok();
+    w.push_ok();
+    let (code, v) = w.json("dreamer", &["database", "restore", "--push", &first]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "dreamerd's own restore leaves a clean project: {v}");
+    assert_eq!(v["matches"], first.as_str());
+    assert_eq!(w.status()["state"], "clean", "the daemon agrees");
+    assert!(!w.daemon_log().contains("changed by hand"), "{}", w.daemon_log());
+    let third = w.push_ok();
+    let (_, h) = w.json("dreamerd", &["history"]);
+    assert_eq!(h["pushes"][0]["id"], third.as_str());
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(v["matches"].is_null(), "{v}");
+}

@@ -192,6 +192,14 @@ impl Engine {
         }
         let baseline = self.baseline(project)?;
         let tree = self.scan_out(project)?;
+        // A folder that is exactly another push of the project (restored with --push, pulled) is legitimate, and
+        // the push builds on it.
+        let baseline = match baseline {
+            Some(base) if !manifest::diff(&base.files, &tree).is_empty() => {
+                self.matching_push(project, &tree).or(Some(base))
+            }
+            other => other,
+        };
 
         if let Some(base) = &baseline {
             let violations = manifest::diff(&base.files, &tree);
@@ -350,6 +358,14 @@ impl Engine {
             sink.progress(&format!("recorded push {}", record.id));
         }
         Ok(())
+    }
+
+    /// The push whose files the tree holds exactly (no links, fifos or the like in it).
+    pub(crate) fn matching_push(&self, project: &Project, tree: &manifest::Tree) -> Option<PushRecord> {
+        if !tree.exists || tree.nodes.contains_key(".") || tree.specials().next().is_some() {
+            return None;
+        }
+        self.push_with_files(project, &tree.files())
     }
 
     /// Writes the committed sum of the folder for `record`; a failure is said, and the push stays done.

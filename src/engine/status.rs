@@ -64,6 +64,9 @@ pub struct ProjectStatus {
     /// Whether the database was compared with the migration folder, and why not.
     #[serde(default = "unchecked")]
     pub database: crate::drizzle::database::Checked,
+    /// The push the folder holds when it is not the last one (restored with `--push`, pulled): legitimate, clean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
     /// The configuration files the settings came from (the user's, the project file, an explicit `--config`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<PathBuf>,
@@ -141,6 +144,7 @@ impl Engine {
             reason: project.problem.clone(),
             database: database::Checked::no("not compared"),
             settings: self.sources.clone(),
+            matches: None,
         };
         if project.unresolved() {
             status.state = ProjectState::Unresolved;
@@ -159,6 +163,13 @@ impl Engine {
         if let Some(base) = baseline {
             status.violations = manifest::diff(&base.files, &tree);
             status.schema_pending = schema != base.schema_blake3;
+            if !status.violations.is_empty()
+                && let Some(other) = self.matching_push(project, &tree)
+            {
+                status.violations.clear();
+                status.schema_pending = schema != other.schema_blake3;
+                status.matches = Some(other.id);
+            }
             status.state =
                 if status.violations.is_empty() { ProjectState::Clean } else { ProjectState::Violated };
         }

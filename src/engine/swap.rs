@@ -338,17 +338,29 @@ impl Engine {
         fsutil::fsync_dir(&project.root).ctx("sync", &project.root)
     }
 
-    /// The id of a push of this project (the one waiting for the store, or one in it) whose files are exactly
-    /// `files`; such a tree needs no quarantine copy.
-    pub(crate) fn stored_push_with(&self, project: &Project, files: &[FileEntry]) -> Option<String> {
+    /// The push of this project (the one waiting for the store, or one in it) whose files are exactly `files`: such a
+    /// tree is legitimate (a restore to an older push, a pull) and needs no quarantine copy.
+    pub(crate) fn push_with_files(
+        &self,
+        project: &Project,
+        files: &[FileEntry],
+    ) -> Option<crate::store::PushRecord> {
         let id = self.project_id(project).ok()??;
         if let Ok(Some(pending)) = self.pending_record(project)
             && pending.project_id == id
             && pending.files == files
         {
-            return Some(pending.id);
+            return Some(pending);
         }
-        self.store.history(&id).ok()?.into_iter().find(|r| r.files == files).map(|r| r.id)
+        if !self.store.reachable().ok()? {
+            return None;
+        }
+        self.store.history(&id).ok()?.into_iter().find(|r| r.files == files)
+    }
+
+    /// The id of [`Engine::push_with_files`].
+    pub(crate) fn stored_push_with(&self, project: &Project, files: &[FileEntry]) -> Option<String> {
+        self.push_with_files(project, files).map(|r| r.id)
     }
 
     /// [`Engine::stored_push_with`] for a tree on disk (regular files and directories only).
