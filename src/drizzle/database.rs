@@ -13,70 +13,8 @@ use super::Drift;
 use super::journal::{self, Entry};
 use crate::safefs::{self, Folder};
 
-/// The largest drizzle config file read for a literal URL.
-const MAX_CONFIG: u64 = 1 << 20;
-
 /// How long a read waits for a writer's lock before giving up; reads never hold the lock longer than a SELECT.
 const BUSY_TIMEOUT: Duration = Duration::from_millis(2000);
-
-const CONFIG_FILES: &[&str] = &[
-    "drizzle.config.ts",
-    "drizzle.config.js",
-    "drizzle.config.mjs",
-    "drizzle.config.cjs",
-    "drizzle.config.json",
-];
-
-/// The database file: `configured` (the `database.url` key) if set, else the `dbCredentials.url` that
-/// drizzle.config.* declares. Paths and `file:` URLs are taken relative to the project root.
-pub fn locate(root: &Path, configured: Option<&str>) -> Result<PathBuf, String> {
-    if let Some(url) = configured {
-        return from_url(root, url);
-    }
-    let folder = Folder::open(root).map_err(|e| e.to_string())?.ok_or("the project folder is gone")?;
-    for name in CONFIG_FILES {
-        let text = match folder.read_string(name, MAX_CONFIG) {
-            Ok(Some(t)) => t,
-            Ok(None) => continue,
-            Err(e) => return Err(e.to_string()),
-        };
-        let url = if name.ends_with(".json") {
-            serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["dbCredentials"]["url"].as_str().map(String::from))
-        } else {
-            url_literal(&text)
-        };
-        return match url {
-            Some(url) => from_url(root, &url),
-            None => Err(format!(
-                "{name} declares no literal dbCredentials.url; set database.url in the dreamerd configuration"
-            )),
-        };
-    }
-    Err("no drizzle.config.* found; set database.url in the dreamerd configuration".into())
-}
-
-/// The first quoted `url:` after `dbCredentials` in a config file's source.
-fn url_literal(text: &str) -> Option<String> {
-    let start = text.find("dbCredentials")?;
-    let mut rest = &text[start..];
-    loop {
-        let at = rest.find("url")?;
-        let after = rest[at + 3..].trim_start();
-        let before_ok = at == 0 || !rest.as_bytes()[at - 1].is_ascii_alphanumeric();
-        if before_ok && let Some(value) = after.strip_prefix(':') {
-            let value = value.trim_start();
-            let quote = value.chars().next()?;
-            if !matches!(quote, '\'' | '"' | '`') {
-                return None; // an expression such as process.env.DATABASE_URL
-            }
-            let end = value[1..].find(quote)?;
-            return Some(value[1..1 + end].to_string());
-        }
-        rest = &rest[at + 3..];
-    }
-}
 
 /// The SQLite file a database URL names, relative to `base` (a URL may hold a password: it is never quoted).
 pub fn from_url(base: &Path, url: &str) -> Result<PathBuf, String> {
@@ -353,12 +291,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_from_config_sources() {
-        let ts = "export default defineConfig({ dialect: 'sqlite', dbCredentials: { url: './local.db' } });";
-        assert_eq!(url_literal(ts).as_deref(), Some("./local.db"));
-        let ts = "export default { dbCredentials: {\n  url: \"file:data/app.db\",\n} }";
-        assert_eq!(url_literal(ts).as_deref(), Some("file:data/app.db"));
-        assert_eq!(url_literal("dbCredentials: { url: process.env.DB_URL }"), None);
+    fn urls_of_local_files_only() {
         let root = Path::new("/p");
         assert_eq!(from_url(root, "file:data/app.db").unwrap(), Path::new("/p/data/app.db"));
         assert_eq!(from_url(root, "/abs/x.db").unwrap(), Path::new("/abs/x.db"));

@@ -209,7 +209,7 @@ impl Engine {
             return database::from_url(&project.root, url).map(target);
         }
         if project.config.is_none() {
-            return database::locate(&project.root, None).map(target);
+            return Err("the project has no drizzle config naming a database; set database.url".into());
         }
         if !matches!(project.layout.dialect.as_str(), "sqlite" | "turso") {
             return Err(format!("{}: not supported yet", project.layout.dialect));

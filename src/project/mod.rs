@@ -89,6 +89,8 @@ pub struct Project {
     /// Why the config could not be evaluated. With a recorded layout the project is still guarded (and says so);
     /// without one it is `unresolved`.
     pub problem: Option<String>,
+    /// Whether `config` is the root's default config (see [`Project::is_default_config`]).
+    default_config: bool,
 }
 
 impl std::fmt::Debug for Project {
@@ -155,6 +157,7 @@ impl Project {
             db_url: None,
             env: None,
             problem: None,
+            default_config: true,
         }
     }
 
@@ -254,6 +257,7 @@ impl Project {
         let Some(config) = config else { return Ok(project) };
         project.config = Some(config.to_string());
         project.layout.config = config.to_string();
+        project.default_config = Project::decide_default(root, Some(config));
         let path = layout::normalize(&root.join(config));
         match layout::evaluate(root, &path, env.as_ref()) {
             Ok(resolved) => {
@@ -305,13 +309,18 @@ impl Project {
         self.problem.is_some() && self.source != Some(Source::Recorded)
     }
 
-    /// Whether this is the root's default config, the one whose identity is the project file's `id`: the file's
-    /// `default`, else the root's drizzle.config.*, else (neither exists) a config that is not listed among the
-    /// others while the file has no `id` yet.
+    /// Whether this is the root's default config, the one whose identity is the project file's `id` (decided once,
+    /// when the project is resolved).
     pub fn is_default_config(&self) -> bool {
-        let Some(c) = &self.config else { return true };
-        let file = ProjectFile::read(&self.root).ok().flatten().unwrap_or_default();
-        match (&file.default, default_config_in(&self.root)) {
+        self.default_config
+    }
+
+    /// Whether `config` is `root`'s default config: the project file's `default`, else the root's drizzle.config.*,
+    /// else (neither exists) a config that is not listed among the others while the file has no `id` yet.
+    fn decide_default(root: &Path, config: Option<&str>) -> bool {
+        let Some(c) = config else { return true };
+        let file = ProjectFile::read(root).ok().flatten().unwrap_or_default();
+        match (&file.default, default_config_in(root)) {
             (Some(d), _) => d == c,
             (None, Some(name)) => name == c,
             (None, None) => !file.configs.contains_key(c) && file.id.is_none(),
