@@ -4,12 +4,14 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{Config, Settings};
 use crate::daemon;
 use crate::dirs::Dirs;
-use crate::engine::{Engine, ProjectState, ProjectStatus, PruneReport, PushReport, RestoreReport};
+use crate::engine::{
+    Engine, ProjectState, ProjectStatus, PruneReport, PushReport, Relation, RestoreReport, Source, Via,
+};
 use crate::error::{Error, Result};
 use crate::ipc::{self, Client, Reply, Request};
 use crate::logging;
@@ -500,20 +502,6 @@ fn run(global: &Global, action: Action) -> Result<i32> {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct HistoryDoc {
-    root: PathBuf,
-    pushes: Vec<HistoryEntry>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct HistoryEntry {
-    id: String,
-    at: String,
-    files: usize,
-    host: String,
-}
-
 /// Prints the result: JSON on stdout with `--json`, human text otherwise.
 fn emit<T: Serialize>(global: &Global, value: &T, human: impl FnOnce() -> String) {
     if global.json {
@@ -556,11 +544,25 @@ fn human_status(s: &ProjectStatus) -> String {
     match s.state {
         ProjectState::Clean => match &s.matches {
             Some(other) => {
+                let how = match s.relation {
+                    Some(Relation::Older) => " (older than this checkout's last push)",
+                    Some(Relation::Newer) => " (newer than this checkout's last push)",
+                    Some(Relation::Other) => " (on another line of pushes than this checkout's last push)",
+                    _ => "",
+                };
                 out += &format!(
-                    "{root}: clean: {out_dir} holds push {other} (restored or pulled), not the last push\n"
+                    "{root}: clean: {out_dir} holds push {other}{how}; it is this checkout's last push from now on\n"
                 )
             }
-            None => out += &format!("{root}: clean ({push})\n"),
+            None => {
+                let how = match s.last_push.as_ref().map(|p| (p.via, p.source)) {
+                    Some((Some(Via::Arrived), _)) => "; the folder arrived holding it (a pull or a copy)",
+                    Some((Some(Via::Restore), _)) => "; restored",
+                    Some((_, Some(Source::Committed))) => "; named by the committed sum",
+                    _ => "",
+                };
+                out += &format!("{root}: clean ({push}{how})\n")
+            }
         },
         ProjectState::NoBaseline => out += &format!("{root}: never pushed (run `dreamer push`)\n"),
         ProjectState::Busy => out += &format!("{root}: busy (a push or restore is running)\n"),
@@ -578,6 +580,18 @@ fn human_status(s: &ProjectStatus) -> String {
             );
             for v in &s.violations {
                 out += &format!("  {}\n", v.human());
+            }
+            if let Some(target) = &s.restore_target {
+                out += &format!("`dreamer database restore` brings back push {target}");
+                match &s.closest {
+                    Some(c) => {
+                        out += &format!(
+                            "; the closest push is {} ({} difference(s)): `dreamerd restore --push {}`\n",
+                            c.push, c.differences, c.push
+                        )
+                    }
+                    None => out += ".\n",
+                }
             }
             out += &format!(
                 "{out_dir} is written only by `dreamer push`. Run `dreamer database restore` to put it back (your \
@@ -608,8 +622,19 @@ fn human_status(s: &ProjectStatus) -> String {
 
 fn human_push(r: &PushReport) -> String {
     match r {
-        PushReport::Ok { push_id, files, unchanged: false, .. } => {
-            format!("pushed: {push_id} ({files} files backed up)\n")
+        PushReport::Ok { push_id, files, unchanged: false, known_faults, .. } => {
+            let mut out = format!("pushed: {push_id} ({files} files backed up)\n");
+            if !known_faults.is_empty() {
+                out += &format!(
+                    "warning: the folder's history has {} fault(s) that migrate tolerates; they are recorded as known \
+                     in .dreamerd.toml and checks report only new ones:\n",
+                    known_faults.len()
+                );
+                for d in known_faults {
+                    out += &format!("  [{}] {}\n", d.code, escaped(&d.message));
+                }
+            }
+            out
         }
         PushReport::Ok { push_id, files, unchanged: true, .. } => {
             format!(
@@ -692,14 +717,31 @@ fn human_prune(r: &PruneReport) -> String {
     text
 }
 
-fn human_history(h: &HistoryDoc) -> String {
+fn human_history(h: &crate::engine::History) -> String {
     if h.pushes.is_empty() {
-        return format!("{}: no successful push yet\n", h.root.display());
+        let mut out = format!("{}: no successful push yet\n", h.root.display());
+        if let Some(c) = &h.committed {
+            out += &format!("  the committed sum names push {c}, which this store does not hold\n");
+        }
+        return out;
     }
     let mut out = format!("{}: {} successful push(es), newest first\n", h.root.display(), h.pushes.len());
-    for (i, p) in h.pushes.iter().enumerate() {
-        let latest = if i == 0 { "  (latest)" } else { "" };
-        out += &format!("  {}  {}  {:>3} files  {}{latest}\n", p.id, p.at, p.files, p.host);
+    for p in &h.pushes {
+        let mut marks = Vec::new();
+        if p.last {
+            marks.push("this checkout's last push: what restore brings back");
+        }
+        if p.committed {
+            marks.push("named by the committed sum");
+        }
+        if p.pending {
+            marks.push("backup waiting for the store");
+        }
+        let marks = if marks.is_empty() { String::new() } else { format!("  ({})", marks.join("; ")) };
+        out += &format!("  {}  {}  {:>3} files  {}{marks}\n", p.id, p.at, p.files, escaped(&p.host));
+    }
+    if let Some(c) = h.committed.as_ref().filter(|c| !h.pushes.iter().any(|p| &&p.id == c)) {
+        out += &format!("  the committed sum names push {c}, which this store does not hold\n");
     }
     out
 }

@@ -18,6 +18,22 @@ pub struct FileEntry {
     pub blake3: String,
 }
 
+/// The hash of a whole tree: blake3 over one line per file (`<blake3> <size> <json path>`), in path order. A push's
+/// manifest is stored under it, the committed sum carries it as its `root`, and the index finds a push by it.
+pub fn tree_hash(files: &[FileEntry]) -> String {
+    let mut h = blake3::Hasher::new();
+    for f in files {
+        h.update(file_line(f).as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// One file's line in a tree hash and in the committed sum.
+pub fn file_line(f: &FileEntry) -> String {
+    format!("{} {} {}", f.blake3, f.size, serde_json::to_string(&f.path).expect("a string serialises"))
+}
+
 /// What is found at one path of the current tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {

@@ -189,7 +189,7 @@ fn two_pushes(w: &World) -> (String, String) {
 #[test]
 fn database_drift_codes_from_a_real_database() {
     let w = World::drizzle();
-    let (first, _) = two_pushes(&w);
+    let (first, second) = two_pushes(&w);
     assert!(drift_codes(&w).is_empty());
 
     // An old drizzle/ put back: the database applied a migration drizzle/ does not have.
@@ -199,10 +199,15 @@ fn database_drift_codes_from_a_real_database() {
     let (code, check) = w.json("dreamerd", &["check"]);
     assert_eq!(code, 1, "drift makes check exit 1");
     assert!(check["violations"].as_array().unwrap().is_empty(), "an older push is no violation: {check}");
-    assert_eq!(check["matches"], first.as_str(), "drizzle/ holds the older push: {check}");
+    assert_eq!(check["last_push"]["id"], first.as_str(), "the checkout stands on the older push: {check}");
+    assert_eq!(check["last_push"]["via"], "restore", "{check}");
     // The daemon's status carries the same drift.
     assert_eq!(w.status()["drift"][0]["code"], "migration-missing");
-    w.json("dreamer", &["database", "restore"]);
+    // A plain restore keeps the push the checkout stands on; the way back is the push that matches the database.
+    let (_, v) = w.json("dreamer", &["database", "restore"]);
+    assert_eq!(v["push_id"], first.as_str());
+    assert_eq!(drift_codes(&w), ["migration-missing"]);
+    w.json("dreamer", &["database", "restore", "--push", &second]);
     assert!(drift_codes(&w).is_empty());
 
     // A colleague's branch migrated the shared development database: drizzle/ is untouched, yet the precheck

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::World;
 
@@ -30,16 +30,22 @@ fn first_push_backs_up_and_check_is_clean() {
     assert_eq!(
         v,
         json!({"root": w.root, "state": "clean", "violations": [], "schema_pending": false,
-               "last_push": {"id": id, "at": at, "files": 3}, "drift": [],
+               "last_push": {"id": id, "at": at, "files": 3, "source": "checkout", "via": "push"}, "drift": [],
                "config": "drizzle.config.ts", "out": "drizzle", "schema": ["src/schema.ts"], "dialect": "sqlite",
                "layout": "evaluated", "database": {"checked": true}})
     );
-    // The archive and its record are in the local store under $XDG_DATA_HOME.
+    // The archive, its manifest and its generation are in the local store under $XDG_DATA_HOME.
     let project_id = w.read(".dreamerd.toml");
     let project_id = project_id.split('"').nth(1).unwrap();
-    let pushes = w.store().join("projects").join(project_id).join("pushes").join(&id);
-    assert!(pushes.join("archive.tar.zst").is_file());
-    assert!(pushes.join("manifest.json").is_file());
+    let project = w.store().join("projects").join(project_id);
+    let generation: Value =
+        serde_json::from_str(&fs::read_to_string(project.join("generations/000000000001.json")).unwrap())
+            .unwrap();
+    assert_eq!(generation["push"], id.as_str());
+    let archive =
+        project.join(format!("archives/{}.tar.zst", generation["archive_blake3"].as_str().unwrap()));
+    assert_eq!(blake3::hash(&fs::read(&archive).unwrap()).to_hex().as_str(), generation["archive_blake3"]);
+    assert!(project.join(format!("manifests/{}.json", generation["tree"].as_str().unwrap())).is_file());
 
     // A second push with nothing changed makes no new backup.
     let (code, v) = w.json("dreamer", &["push"]);

@@ -179,15 +179,10 @@ fn corrupted_archive_in_the_store_is_refused() {
     let id = w.push_ok();
     w.write("drizzle/0000_step.sql", "tampered");
     let before = w.tree("drizzle");
-    let archive = fs::read_dir(w.store().join("projects"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
-        .join("pushes")
-        .join(&id)
-        .join("archive.tar.zst");
+    let archive =
+        fs::read_dir(w.store().join("projects")).unwrap().next().unwrap().unwrap().path().join("archives");
+    let archive = fs::read_dir(archive).unwrap().next().unwrap().unwrap().path();
+    let _ = &id;
     let mut bytes = fs::read(&archive).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
@@ -195,6 +190,7 @@ fn corrupted_archive_in_the_store_is_refused() {
     let (code, v) = w.json("dreamer", &["database", "restore"]);
     assert_eq!(code, 1);
     assert!(v["error"].as_str().unwrap().contains("corrupt"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("archives/"), "the message names the object: {v}");
     assert_eq!(w.tree("drizzle"), before, "nothing changed");
     let (code, _) = w.json("dreamerd", &["restore", "--dry-run"]);
     assert_eq!(code, 1, "a dry run reports the corrupt backup too");
@@ -460,7 +456,7 @@ fn human_output_is_short_and_says_what_to_do() {
     assert!(run.stdout.contains("kept in "));
 
     let run = w.run("dreamerd", &["history"]);
-    assert!(run.stdout.contains(&id) && run.stdout.contains("(latest)"), "{}", run.stdout);
+    assert!(run.stdout.contains(&id) && run.stdout.contains("this checkout's last push"), "{}", run.stdout);
 
     w.write("drizzle/0001_extra.sql", "x");
     let run = w.run("dreamerd", &["check"]);
@@ -553,7 +549,8 @@ fn a_folder_restored_to_an_older_push_is_clean_and_a_push_builds_on_it() {
     assert_eq!(code, 0, "{v}");
     let (code, v) = w.json("dreamerd", &["check"]);
     assert_eq!(code, 0, "dreamerd's own restore leaves a clean project: {v}");
-    assert_eq!(v["matches"], first.as_str());
+    assert_eq!(v["last_push"]["id"], first.as_str(), "{v}");
+    assert_eq!(v["last_push"]["via"], "restore", "{v}");
     assert_eq!(w.status()["state"], "clean", "the daemon agrees");
     assert!(!w.daemon_log().contains("changed by hand"), "{}", w.daemon_log());
     let third = w.push_ok();

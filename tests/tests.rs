@@ -2,6 +2,7 @@
 
 mod support;
 
+mod baselines;
 mod daemon;
 mod diagnosis_e2e;
 mod drizzle_e2e;

@@ -252,16 +252,7 @@ impl Daemon {
                 tokio::task::spawn_blocking(move || -> Result<(i32, Value)> {
                     let project = spec.resolve()?;
                     let engine = this.engine_for(&spec, &project)?;
-                    engine.require_store(&project)?;
-                    let history = match engine.project_id(&project)? {
-                        Some(id) => engine.store.history(&id)?,
-                        None => Vec::new(),
-                    };
-                    let pushes: Vec<Value> = history
-                        .iter()
-                        .map(|r| json!({"id": r.id, "at": r.at, "files": r.files.len(), "host": r.host}))
-                        .collect();
-                    Ok((0, json!({"root": project.root, "pushes": pushes})))
+                    Ok((0, serde_json::to_value(engine.history(&project)?).expect("serialises")))
                 })
                 .await
                 .unwrap_or_else(|e| Err(Error::failed(format!("history panicked: {e}"), "")))

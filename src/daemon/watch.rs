@@ -402,7 +402,7 @@ impl Daemon {
     fn record(self: &Arc<Self>, root: &Path, status: ProjectStatus) {
         let now: BTreeSet<String> =
             status.violations.iter().map(|v| serde_json::to_string(v).expect("serialises")).collect();
-        let (new, cleared, schema_changed) = {
+        let (new, cleared, schema_changed, arrived) = {
             let mut state = self.state.lock().expect("state");
             let Some(w): Option<&mut Watched> = state.projects.get_mut(root) else { return };
             w.rescans += 1;
@@ -417,8 +417,12 @@ impl Daemon {
             w.reported = now;
             let schema_changed = status.state != ProjectState::Busy
                 && w.schema_pending.replace(status.schema_pending) != Some(status.schema_pending);
+            let arrived = status
+                .matches
+                .clone()
+                .filter(|m| w.status.as_ref().and_then(|s| s.matches.as_ref()) != Some(m));
             w.status = Some(status.clone());
-            (new, cleared, schema_changed && status.schema_pending)
+            (new, cleared, schema_changed && status.schema_pending, arrived)
         };
         let shown = shown(root);
         let out_dir = if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) };
@@ -463,6 +467,16 @@ impl Daemon {
                 let root = root.to_path_buf();
                 tokio::spawn(async move { this.auto_restore(&root, list_violations(&new)).await });
             }
+        }
+        if let Some(push) = arrived {
+            let relation = status.relation.map(|r| serde_json::to_value(r).expect("serialises"));
+            tracing::info!(
+                project = %shown,
+                push = %push,
+                relation = %relation.as_ref().and_then(|r| r.as_str()).unwrap_or("-"),
+                "{out_dir} now holds push {push} (a pull, a checkout or a copy): accepted as this checkout's last push"
+            );
+            self.emit(json!({"type": "arrived", "root": root, "push_id": push, "relation": relation}));
         }
         if cleared {
             tracing::info!(project = %shown, "{out_dir} matches the last push again; violation cleared");

@@ -192,7 +192,11 @@ fn snapshot_chain(drizzle: &Folder, entries: &[Entry]) -> Vec<Drift> {
                 continue;
             }
             Err(err) => {
-                out.push(Drift::new("snapshot-chain", format!("{name} cannot be read: {err}"), Some(&e.tag)));
+                out.push(Drift::new(
+                    "snapshot-invalid",
+                    format!("{name} cannot be read: {err}"),
+                    Some(&e.tag),
+                ));
                 previous = None;
                 continue;
             }
@@ -201,7 +205,7 @@ fn snapshot_chain(drizzle: &Folder, entries: &[Entry]) -> Vec<Drift> {
             Ok(s) => s,
             Err(err) => {
                 out.push(Drift::new(
-                    "snapshot-chain",
+                    "snapshot-invalid",
                     format!("{name} is not a drizzle snapshot: {err}"),
                     Some(&e.tag),
                 ));

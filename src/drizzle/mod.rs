@@ -27,6 +27,49 @@ impl Drift {
         !matches!(self.code.as_str(), "migration-pending" | "database-unreadable")
     }
 
+    /// Whether the first push of a project may accept it as a known fault of its history: migrate tolerates it and
+    /// the next generate is not misled by it. `latest` is the tag of the newest journal entry.
+    pub fn adoptable(&self, latest: Option<&str>) -> bool {
+        match self.code.as_str() {
+            "sql-not-in-journal" | "journal-order" | "journal-duplicate" | "snapshot-chain" => true,
+            // An old snapshot is never read again; the newest is what the next generate diffs against.
+            "journal-missing-snapshot" => self.migration.as_deref() != latest,
+            _ => false,
+        }
+    }
+
+    /// What to do about it in a project that was never pushed with dreamerd (so there is nothing to restore).
+    pub fn first_push_hint(&self) -> &'static str {
+        match self.code.as_str() {
+            "journal-missing-sql" => {
+                "the journal names a migration whose .sql is not in drizzle/ (migrate fails on it): take the file back \
+                 from git (`git log --diff-filter=D -- drizzle/`), or remove the entry if no database ever applied it; \
+                 then `dreamer push`. From its first push on, dreamerd keeps drizzle/ whole"
+            }
+            "journal-missing-snapshot" => {
+                "the newest snapshot is missing, so the next generate would diff against an older schema: take it \
+                 back from git (`git log -- drizzle/meta/`), then `dreamer push`"
+            }
+            "journal-unreadable" | "snapshot-invalid" => {
+                "a file drizzle-kit needs cannot be read: take it back from git (`git log -- drizzle/meta/`), then \
+                 `dreamer push`"
+            }
+            "migration-missing" => {
+                "the database applied migrations that drizzle/ lacks (another branch, or files deleted): take them \
+                 back from git, or reset your development database; then `dreamer push`"
+            }
+            "migration-edited" => {
+                "an applied migration's .sql differs from what the database ran: put back the version it ran (`git \
+                 log -p -- drizzle/`), or reset your development database; then `dreamer push`"
+            }
+            "migration-skipped" => {
+                "the migrator would never apply this entry on this database (its when is older than one applied): \
+                 reset your development database and `dreamer push`, so every migration applies in order"
+            }
+            _ => self.hint(),
+        }
+    }
+
     /// What to do about it.
     pub fn hint(&self) -> &'static str {
         match self.code.as_str() {
@@ -35,9 +78,9 @@ impl Drift {
                  and `dreamer push`"
             }
             "migration-missing" => {
-                "the database applied migrations that drizzle/ lacks: run `dreamer database restore` to get the last \
-                 push back (or `--push ID` for the one matching the database); if the database came from elsewhere, \
-                 reset your development database"
+                "the database applied migrations that drizzle/ lacks: put back the push that has them with `dreamer \
+                 database restore --push ID` (`dreamerd history` lists the pushes; a plain restore brings back this \
+                 checkout's last push); if the database came from elsewhere, reset your development database"
             }
             "migration-pending" => "run `dreamer push` to apply it",
             "migration-skipped" => {

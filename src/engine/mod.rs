@@ -1,6 +1,7 @@
 //! The engine: push, restore and check. The command line runs it in-process and the daemon runs the very same
 //! code; neither knows more about drizzle/ than what is here.
 
+mod checkout;
 pub mod diagnosis;
 mod prune;
 mod push;
@@ -28,9 +29,10 @@ use crate::safefs;
 use crate::store::{PushRecord, Store, valid_id};
 
 /// The state directory's format. 1: dreamerd 0.1.0, which wrote no marker; 2: a `format.json` marker, and crash
-/// journals and the watch list carry their own format. Moving from 1 to 2 changes no file: each is read in its old
-/// shape.
-pub const STATE_FORMAT: u32 = 2;
+/// journals and the watch list carry their own format; 3: per-checkout state (`checkouts/`) and the local index of
+/// store histories (`index/`). Moving forward changes no file: each is read in its old shape, and a checkout without
+/// a state file finds its last push as the earlier release did.
+pub const STATE_FORMAT: u32 = 3;
 
 /// How long a lock left to a drizzle-kit that outlived its daemon is waited for once that drizzle-kit is stopped.
 const ORPHAN_WAIT: Duration = Duration::from_secs(10);
@@ -40,6 +42,7 @@ const MAX_RECORD: u64 = 64 << 20;
 /// The largest pending archive read back.
 const MAX_ARCHIVE: u64 = 2 << 30;
 
+pub use checkout::{Baseline, Checkout, History, HistoryEntry, Relation, Source, Via};
 pub use prune::{PruneReport, Pruned};
 pub use push::{PushFailure, PushReport, RUNNING_PUSH, Stage};
 pub use restore::RestoreReport;
@@ -101,7 +104,7 @@ struct StateMarker {
 impl Engine {
     /// An engine over a loaded configuration.
     pub fn new(config: Config, dirs: Dirs) -> Result<Engine> {
-        let store = Store::open(&config.store_location(&dirs))?;
+        let store = Store::open(&config.store_location(&dirs), Some(dirs.state.join("index")))?;
         Ok(Engine { config, dirs, store, sources: Vec::new(), state_ready: OnceLock::new() })
     }
 
@@ -240,7 +243,31 @@ impl Engine {
 
     /// [`Engine::drift`], and whether the database was compared at all.
     pub fn database_check(&self, project: &Project) -> (Vec<crate::drizzle::Drift>, database::Checked) {
-        database::check(&project.drizzle(), self.database(project))
+        let (drift, checked) = database::check(&project.drizzle(), self.database(project));
+        (self.new_faults(project, drift).0, checked)
+    }
+
+    /// Drift without the faults the project file records as known (its history's, accepted at the first push), and
+    /// how many were left out.
+    pub fn new_faults(
+        &self,
+        project: &Project,
+        drift: Vec<crate::drizzle::Drift>,
+    ) -> (Vec<crate::drizzle::Drift>, usize) {
+        let known = project.known_faults().unwrap_or_default();
+        let before = drift.len();
+        let new: Vec<_> = drift.into_iter().filter(|d| !known.iter().any(|k| k.is(d))).collect();
+        let left_out = before - new.len();
+        (new, left_out)
+    }
+
+    /// The project's operation lock if nobody holds it right now (never waits).
+    pub(crate) fn try_lock_now(&self, project: &Project) -> Result<Option<ProjectLock>> {
+        self.prepare_state()?;
+        let path = self.lock_path(project);
+        fsutil::create_private_dir(path.parent().expect("has a parent")).ctx("create", &path)?;
+        let file = File::options().create(true).truncate(false).write(true).open(&path).ctx("open", &path)?;
+        Ok(try_lock_for(&file, Duration::ZERO).ctx("lock", &path)?.then_some(ProjectLock { file }))
     }
 
     /// True if another process holds the project's operation lock right now.
@@ -249,24 +276,9 @@ impl Engine {
         matches!(file.try_lock_shared(), Err(TryLockError::WouldBlock))
     }
 
-    /// The baseline of a project: the record of its last successful push, if it has one.
+    /// The baseline of a checkout: the record of the push its folder must hold (see [`Engine::baseline_of`]).
     pub fn baseline(&self, project: &Project) -> Result<Option<PushRecord>> {
-        let id = self.project_id(project)?;
-        if let Some(id) = &id {
-            // A push whose backup could not be stored yet is still the last successful push.
-            if let Some(record) = self.pending_record(project)?
-                && &record.project_id == id
-            {
-                return Ok(Some(record));
-            }
-            if self.store.reachable()?
-                && let Some(record) = self.store.latest(id)?
-            {
-                return Ok(Some(record));
-            }
-        }
-        // The store knows nothing of it (a fresh clone, CI): the committed sum is what the folder must be.
-        Ok(Sum::read(project)?.map(|s| s.as_record(id.as_deref().unwrap_or_default())))
+        Ok(self.baseline_of(project)?.map(|b| b.record))
     }
 
     fn remembered_id_path(&self, project: &Project) -> PathBuf {
@@ -318,19 +330,42 @@ impl Engine {
     }
 
     /// Refuses a store that is gone: a local store folder that does not exist while `store.url` names it, or while
-    /// this checkout has pushed to it. Never read as "never pushed", which would take hand-made files for a baseline.
+    /// this checkout has pushed to it; a store that no longer holds the push this checkout stands on (emptied,
+    /// replaced, another store at the same place). Never read as "never pushed", which would take hand-made files for
+    /// a baseline.
     pub fn require_store(&self, project: &Project) -> Result<()> {
-        if self.store.reachable()? {
+        self.require_store_reachable(project)?;
+        if !self.store.reachable()? {
             return Ok(());
         }
-        let named = self.config.store.url.is_some();
-        if named || self.remembered_id_path(project).exists() {
+        if let Some(checkout) = self.checkout(project)?
+            && let Some(n) = checkout.push.generation
+            && self.store.generation(&checkout.push.project_id, n)?.is_none_or(|g| g.push != checkout.push.id)
+        {
             return Err(Error::Usage(format!(
-                "{} does not exist, but {}: it was moved, deleted or mistyped. Put it back (or fix store.url); \
-                 nothing was changed",
+                "{} does not hold push {} (generation {n}), which this checkout stands on: the store was emptied, \
+                 replaced, or is another one than before. Put it back (or fix store.url); nothing was changed. \
+                 `dreamerd restore --push ID` still restores a push the store holds",
                 self.store.describe(),
-                if named { "store.url names it" } else { "this checkout's pushes were stored there" }
+                checkout.push.id
             )));
+        }
+        Ok(())
+    }
+
+    /// [`Engine::require_store`] without the check that the store holds the checkout's push (a restore of a named
+    /// push needs only that push).
+    pub fn require_store_reachable(&self, project: &Project) -> Result<()> {
+        if !self.store.reachable()? {
+            let named = self.config.store.url.is_some();
+            if named || self.remembered_id_path(project).exists() {
+                return Err(Error::Usage(format!(
+                    "{} does not exist, but {}: it was moved, deleted or mistyped. Put it back (or fix store.url); \
+                     nothing was changed",
+                    self.store.describe(),
+                    if named { "store.url names it" } else { "this checkout's pushes were stored there" }
+                )));
+            }
         }
         Ok(())
     }
@@ -379,7 +414,14 @@ impl Engine {
     pub(crate) fn flush_pending(&self, project: &Project, sink: &dyn Sink) -> Result<()> {
         let Some((record, archive)) = self.pending(project)? else { return Ok(()) };
         sink.progress(&format!("storing the backup of push {} that could not be stored before", record.id));
-        self.store.save(&record, &archive)?;
+        let n = self.store.save(&record, &archive)?;
+        if let Some(mut checkout) = self.checkout(project)?
+            && checkout.push.id == record.id
+            && checkout.push.generation.is_none()
+        {
+            checkout.push.generation = Some(n);
+            self.set_last_push(project, &checkout.push, checkout.via, None)?;
+        }
         let dir = self.pending_dir(project);
         fsutil::remove_any(&dir).ctx("remove", &dir)
     }

@@ -42,6 +42,10 @@ pub enum PushReport {
         /// The configuration files the settings came from.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         settings: Vec<PathBuf>,
+        /// Faults of the folder's history that this first push accepted and recorded as known in the project file
+        /// (migrate tolerates them; checks leave them out from now on).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        known_faults: Vec<Drift>,
     },
     Failed(PushFailure),
 }
@@ -190,14 +194,23 @@ impl Engine {
                 settings: Vec::new(),
             }));
         }
-        let baseline = self.baseline(project)?;
+        let found = self.baseline_of(project)?;
+        let source = found.as_ref().map(|b| b.source);
         let tree = self.scan_out(project)?;
-        // A folder that is exactly another push of the project (restored with --push, pulled) is legitimate, and
-        // the push builds on it.
-        let baseline = match baseline {
+        // A folder that is exactly another push of the project (restored with --push, pulled, copied) is
+        // legitimate, and the push builds on it.
+        let mut arrived = None;
+        let baseline = match found.map(|b| b.record) {
             Some(base) if !manifest::diff(&base.files, &tree).is_empty() => {
-                self.matching_push(project, &tree).or(Some(base))
+                match self.matching_push(project, &tree, Some(&base.id)) {
+                    Some((other, relation)) => {
+                        arrived = Some((base.id.clone(), relation));
+                        Some(other)
+                    }
+                    None => Some(base),
+                }
             }
+            None => self.matching_push(project, &tree, None).map(|(other, _)| other),
             other => other,
         };
 
@@ -220,6 +233,40 @@ impl Engine {
             }
         }
         let drift: Vec<Drift> = self.drift(project).into_iter().filter(Drift::blocks_push).collect();
+        // The first push of a project with a history accepts the faults migrate tolerates (recorded as known once
+        // it succeeded); what would make the next migrate fail or skip is refused with a way out that needs no
+        // earlier push.
+        let mut adopted = Vec::new();
+        let drift = if baseline.is_none() {
+            let entries = crate::drizzle::journal::read(&drizzle).ok().flatten().unwrap_or_default();
+            let latest = entries.last().map(|e| e.tag.clone());
+            let (ok, refused): (Vec<Drift>, Vec<Drift>) =
+                drift.into_iter().partition(|d| d.adoptable(latest.as_deref()));
+            if let Some(first) = refused.first() {
+                let all: Vec<String> =
+                    refused.iter().map(|d| format!("[{}] {}", d.code, d.message)).collect();
+                return Ok(precheck_failure(
+                    &first.code,
+                    format!(
+                        "this first push cannot take drizzle/ as it is: {}{}",
+                        all.join("; "),
+                        if ok.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                " ({} other fault(s) of its history would be accepted as known)",
+                                ok.len()
+                            )
+                        }
+                    ),
+                    first.first_push_hint(),
+                ));
+            }
+            adopted = ok;
+            Vec::new()
+        } else {
+            drift
+        };
         if let Some(first) = drift.first() {
             let all: Vec<String> = drift.iter().map(|d| format!("[{}] {}", d.code, d.message)).collect();
             return Ok(precheck_failure(
@@ -277,6 +324,18 @@ impl Engine {
         journal.phase = Phase::Backup;
         journal.child = None;
         self.write_journal(project, &journal)?;
+        if !adopted.is_empty() {
+            let listed: Vec<String> = adopted.iter().map(|d| format!("[{}] {}", d.code, d.message)).collect();
+            sink.progress(&format!(
+                "accepted {} fault(s) of the existing history as known (migrate tolerates them; checks report only \
+                 new ones from now on): {}",
+                adopted.len(),
+                listed.join("; ")
+            ));
+            if let Err(e) = project.record_known_faults(&adopted) {
+                sink.progress(&format!("cannot record the known faults in the project file: {e}"));
+            }
+        }
         let (record, archive) = match self.new_record(project, &project_id, baseline.as_ref())? {
             Err(unchanged) => {
                 self.clear_journal(project)?;
@@ -284,14 +343,30 @@ impl Engine {
                     sink.progress(&format!("cannot record the layout in the project file: {e}"));
                 }
                 if let Some(base) = &baseline {
+                    // The folder is that push: the checkout stands on it from now on.
+                    if arrived.is_some() || source != Some(super::Source::Checkout) {
+                        let via = match source {
+                            Some(super::Source::Pending | super::Source::Earlier) if arrived.is_none() => {
+                                super::Via::Push
+                            }
+                            _ => super::Via::Arrived,
+                        };
+                        self.set_last_push(project, base, via, arrived.clone())?;
+                    }
                     self.record_sum(project, base, sink);
                 }
                 return Ok(unchanged);
             }
             Ok(r) => r,
         };
-        let Err(e) = self.store.save(&record, &archive) else {
+        let mut record = record;
+        let saved = self.store.save(&record, &archive);
+        if let Ok(n) = &saved {
+            record.generation = Some(*n);
+        }
+        let Err(e) = saved else {
             self.clear_journal(project)?;
+            self.set_last_push(project, &record, super::Via::Push, None)?;
             self.record_sum(project, &record, sink);
             if let Err(e) = project.record_layout() {
                 sink.progress(&format!("cannot record the layout in the project file: {e}"));
@@ -302,6 +377,7 @@ impl Engine {
                 files: record.files.len(),
                 unchanged: false,
                 settings: Vec::new(),
+                known_faults: adopted,
             });
         };
         // The database now holds the new migrations, so drizzle/ keeps them: no rollback. The backup waits in
@@ -314,6 +390,7 @@ impl Engine {
             self.keep_tree(project, &before.bytes, &before.files, &quarantine.join("drizzle-before-push"));
         if kept.is_ok() {
             self.clear_journal(project)?;
+            self.set_last_push(project, &record, super::Via::Push, None)?;
             self.record_sum(project, &record, sink);
         }
         let message = match kept {
@@ -347,25 +424,21 @@ impl Engine {
     pub(crate) fn complete_interrupted_push(&self, project: &Project, sink: &dyn Sink) -> Result<()> {
         let project_id = self.ensure_project_id(project)?;
         let baseline = self.baseline(project)?;
-        if let Ok((record, archive)) = self.new_record(project, &project_id, baseline.as_ref())? {
-            if let Err(e) = self.store.save(&record, &archive) {
-                sink.progress(&format!(
-                    "the store refused the backup ({e}); it is kept locally until the next push"
-                ));
-                self.save_pending(project, &record, &archive)?;
+        if let Ok((mut record, archive)) = self.new_record(project, &project_id, baseline.as_ref())? {
+            match self.store.save(&record, &archive) {
+                Ok(n) => record.generation = Some(n),
+                Err(e) => {
+                    sink.progress(&format!(
+                        "the store refused the backup ({e}); it is kept locally until the next push"
+                    ));
+                    self.save_pending(project, &record, &archive)?;
+                }
             }
+            self.set_last_push(project, &record, super::Via::Push, None)?;
             self.record_sum(project, &record, sink);
             sink.progress(&format!("recorded push {}", record.id));
         }
         Ok(())
-    }
-
-    /// The push whose files the tree holds exactly (no links, fifos or the like in it).
-    pub(crate) fn matching_push(&self, project: &Project, tree: &manifest::Tree) -> Option<PushRecord> {
-        if !tree.exists || tree.nodes.contains_key(".") || tree.specials().next().is_some() {
-            return None;
-        }
-        self.push_with_files(project, &tree.files())
     }
 
     /// Writes the committed sum of the folder for `record`; a failure is said, and the push stays done.
@@ -522,6 +595,7 @@ impl Engine {
                 files: packed.files.len(),
                 unchanged: true,
                 settings: Vec::new(),
+                known_faults: Vec::new(),
             }));
         }
         let now = SystemTime::now();
@@ -538,6 +612,8 @@ impl Engine {
             archive_size: packed.bytes.len() as u64,
             host: host_name(),
             root: project.root.display().to_string(),
+            parent: baseline.map(|b| b.id.clone()),
+            generation: None,
         };
         Ok(Ok((record, packed.bytes)))
     }

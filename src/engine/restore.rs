@@ -38,7 +38,10 @@ impl Engine {
         if !dry_run {
             self.recover(project, sink)?;
         }
-        self.require_store(project)?;
+        match push_id {
+            Some(_) => self.require_store_reachable(project)?,
+            None => self.require_store(project)?,
+        }
         let nothing = || {
             Error::failed(
                 format!("no successful push yet, nothing to restore (project {})", project.root.display()),
@@ -49,25 +52,34 @@ impl Engine {
         if !dry_run && let Err(e) = self.flush_pending(project, sink) {
             sink.progress(&format!("the last push's backup is still only kept locally: {e}"));
         }
-        // The last push may be one whose backup waits locally for the store.
-        let pending = self
-            .pending(project)?
-            .filter(|(r, _)| r.project_id == project_id && push_id.is_none_or(|id| id == r.id));
-        let (record, archive) = match (pending, push_id) {
-            (Some((record, archive)), _) => {
+        // Without --push: the push the checkout stands on (its last push, or the committed sum's in a fresh clone),
+        // exactly what status names as the restore target.
+        let wanted = match push_id {
+            Some(id) => id.to_string(),
+            None => self.baseline_of(project)?.ok_or_else(nothing)?.record.id,
+        };
+        // The push may be one whose backup waits locally for the store.
+        let pending = self.pending(project)?.filter(|(r, _)| r.project_id == project_id && r.id == wanted);
+        let (record, archive) = match pending {
+            Some((record, archive)) => {
                 record.check_archive(&archive, "the local copy kept for the store")?;
                 (record, archive)
             }
-            (None, None) => {
-                let record = self.store.latest(&project_id)?.ok_or_else(nothing)?;
-                let archive = self.store.archive(&record)?;
-                (record, archive)
-            }
-            (None, Some(id)) => {
-                let record = self.store.record(&project_id, id)?.ok_or_else(|| {
+            None => {
+                let record = self.store.record(&project_id, &wanted)?.ok_or_else(|| {
+                    let why = if push_id.is_some() {
+                        format!("push {wanted} is not in the history of {}", project.root.display())
+                    } else {
+                        format!(
+                            "push {wanted}, which {} names, is not in {}",
+                            super::sum::path(project).display(),
+                            self.store.describe()
+                        )
+                    };
                     Error::failed(
-                        format!("push {id} is not in the history of {}", project.root.display()),
-                        "`dreamerd history` lists the pushes that can be restored",
+                        why,
+                        "`dreamerd history` lists the pushes that can be restored (`--push ID`); a push made on \
+                         another machine is only here when the team shares an s3:// store",
                     )
                 })?;
                 let archive = self.store.archive(&record)?;
@@ -89,6 +101,9 @@ impl Engine {
             return Ok(report(None, changes));
         }
         if holds_exactly(&drizzle, &record.files, &project.not_migrations()) {
+            if self.checkout(project)?.is_none_or(|c| c.push.id != record.id) {
+                self.set_last_push(project, &record, super::Via::Restore, None)?;
+            }
             self.record_sum(project, &record, sink);
             return Ok(report(None, changes));
         }
@@ -97,6 +112,7 @@ impl Engine {
         let mut journal =
             Journal { before_existed: tree.exists, ..Journal::new(Op::Restore, Phase::Swap, &project.root) };
         self.install(project, Some((&archive, &record.files)), &quarantine, &mut journal)?;
+        self.set_last_push(project, &record, super::Via::Restore, None)?;
         self.record_sum(project, &record, sink);
         if quarantine.join("drizzle").exists() {
             Ok(report(Some(quarantine), changes))

@@ -22,12 +22,47 @@ pub enum ProjectState {
     Unresolved,
 }
 
-/// The last successful push, briefly.
+/// The push the checkout stands on (its last successful push), briefly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastPush {
     pub id: String,
     pub at: String,
     pub files: usize,
+    /// Where it was found: `checkout` (this checkout's own), `pending` (its backup waits for the store), `earlier`
+    /// (stored from this folder by an earlier release), `committed` (the committed sum's, in a fresh clone), `newest`
+    /// (the newest push in the store, for a checkout with neither).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<super::Source>,
+    /// How the checkout came to stand on it: `push`, `restore` or `arrived` (the folder arrived holding it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<super::Via>,
+    /// For `arrived`: the push the checkout stood on before, and how the arrived one relates to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation: Option<super::Relation>,
+}
+
+impl LastPush {
+    fn of(b: &super::Baseline) -> LastPush {
+        LastPush {
+            id: b.record.id.clone(),
+            at: b.record.at.clone(),
+            files: b.record.files.len(),
+            source: Some(b.source),
+            via: b.checkout.as_ref().map(|c| c.via),
+            previous: b.checkout.as_ref().and_then(|c| c.previous.clone()),
+            relation: b.checkout.as_ref().and_then(|c| c.relation),
+        }
+    }
+}
+
+/// The known push nearest to a folder that matches none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closest {
+    pub push: String,
+    /// How many violations the folder would show against it.
+    pub differences: usize,
 }
 
 /// One project's status, in the contract's JSON shape.
@@ -64,12 +99,31 @@ pub struct ProjectStatus {
     /// Whether the database was compared with the migration folder, and why not.
     #[serde(default = "unchecked")]
     pub database: crate::drizzle::database::Checked,
-    /// The push the folder holds when it is not the last one (restored with `--push`, pulled): legitimate, clean.
+    /// The push the folder holds when it is not the checkout's last push (pulled, copied): legitimate, clean; it
+    /// becomes the checkout's last push (`last_push.via = "arrived"`) as soon as no operation runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub matches: Option<String>,
+    /// How `matches` relates to the checkout's last push: `same`, `older`, `newer` or `other` (another line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation: Option<super::Relation>,
+    /// When violated: the push a plain `dreamer database restore` brings back (always the checkout's last push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_target: Option<String>,
+    /// When violated: the known push with the fewest differences from the folder, when it is not the restore
+    /// target (`dreamerd restore --push ID` brings it back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closest: Option<Closest>,
+    /// How many faults of the folder's history were left out of `drift` because the project file records them as
+    /// known (accepted by the first push).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub known_faults: usize,
     /// The configuration files the settings came from (the user's, the project file, an explicit `--config`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<PathBuf>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn unchecked() -> crate::drizzle::database::Checked {
@@ -124,9 +178,8 @@ impl Engine {
     /// Compares drizzle/ and src/schema.ts with the last successful push. Read-only; needs no lock.
     pub fn status(&self, project: &Project) -> Result<ProjectStatus> {
         self.state_format()?;
-        let baseline = self.baseline(project)?;
-        let last_push =
-            baseline.as_ref().map(|b| LastPush { id: b.id.clone(), at: b.at.clone(), files: b.files.len() });
+        let baseline = self.baseline_of(project)?;
+        let last_push = baseline.as_ref().map(LastPush::of);
         let schema = project.schema_hash()?;
         let mut status = ProjectStatus {
             root: project.root.clone(),
@@ -145,6 +198,10 @@ impl Engine {
             database: database::Checked::no("not compared"),
             settings: self.sources.clone(),
             matches: None,
+            relation: None,
+            restore_target: None,
+            closest: None,
+            known_faults: 0,
         };
         if project.unresolved() {
             status.state = ProjectState::Unresolved;
@@ -158,20 +215,36 @@ impl Engine {
             return Ok(status);
         }
         status.interrupted = self.interrupted(project);
-        (status.drift, status.database) = database::check(&project.drizzle(), self.database(project));
+        let (drift, checked) = database::check(&project.drizzle(), self.database(project));
+        (status.drift, status.known_faults) = self.new_faults(project, drift);
+        status.database = checked;
         let tree = self.scan_out(project)?;
-        if let Some(base) = baseline {
+        if let Some(base) = baseline.map(|b| b.record) {
             status.violations = manifest::diff(&base.files, &tree);
             status.schema_pending = schema != base.schema_blake3;
-            if !status.violations.is_empty()
-                && let Some(other) = self.matching_push(project, &tree)
-            {
-                status.violations.clear();
-                status.schema_pending = schema != other.schema_blake3;
-                status.matches = Some(other.id);
+            if !status.violations.is_empty() {
+                if let Some((other, relation)) = self.matching_push(project, &tree, Some(&base.id)) {
+                    status.violations.clear();
+                    status.schema_pending = schema != other.schema_blake3;
+                    status.matches = Some(other.id.clone());
+                    status.relation = Some(relation);
+                    self.adopt_arrived(project, &other, Some((base.id.clone(), relation)));
+                } else {
+                    status.restore_target = Some(base.id.clone());
+                    status.closest = self
+                        .closest_push(project, &tree)
+                        .filter(|(push, _)| *push != base.id)
+                        .map(|(push, differences)| Closest { push, differences });
+                }
             }
             status.state =
                 if status.violations.is_empty() { ProjectState::Clean } else { ProjectState::Violated };
+        } else if let Some((other, _)) = self.matching_push(project, &tree, None) {
+            // No baseline here yet, but the folder is a known push (a clone whose store has it): taken as it is.
+            status.schema_pending = schema != other.schema_blake3;
+            status.matches = Some(other.id.clone());
+            status.state = ProjectState::Clean;
+            self.adopt_arrived(project, &other, None);
         }
         // Loud, never guarding the wrong folder in silence: one the config moved since the last push, or one that is
         // gone while the database applied migrations.

@@ -31,19 +31,7 @@ pub fn path(project: &Project) -> PathBuf {
     }
 }
 
-fn file_line(f: &FileEntry) -> String {
-    format!("{} {} {}", f.blake3, f.size, serde_json::to_string(&f.path).expect("a string serialises"))
-}
-
-/// The hash over every file line: a sum edited by hand does not match it.
-fn root_hash(files: &[FileEntry]) -> String {
-    let mut h = blake3::Hasher::new();
-    for f in files {
-        h.update(file_line(f).as_bytes());
-        h.update(b"\n");
-    }
-    h.finalize().to_hex().to_string()
-}
+use crate::manifest::{file_line, tree_hash as root_hash};
 
 impl Sum {
     /// The sum of a push.
@@ -149,6 +137,8 @@ impl Sum {
             archive_size: 0,
             host: String::new(),
             root: String::new(),
+            parent: None,
+            generation: None,
         }
     }
 }

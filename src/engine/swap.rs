@@ -355,7 +355,9 @@ impl Engine {
         if !self.store.reachable().ok()? {
             return None;
         }
-        self.store.history(&id).ok()?.into_iter().find(|r| r.files == files)
+        let tree = crate::manifest::tree_hash(files);
+        let stored = self.store.history(&id).ok()?.into_iter().find(|g| g.tree == tree)?;
+        self.store.full(&stored).ok()
     }
 
     /// The id of [`Engine::push_with_files`].

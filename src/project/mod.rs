@@ -21,8 +21,9 @@ use crate::store::valid_id;
 pub const ID_FILE: &str = ".dreamerd.toml";
 
 /// The project file's format. 1: `id` only (dreamerd 0.1.0 wrote it without `format`); 2: adds `default`, `layout`
-/// and `[configs."path"]` for the other configs of the repository.
-pub const PROJECT_FORMAT: u32 = 2;
+/// and `[configs."path"]` for the other configs of the repository; 3: adds `known_faults` (the historical faults
+/// the first push accepted).
+pub const PROJECT_FORMAT: u32 = 3;
 
 /// The largest project file read.
 const MAX_PROJECT_FILE: u64 = 1 << 20;
@@ -54,6 +55,10 @@ pub struct ProjectFile {
     pub store: Option<toml::Table>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<toml::Table>,
+    /// The default config's known faults: what its history held when dreamerd first pushed it, and migrate
+    /// tolerates. Checks leave them out and report only new ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_faults: Vec<KnownFault>,
 }
 
 /// One config other than the default.
@@ -64,6 +69,29 @@ pub struct ConfigEntry {
     pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<Layout>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub known_faults: Vec<KnownFault>,
+}
+
+/// A fault of a migration folder's history that the first push accepted (see the README's drift codes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownFault {
+    pub code: String,
+    /// The migration concerned (its journal tag, or the stray file's name without `.sql`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// What it was, for people reading the file (and to tell faults apart that name no migration).
+    pub message: String,
+}
+
+impl KnownFault {
+    /// Whether `drift` is this fault.
+    pub fn is(&self, drift: &crate::drizzle::Drift) -> bool {
+        self.code == drift.code
+            && self.migration == drift.migration
+            && (self.migration.is_some() || self.message == drift.message)
+    }
 }
 
 fn first_format() -> u32 {
@@ -483,6 +511,38 @@ impl Project {
     }
 
     /// Records the layout in the project file (after a push), when it was evaluated and differs from what is there.
+    /// The config's known faults (none without a project file).
+    pub fn known_faults(&self) -> Result<Vec<KnownFault>> {
+        let Some(file) = ProjectFile::read(&self.root)? else { return Ok(Vec::new()) };
+        Ok(match self.config.as_ref().filter(|_| !self.is_default_config()) {
+            Some(c) => file.configs.get(c).map(|e| e.known_faults.clone()).unwrap_or_default(),
+            None => file.known_faults,
+        })
+    }
+
+    /// Records faults as known for this config (the first push accepted them).
+    pub fn record_known_faults(&self, faults: &[crate::drizzle::Drift]) -> Result<()> {
+        let Some(mut file) = ProjectFile::read(&self.root)? else { return Ok(()) };
+        let slot = match self.config.as_ref().filter(|_| !self.is_default_config()) {
+            Some(c) => &mut file.configs.entry(c.clone()).or_default().known_faults,
+            None => &mut file.known_faults,
+        };
+        let before = slot.len();
+        for f in faults {
+            if !slot.iter().any(|k| k.is(f)) {
+                slot.push(KnownFault {
+                    code: f.code.clone(),
+                    migration: f.migration.clone(),
+                    message: f.message.clone(),
+                });
+            }
+        }
+        if slot.len() == before {
+            return Ok(());
+        }
+        file.write(&self.root)
+    }
+
     pub fn record_layout(&self) -> Result<()> {
         if !matches!(self.source, Some(Source::Evaluated | Source::Static)) {
             return Ok(());
@@ -599,7 +659,7 @@ mod tests {
         let id = pa.ensure_id().unwrap();
         assert_eq!(pa.ensure_id().unwrap(), id);
         assert_ne!(pb.ensure_id().unwrap(), id);
-        assert!(fs::read_to_string(a.path().join(ID_FILE)).unwrap().contains("format = 2\n"));
+        assert!(fs::read_to_string(a.path().join(ID_FILE)).unwrap().contains("format = 3\n"));
         fs::write(a.path().join(ID_FILE), "id = \"../../x\"\n").unwrap();
         assert!(pa.id().is_err());
     }
@@ -611,10 +671,14 @@ mod tests {
         let release = include_str!("../../tests/formats/0.1.0/project/.dreamerd.toml");
         fs::write(a.path().join(ID_FILE), release).unwrap();
         assert_eq!(p.id().unwrap().as_deref(), Some("101d1916aaa745a4b7647f0c28c8525f"));
-        fs::write(a.path().join(ID_FILE), "format = 3\nid = \"abc\"\n").unwrap();
+        // The previous release's file (format 2) is read as it is.
+        let previous = include_str!("../../tests/formats/af1d4f6/project/.dreamerd.toml");
+        fs::write(a.path().join(ID_FILE), previous).unwrap();
+        assert_eq!(p.id().unwrap().as_deref(), Some("fadb9229240c410489fea6e9fe6c9da9"));
+        fs::write(a.path().join(ID_FILE), "format = 4\nid = \"abc\"\n").unwrap();
         let err = p.id().unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("format 3"), "{err}");
+        assert!(err.to_string().contains("format 4"), "{err}");
         fs::remove_file(a.path().join(ID_FILE)).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,

@@ -39,6 +39,36 @@ impl super::Blobs for LocalBlobs {
         fsutil::atomic_write(&path, data).map_err(|e| store_failed("write", key, e))
     }
 
+    fn create(&self, key: &str, data: &[u8]) -> Result<super::Created> {
+        let path = self.path(key);
+        if let Some(parent) = path.parent() {
+            fsutil::create_private_dir(parent).map_err(|e| store_failed("create the folder of", key, e))?;
+        }
+        match fsutil::write_new(&path, data) {
+            Ok(true) => Ok(super::Created::New),
+            Ok(false) => Ok(super::Created::Exists),
+            Err(e) => Err(store_failed("write", key, e)),
+        }
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(store_failed("remove", key, e)),
+        }
+        // Folders left empty go too (never the store's own folder).
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| d.starts_with(&self.root) && *d != self.root) {
+            if fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
     fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
         let path = self.path(key);
         // Never through a link, never blocking on a fifo someone put in the store, never past the cap.

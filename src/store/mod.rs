@@ -1,39 +1,77 @@
-//! The backup store: push records and archives per project, the latest successful push, and the history.
+//! The backup store: every successful push of every project, on one layout for every backend.
 //!
-//! The layout lives here once, on top of a tiny object interface ([`Blobs`]); the local directory store
-//! implements it today and an S3-compatible one slots in beside it without touching the engine.
+//! Layout (format 2), under the store's root:
+//! ```text
+//! format.json                                   {"format": 2, "store_id": "…"}
+//! projects/<project>/archives/<blake3>.tar.zst  a push's archive, named by its blake3            (create-only)
+//! projects/<project>/manifests/<tree>.json      a push's files, named by their tree hash          (create-only)
+//! projects/<project>/generations/<n>.json       the n-th push stored: its id, its parent push,
+//!                                               its tree and archive, when and where it ran        (create-only)
+//! projects/<project>/head.json                  the newest generation: only a hint
+//! ```
+//! Content-addressed objects are written create-only, and "already there" with the right content is success, so two
+//! machines storing the same tree never fight. A new generation is written create-only too: that is the
+//! compare-and-swap that orders concurrent pushes (the loser takes the next number). `head.json` only saves a
+//! reader the search: readers also look for the generations after it, so a lost or stale head loses nothing.
+//!
+//! The layout lives here once, on top of a tiny object interface ([`Blobs`]); the local directory store implements it
+//! and an S3-compatible one slots in beside it without touching the engine.
 
+mod index;
 mod local;
+mod migrate;
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::StoreLocation;
 use crate::error::{Error, Result};
-use crate::manifest::FileEntry;
+use crate::manifest::{FileEntry, tree_hash};
 
+pub use index::Index;
 pub use local::LocalBlobs;
 
-/// The format of push records. 1: dreamerd 0.1.0 onwards.
+/// The format of push records (kept in the state directory while a backup waits for the store). 1: dreamerd 0.1.0
+/// onwards; `parent` and `generation` were added without changing it (both optional).
 pub const RECORD_FORMAT: u32 = 1;
-/// The store's layout. 1: `projects/<id>/pushes/<push>/{archive.tar.zst,manifest.json}` and
-/// `projects/<id>/latest.json` (dreamerd 0.1.0 wrote it without the `format.json` marker).
-pub const STORE_FORMAT: u32 = 1;
+/// The store's layout. 1: `projects/<id>/pushes/<push>/{archive.tar.zst,manifest.json}` and `projects/<id>/latest.json`
+/// (dreamerd 0.1.0 wrote it without the `format.json` marker). 2: content-addressed archives and manifests,
+/// generations and a head hint (see the module's documentation). A store of format 1 is migrated at first use.
+pub const STORE_FORMAT: u32 = 2;
+/// The format of generation objects.
+pub const GENERATION_FORMAT: u32 = 1;
+/// The format of manifest objects.
+pub const MANIFEST_FORMAT: u32 = 1;
 /// The key of the store's format marker.
 const FORMAT_KEY: &str = "format.json";
 
-/// Largest manifest or pointer object read back from a store.
+/// Largest manifest, generation or pointer object read back from a store.
 const MAX_RECORD: u64 = 64 << 20;
 /// Largest archive read back from a store.
 const MAX_ARCHIVE: u64 = 2 << 30;
+
+/// What a create-only write found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The object was written.
+    New,
+    /// An object was already there under that key (left as it was).
+    Exists,
+}
 
 /// A flat key/value object store. Keys are `/`-separated, made of names that [`valid_id`] accepts.
 pub trait Blobs: Send + Sync {
     /// Stores `data` under `key` atomically: readers see the old object or the new one, never a part.
     fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Stores `data` under `key` only if nothing is there yet, atomically and exclusively.
+    fn create(&self, key: &str, data: &[u8]) -> Result<Created>;
     /// The object under `key`, or `None`. Objects larger than `max` are refused.
     fn get(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>>;
-    /// Every key that starts with `prefix`.
+    /// Every key that starts with `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Removes the object under `key`, if any.
+    fn delete(&self, key: &str) -> Result<()>;
     /// Where the store is, for messages (never with credentials).
     fn describe(&self) -> String;
     /// Whether the store is there at all (a local store's folder exists).
@@ -61,6 +99,12 @@ pub struct PushRecord {
     /// The machine and directory the push ran in, for people reading the history.
     pub host: String,
     pub root: String,
+    /// The push this one was made on top of (the checkout's last push then); `None` for a first push.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Its place in the store's history, once stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
 }
 
 impl PushRecord {
@@ -75,11 +119,84 @@ impl PushRecord {
         }
         Ok(())
     }
+
+    /// The hash of its tree (see [`tree_hash`]).
+    pub fn tree(&self) -> String {
+        tree_hash(&self.files)
+    }
+}
+
+/// One stored push, as its generation object says (without its file list, which is in its manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub format: u32,
+    pub generation: u64,
+    pub push: String,
+    pub parent: Option<String>,
+    pub project_id: String,
+    pub at: String,
+    #[serde(default)]
+    pub at_ms: u64,
+    /// The tree hash: the key of its manifest.
+    pub tree: String,
+    pub files: usize,
+    pub schema_blake3: Option<String>,
+    pub archive_blake3: String,
+    pub archive_size: u64,
+    pub host: String,
+    pub root: String,
+}
+
+impl Generation {
+    fn of(record: &PushRecord, generation: u64) -> Generation {
+        Generation {
+            format: GENERATION_FORMAT,
+            generation,
+            push: record.id.clone(),
+            parent: record.parent.clone(),
+            project_id: record.project_id.clone(),
+            at: record.at.clone(),
+            at_ms: record.at_ms,
+            tree: record.tree(),
+            files: record.files.len(),
+            schema_blake3: record.schema_blake3.clone(),
+            archive_blake3: record.archive_blake3.clone(),
+            archive_size: record.archive_size,
+            host: record.host.clone(),
+            root: record.root.clone(),
+        }
+    }
+
+    /// The full record, given its manifest's files.
+    pub fn record(&self, files: Vec<FileEntry>) -> PushRecord {
+        PushRecord {
+            format: RECORD_FORMAT,
+            id: self.push.clone(),
+            project_id: self.project_id.clone(),
+            at: self.at.clone(),
+            at_ms: self.at_ms,
+            files,
+            schema_blake3: self.schema_blake3.clone(),
+            archive_blake3: self.archive_blake3.clone(),
+            archive_size: self.archive_size,
+            host: self.host.clone(),
+            root: self.root.clone(),
+            parent: self.parent.clone(),
+            generation: Some(self.generation),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
-struct Latest {
-    push_id: String,
+struct Manifest {
+    format: u32,
+    files: Vec<FileEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    generation: u64,
+    push: String,
 }
 
 /// True for ids dreamerd generates: short, plain ASCII, never a path.
@@ -90,56 +207,47 @@ pub fn valid_id(id: &str) -> bool {
         && !id.starts_with('-')
 }
 
+fn valid_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The backup store of one configuration.
 pub struct Store {
     blobs: Box<dyn Blobs>,
-    /// Set once the store's format was checked (and, on a write, its marker written).
-    checked: std::sync::OnceLock<bool>,
+    /// Where the local index of this store's histories is kept (`None`: no index, every history is read whole).
+    index_dir: Option<PathBuf>,
+    /// The store's identity, once its format was checked (and, from a write, its marker written or a store of an
+    /// older format migrated).
+    ready: std::sync::OnceLock<Marked>,
+}
+
+#[derive(Debug, Clone)]
+struct Marked {
+    /// False while the store has no marker yet (nothing was ever written to it).
+    written: bool,
+    store_id: String,
 }
 
 #[derive(Serialize, Deserialize)]
 struct StoreMarker {
     format: u32,
+    /// A random identity, made when the store was: a local index never mixes two stores at one place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    store_id: Option<String>,
 }
 
 impl Store {
-    /// Opens the store a configuration names.
-    pub fn open(location: &StoreLocation) -> Result<Store> {
+    /// Opens the store a configuration names; `index_dir` is where histories are indexed locally.
+    pub fn open(location: &StoreLocation, index_dir: Option<PathBuf>) -> Result<Store> {
         let blobs: Box<dyn Blobs> = match location {
             StoreLocation::Local(dir) => Box::new(LocalBlobs::new(dir.clone())),
         };
-        Ok(Store::with_blobs(blobs))
+        Ok(Store { blobs, index_dir, ready: std::sync::OnceLock::new() })
     }
 
-    /// A store over any object interface (tests, other backends).
+    /// A store over any object interface (tests, other backends), without a local index.
     pub fn with_blobs(blobs: Box<dyn Blobs>) -> Store {
-        Store { blobs, checked: std::sync::OnceLock::new() }
-    }
-
-    /// Refuses a store of a newer format; before the first write, records this format in a store that has no marker
-    /// yet (a new store, or one of dreamerd 0.1.0, whose layout is format 1).
-    fn check_format(&self, writing: bool) -> Result<()> {
-        if self.checked.get().is_some_and(|marked| *marked || !writing) {
-            return Ok(());
-        }
-        let found = match self.blobs.get(FORMAT_KEY, 4096)? {
-            Some(bytes) => {
-                serde_json::from_slice::<StoreMarker>(&bytes)
-                    .map_err(|e| {
-                        Error::Corrupt(format!("{FORMAT_KEY} in {} is unreadable: {e}", self.describe()))
-                    })?
-                    .format
-            }
-            None => 0,
-        };
-        crate::error::check_format(found, STORE_FORMAT, || self.describe())?;
-        let marked = found == STORE_FORMAT;
-        if writing && !marked {
-            let json = serde_json::to_vec(&StoreMarker { format: STORE_FORMAT }).expect("serialises");
-            self.blobs.put(FORMAT_KEY, &json)?;
-        }
-        let _ = self.checked.set(marked || writing);
-        Ok(())
+        Store { blobs, index_dir: None, ready: std::sync::OnceLock::new() }
     }
 
     /// Where the store is, for messages.
@@ -152,81 +260,274 @@ impl Store {
         self.blobs.reachable()
     }
 
-    fn push_key(project: &str, push: &str, leaf: &str) -> String {
-        format!("projects/{project}/pushes/{push}/{leaf}")
+    fn marker(&self) -> Result<Option<StoreMarker>> {
+        match self.blobs.get(FORMAT_KEY, 4096)? {
+            Some(bytes) => serde_json::from_slice::<StoreMarker>(&bytes).map(Some).map_err(|e| {
+                Error::Corrupt(format!(
+                    "{FORMAT_KEY} in {} is unreadable: {e}; it says which layout the store has, so nothing \
+                     was read or written",
+                    self.describe()
+                ))
+            }),
+            None => Ok(None),
+        }
     }
 
-    /// Saves a successful push: archive, then record, then the latest pointer, so that a crash part-way never
-    /// leaves a pointer to something missing.
-    pub fn save(&self, record: &PushRecord, archive: &[u8]) -> Result<()> {
-        check_ids(&record.project_id, &record.id)?;
-        self.check_format(true)?;
-        let record_json = serde_json::to_vec_pretty(record).expect("records serialise");
-        self.blobs.put(&Self::push_key(&record.project_id, &record.id, "archive.tar.zst"), archive)?;
-        self.blobs.put(&Self::push_key(&record.project_id, &record.id, "manifest.json"), &record_json)?;
-        let latest = serde_json::to_vec(&Latest { push_id: record.id.clone() }).expect("serialises");
-        self.blobs.put(&format!("projects/{}/latest.json", record.project_id), &latest)
+    /// Checks the store's format before its first use: refuses a newer one, migrates one of format 1 (dreamerd
+    /// 0.1.0's layout, with or without its marker), and, before the first write, marks a new store.
+    fn ready(&self, writing: bool) -> Result<Marked> {
+        if let Some(m) = self.ready.get()
+            && (m.written || !writing)
+        {
+            return Ok(m.clone());
+        }
+        let marker = self.marker()?;
+        let found = match &marker {
+            Some(m) => m.format,
+            None if migrate::has_v1(self.blobs.as_ref())? => 1,
+            None => 0,
+        };
+        crate::error::check_format(found, STORE_FORMAT, || self.describe())?;
+        let marked = match (found, marker) {
+            (STORE_FORMAT, Some(StoreMarker { store_id: Some(id), .. })) => {
+                Marked { written: true, store_id: id }
+            }
+            (STORE_FORMAT, Some(StoreMarker { store_id: None, .. })) => {
+                Marked { written: true, store_id: "unnamed".into() }
+            }
+            (1, _) => {
+                migrate::from_v1(self, &new_store_id())?;
+                return self.reread();
+            }
+            _ if writing => {
+                let store_id = new_store_id();
+                let json =
+                    serde_json::to_vec(&StoreMarker { format: STORE_FORMAT, store_id: Some(store_id) })
+                        .expect("serialises");
+                // Two first writers at once: the first marker stays, and both use it.
+                self.blobs.create(FORMAT_KEY, &json)?;
+                return self.reread();
+            }
+            _ => Marked { written: false, store_id: String::new() },
+        };
+        if marked.written {
+            let _ = self.ready.set(marked.clone());
+        }
+        Ok(marked)
     }
 
-    /// The record of the latest successful push, if any.
-    pub fn latest(&self, project: &str) -> Result<Option<PushRecord>> {
-        check_ids(project, "latest")?;
-        self.check_format(false)?;
-        let key = format!("projects/{project}/latest.json");
-        let Some(bytes) = self.blobs.get(&key, MAX_RECORD)? else { return Ok(None) };
-        let latest: Latest = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Corrupt(format!("{key} in {} is unreadable: {e}", self.describe())))?;
-        match self.record(project, &latest.push_id)? {
-            Some(r) => Ok(Some(r)),
-            None => Err(Error::Corrupt(format!(
-                "{key} in {} names push {} whose record is missing",
-                self.describe(),
-                latest.push_id
+    fn reread(&self) -> Result<Marked> {
+        match self.marker()? {
+            Some(StoreMarker { format: STORE_FORMAT, store_id }) => {
+                let marked = Marked { written: true, store_id: store_id.unwrap_or_else(|| "unnamed".into()) };
+                let _ = self.ready.set(marked.clone());
+                Ok(marked)
+            }
+            _ => Err(Error::Corrupt(format!(
+                "{FORMAT_KEY} in {} changed while it was written",
+                self.describe()
             ))),
         }
     }
 
-    /// The record of one push, if it exists.
-    pub fn record(&self, project: &str, push: &str) -> Result<Option<PushRecord>> {
-        check_ids(project, push)?;
-        let key = Self::push_key(project, push, "manifest.json");
+    fn project_key(project: &str, rest: &str) -> String {
+        format!("projects/{project}/{rest}")
+    }
+
+    fn generation_key(project: &str, n: u64) -> String {
+        Self::project_key(project, &format!("generations/{n:012}.json"))
+    }
+
+    fn archive_key(project: &str, blake3: &str) -> String {
+        Self::project_key(project, &format!("archives/{blake3}.tar.zst"))
+    }
+
+    fn manifest_key(project: &str, tree: &str) -> String {
+        Self::project_key(project, &format!("manifests/{tree}.json"))
+    }
+
+    /// Writes a content-addressed object: already there with the right content is success; a damaged one is
+    /// replaced (its name says what it must hold).
+    fn put_content(&self, key: &str, data: &[u8], verify: impl Fn(&[u8]) -> bool) -> Result<()> {
+        if self.blobs.create(key, data)? == Created::Exists {
+            let intact = self.blobs.get(key, MAX_ARCHIVE)?.is_some_and(|b| verify(&b));
+            if !intact {
+                self.blobs.put(key, data)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a successful push: archive and manifest (content-addressed), then its generation, then the head hint,
+    /// so that a crash part-way never leaves a generation naming something missing. Returns its generation number.
+    /// Saving a push that is already stored (a retry) returns the generation it has.
+    pub fn save(&self, record: &PushRecord, archive: &[u8]) -> Result<u64> {
+        check_ids(&record.project_id, &record.id)?;
+        self.ready(true)?;
+        let project = &record.project_id;
+        let expected = record.archive_blake3.clone();
+        self.put_content(&Self::archive_key(project, &record.archive_blake3), archive, |b| {
+            blake3::hash(b).to_hex().as_str() == expected
+        })?;
+        let tree = record.tree();
+        let manifest = serde_json::to_vec(&Manifest { format: MANIFEST_FORMAT, files: record.files.clone() })
+            .expect("manifests serialise");
+        self.put_content(&Self::manifest_key(project, &tree), &manifest, |b| {
+            parse_manifest(b).is_some_and(|files| tree_hash(&files) == tree)
+        })?;
+        // A retry of a push that is stored already (a crash after its generation was written) keeps its number.
+        if let Some(g) = self.history(project)?.into_iter().find(|g| g.push == record.id) {
+            return Ok(g.generation);
+        }
+        let mut n = self.newest_generation(project)? + 1;
+        loop {
+            let generation = Generation::of(record, n);
+            let json = serde_json::to_vec_pretty(&generation).expect("generations serialise");
+            match self.blobs.create(&Self::generation_key(project, n), &json)? {
+                Created::New => break,
+                // Taken: by this very push (a retry after a crash), or by another push that came first.
+                Created::Exists => match self.generation(project, n)? {
+                    Some(g) if g.push == record.id => break,
+                    _ => n += 1,
+                },
+            }
+        }
+        self.write_head(project, n, &record.id)?;
+        Ok(n)
+    }
+
+    /// Moves the head hint forward to generation `n` (never backwards).
+    fn write_head(&self, project: &str, n: u64, push: &str) -> Result<()> {
+        let key = Self::project_key(project, "head.json");
+        if self.head(project).is_some_and(|h| h.generation >= n) {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(&Head { generation: n, push: push.to_string() }).expect("serialises");
+        self.blobs.put(&key, &json)
+    }
+
+    /// The head hint, if it is there and readable (it is only a hint: anything wrong with it is ignored).
+    fn head(&self, project: &str) -> Option<Head> {
+        let bytes = self.blobs.get(&Self::project_key(project, "head.json"), 4096).ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// The number of the newest generation of a project (0 when it has none): from the head hint, then looking for
+    /// the ones after it.
+    pub fn newest_generation(&self, project: &str) -> Result<u64> {
+        let mut n = self.head(project).map(|h| h.generation).unwrap_or(0);
+        if n > 0 && self.blobs.get(&Self::generation_key(project, n), MAX_RECORD)?.is_none() {
+            // A head naming a generation that is not there is wrong: the listing decides.
+            n = self.generation_numbers(project)?.last().copied().unwrap_or(0);
+        }
+        while self.blobs.get(&Self::generation_key(project, n + 1), MAX_RECORD)?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The generation numbers a project has in the store, in order.
+    fn generation_numbers(&self, project: &str) -> Result<Vec<u64>> {
+        let prefix = Self::project_key(project, "generations/");
+        let mut out: Vec<u64> = self
+            .blobs
+            .list(&prefix)?
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Generation `n` of a project, verified to be what its key says.
+    pub fn generation(&self, project: &str, n: u64) -> Result<Option<Generation>> {
+        let key = Self::generation_key(project, n);
         let Some(bytes) = self.blobs.get(&key, MAX_RECORD)? else { return Ok(None) };
-        let record: PushRecord = serde_json::from_slice(&bytes)
+        let g: Generation = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Corrupt(format!("{key} in {} is unreadable: {e}", self.describe())))?;
-        crate::error::check_format(record.format, RECORD_FORMAT, || format!("{key} in {}", self.describe()))?;
-        if record.id != push || record.project_id != project {
+        crate::error::check_format(g.format, GENERATION_FORMAT, || format!("{key} in {}", self.describe()))?;
+        if g.generation != n || g.project_id != project || !valid_id(&g.push) || !valid_hash(&g.tree) {
             return Err(Error::Corrupt(format!("{key} in {} describes another push", self.describe())));
         }
-        Ok(Some(record))
+        Ok(Some(g))
+    }
+
+    /// Every push of a project the store holds, newest first (from the local index, brought up to date).
+    pub fn history(&self, project: &str) -> Result<Vec<Generation>> {
+        check_ids(project, "history")?;
+        let marked = self.ready(false)?;
+        if !marked.written {
+            return Ok(Vec::new());
+        }
+        let mut all = Index::load(self.index_dir.as_deref(), &marked.store_id, project)
+            .refresh(self, project)?
+            .generations;
+        all.reverse();
+        Ok(all)
+    }
+
+    /// The newest push of a project, if any.
+    pub fn latest(&self, project: &str) -> Result<Option<PushRecord>> {
+        match self.history(project)?.into_iter().next() {
+            Some(g) => self.full(&g).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The record of one push, if the store holds it.
+    pub fn record(&self, project: &str, push: &str) -> Result<Option<PushRecord>> {
+        check_ids(project, push)?;
+        match self.history(project)?.into_iter().find(|g| g.push == push) {
+            Some(g) => self.full(&g).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A generation with its files.
+    pub fn full(&self, g: &Generation) -> Result<PushRecord> {
+        Ok(g.record(self.manifest(&g.project_id, &g.tree)?))
+    }
+
+    /// The files of a stored tree, verified against the tree hash that names them.
+    pub fn manifest(&self, project: &str, tree: &str) -> Result<Vec<FileEntry>> {
+        let key = Self::manifest_key(project, tree);
+        let bytes = self.blobs.get(&key, MAX_RECORD)?.ok_or_else(|| {
+            Error::Corrupt(format!("{key} is missing from {}, though a push names it", self.describe()))
+        })?;
+        match parse_manifest(&bytes) {
+            Some(files) if tree_hash(&files) == tree => Ok(files),
+            _ => Err(Error::Corrupt(format!(
+                "{key} in {} is corrupt: its files do not hash to its name",
+                self.describe()
+            ))),
+        }
     }
 
     /// The archive of a push, verified against its record's blake3.
     pub fn archive(&self, record: &PushRecord) -> Result<Vec<u8>> {
-        let key = Self::push_key(&record.project_id, &record.id, "archive.tar.zst");
+        let key = Self::archive_key(&record.project_id, &record.archive_blake3);
+        if !valid_hash(&record.archive_blake3) {
+            return Err(Error::Corrupt(format!("push {} names no valid archive", record.id)));
+        }
         let bytes = self.blobs.get(&key, MAX_ARCHIVE)?.ok_or_else(|| {
-            Error::Corrupt(format!("the archive of push {} is missing from {}", record.id, self.describe()))
+            Error::Corrupt(format!(
+                "the archive of push {} ({key}) is missing from {}",
+                record.id,
+                self.describe()
+            ))
         })?;
-        record.check_archive(&bytes, &self.describe())?;
+        record.check_archive(&bytes, &format!("{} ({key})", self.describe()))?;
         Ok(bytes)
     }
+}
 
-    /// Every successful push of a project, newest first.
-    pub fn history(&self, project: &str) -> Result<Vec<PushRecord>> {
-        check_ids(project, "history")?;
-        self.check_format(false)?;
-        let prefix = format!("projects/{project}/pushes/");
-        let mut records = Vec::new();
-        for key in self.blobs.list(&prefix)? {
-            let Some(push) = key.strip_prefix(&prefix).and_then(|k| k.strip_suffix("/manifest.json")) else {
-                continue;
-            };
-            if let Some(record) = self.record(project, push)? {
-                records.push(record);
-            }
-        }
-        records.sort_by(|a, b| b.at.cmp(&a.at).then(b.at_ms.cmp(&a.at_ms)).then_with(|| b.id.cmp(&a.id)));
-        Ok(records)
-    }
+fn parse_manifest(bytes: &[u8]) -> Option<Vec<FileEntry>> {
+    let m: Manifest = serde_json::from_slice(bytes).ok()?;
+    (m.format <= MANIFEST_FORMAT).then_some(m.files)
+}
+
+fn new_store_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 fn check_ids(project: &str, push: &str) -> Result<()> {
@@ -245,45 +546,92 @@ fn check_ids(project: &str, push: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn record(id: &str, at: &str, archive: &[u8]) -> PushRecord {
+    pub(super) fn record(id: &str, at: &str, archive: &[u8]) -> PushRecord {
         PushRecord {
             format: RECORD_FORMAT,
             id: id.into(),
             project_id: "p1".into(),
             at: at.into(),
             at_ms: 0,
-            files: vec![],
+            files: vec![FileEntry { path: format!("{id}.sql"), size: 1, blake3: "ab".repeat(32) }],
             schema_blake3: None,
             archive_blake3: blake3::hash(archive).to_hex().to_string(),
             archive_size: archive.len() as u64,
             host: "h".into(),
             root: "/r".into(),
+            parent: None,
+            generation: None,
         }
+    }
+
+    fn local(dir: &std::path::Path) -> Store {
+        Store::open(&StoreLocation::Local(dir.join("store")), Some(dir.join("index"))).unwrap()
     }
 
     #[test]
     fn save_latest_history_archive() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::with_blobs(Box::new(LocalBlobs::new(dir.path().to_path_buf())));
+        let store = local(dir.path());
         assert!(store.latest("p1").unwrap().is_none());
-        store.save(&record("a1", "2026-01-01T00:00:00Z", b"one"), b"one").unwrap();
-        store.save(&record("b2", "2026-01-02T00:00:00Z", b"two"), b"two").unwrap();
+        assert_eq!(store.save(&record("a1", "2026-01-01T00:00:00Z", b"one"), b"one").unwrap(), 1);
+        let mut second = record("b2", "2026-01-02T00:00:00Z", b"two");
+        second.parent = Some("a1".into());
+        assert_eq!(store.save(&second, b"two").unwrap(), 2);
+        // Saving it again (a retry) is the same generation.
+        assert_eq!(store.save(&second, b"two").unwrap(), 2);
         assert_eq!(store.latest("p1").unwrap().unwrap().id, "b2");
-        let ids: Vec<_> = store.history("p1").unwrap().into_iter().map(|r| r.id).collect();
-        assert_eq!(ids, ["b2", "a1"]);
+        let history = store.history("p1").unwrap();
+        let ids: Vec<_> = history.iter().map(|g| (g.push.as_str(), g.parent.as_deref())).collect();
+        assert_eq!(ids, [("b2", Some("a1")), ("a1", None)]);
         let rec = store.record("p1", "a1").unwrap().unwrap();
         assert_eq!(store.archive(&rec).unwrap(), b"one");
         assert!(store.history("other").unwrap().is_empty());
+        // A fresh reader without the index, and one with a stale head, see the same.
+        fs_err(std::fs::remove_file(dir.path().join("store/projects/p1/head.json")));
+        let bare = Store::with_blobs(Box::new(LocalBlobs::new(dir.path().join("store"))));
+        assert_eq!(bare.history("p1").unwrap(), history);
+        assert_eq!(bare.newest_generation("p1").unwrap(), 2);
+    }
+
+    fn fs_err(r: std::io::Result<()>) {
+        r.unwrap()
     }
 
     #[test]
-    fn corrupt_archive_and_hostile_ids_are_refused() {
+    fn a_taken_generation_goes_to_the_next_number() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::with_blobs(Box::new(LocalBlobs::new(dir.path().to_path_buf())));
+        let a = local(dir.path());
+        let b = Store::open(&StoreLocation::Local(dir.path().join("store")), Some(dir.path().join("index2")))
+            .unwrap();
+        a.save(&record("a1", "2026-01-01T00:00:00Z", b"one"), b"one").unwrap();
+        // Another machine stored generation 2 behind a stale head.
+        b.save(&record("b2", "2026-01-02T00:00:00Z", b"two"), b"two").unwrap();
+        std::fs::write(
+            dir.path().join("store/projects/p1/head.json"),
+            serde_json::to_vec(&Head { generation: 1, push: "a1".into() }).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(a.save(&record("c3", "2026-01-03T00:00:00Z", b"three"), b"three").unwrap(), 3);
+        let ids: Vec<_> = a.history("p1").unwrap().into_iter().map(|g| g.push).collect();
+        assert_eq!(ids, ["c3", "b2", "a1"]);
+    }
+
+    #[test]
+    fn corrupt_objects_and_hostile_ids_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local(dir.path());
         let rec = record("a1", "2026-01-01T00:00:00Z", b"one");
         store.save(&rec, b"one").unwrap();
-        std::fs::write(dir.path().join("projects/p1/pushes/a1/archive.tar.zst"), b"onE").unwrap();
-        assert!(matches!(store.archive(&rec), Err(Error::Corrupt(_))));
+        let archive = dir.path().join(format!("store/projects/p1/archives/{}.tar.zst", rec.archive_blake3));
+        std::fs::write(&archive, b"onE").unwrap();
+        let err = store.archive(&rec).unwrap_err();
+        assert!(matches!(err, Error::Corrupt(_)) && err.to_string().contains("archives/"), "{err}");
+        // Storing the same archive again repairs it (its name says what it must hold).
+        store.save(&rec, b"one").unwrap();
+        assert_eq!(store.archive(&rec).unwrap(), b"one");
+        let manifest = dir.path().join(format!("store/projects/p1/manifests/{}.json", rec.tree()));
+        std::fs::write(&manifest, br#"{"format":1,"files":[]}"#).unwrap();
+        assert!(store.full(&store.history("p1").unwrap()[0]).is_err());
         assert!(store.record("p1", "../../etc").is_err());
         assert!(store.record("p1", "a/b").is_err());
     }

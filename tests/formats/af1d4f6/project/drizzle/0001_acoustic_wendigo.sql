@@ -1,0 +1,4 @@
+CREATE TABLE `tags` (
+	`id` integer PRIMARY KEY NOT NULL,
+	`label` text NOT NULL
+);

@@ -1,0 +1,11 @@
+import { integer, sqliteTable, text } from 'drizzle-orm/sqlite-core';
+
+export const users = sqliteTable('users', {
+  id: integer('id').primaryKey(),
+  name: text('name').notNull(),
+});
+
+export const tags = sqliteTable('tags', {
+  id: integer('id').primaryKey(),
+  label: text('label').notNull(),
+});
