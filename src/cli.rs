@@ -72,7 +72,9 @@ enum DreamerdCommand {
     /// Remove a project from the daemon's watch list.
     Unwatch(RequiredDir),
     /// Run drizzle-kit generate and migrate, then back up drizzle/. Rolls back on any failure.
-    Push(DirArg),
+    Push(PushArgs),
+    /// Upgrade snapshots of an outdated version with drizzle-kit's `up` (only meta/ may change), recorded as a push.
+    Up(DirArg),
     /// Put drizzle/ back to the last successful push (or --push ID), keeping what it replaces.
     Restore(RestoreArgs),
     /// List the successful pushes of a project, newest first.
@@ -129,6 +131,16 @@ struct DirArg {
 }
 
 #[derive(Debug, Args)]
+struct PushArgs {
+    /// The project directory (default: the current directory, or its nearest ancestor that is a project).
+    dir: Option<PathBuf>,
+    /// Open a custom migration (`drizzle-kit generate --custom --name=NAME`) for you to write, data migrations
+    /// for instance; the next `dreamer push` applies and records it. Nothing is migrated now.
+    #[arg(long, value_name = "NAME")]
+    custom: Option<String>,
+}
+
+#[derive(Debug, Args)]
 struct RestoreArgs {
     /// The project directory (default: the current directory, or its nearest ancestor that is a project).
     dir: Option<PathBuf>,
@@ -178,7 +190,8 @@ enum Action {
     Check(Option<PathBuf>),
     Watch(PathBuf),
     Unwatch(PathBuf),
-    Push(Option<PathBuf>),
+    Push(Option<PathBuf>, Option<String>),
+    Up(Option<PathBuf>),
     Restore(RestoreArgs),
     History(Option<PathBuf>),
     Events(bool),
@@ -199,7 +212,8 @@ pub fn main(flavor: Flavor) -> i32 {
                 DreamerdCommand::Events(e) => Action::Events(e.follow),
                 DreamerdCommand::Stop => Action::Stop,
                 DreamerdCommand::Check(d) => Action::Check(d.dir),
-                DreamerdCommand::Push(d) => Action::Push(d.dir),
+                DreamerdCommand::Push(d) => Action::Push(d.dir, d.custom),
+                DreamerdCommand::Up(d) => Action::Up(d.dir),
                 DreamerdCommand::Restore(r) => Action::Restore(r),
                 DreamerdCommand::History(d) => Action::History(d.dir),
             };
@@ -208,7 +222,7 @@ pub fn main(flavor: Flavor) -> i32 {
         Flavor::Dreamer => {
             let cli = DreamerCli::parse();
             let action = match cli.command {
-                DreamerCommand::Push(d) => Action::Push(d.dir),
+                DreamerCommand::Push(d) => Action::Push(d.dir, None),
                 DreamerCommand::Database { command: DatabaseCommand::Restore(r) } => Action::Restore(r),
             };
             (cli.global, action)
@@ -424,7 +438,7 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             })?;
             Ok(exit)
         }
-        Action::Push(dir) => {
+        Action::Push(dir, custom) => {
             if let Ok(running) = std::env::var(daemon::RUNNING_PUSH) {
                 return Err(Error::failed(
                     format!("this command runs inside a push of {running}; pushes do not nest"),
@@ -433,7 +447,13 @@ fn run(global: &Global, action: Action) -> Result<i32> {
                 ));
             }
             let (root, config) = locate(global, dir.as_deref())?;
-            let (exit, data) = call_for(global, Request::Push { dir: root }, config)?;
+            let (exit, data) = call_for(global, Request::Push { dir: root, custom }, config)?;
+            print_raw(global, &data, || Ok(human_push(&typed(&data)?)))?;
+            Ok(exit)
+        }
+        Action::Up(dir) => {
+            let (root, config) = locate(global, dir.as_deref())?;
+            let (exit, data) = call_for(global, Request::Up { dir: root }, config)?;
             print_raw(global, &data, || Ok(human_push(&typed(&data)?)))?;
             Ok(exit)
         }
@@ -608,6 +628,13 @@ fn human_status(s: &ProjectStatus) -> String {
             out += &format!("  [{}] {}\n    hint: {}\n", d.code, escaped(&d.message), d.hint());
         }
     }
+    if let Some(c) = &s.custom {
+        out += &format!(
+            "custom migration {} is open: write it in {out_dir}{}, then `dreamer push` applies and records it.\n",
+            c.migration,
+            escaped(&c.file)
+        );
+    }
     if let Some(i) = &s.interrupted {
         out += &format!("INTERRUPTED: {}\n", escaped(&i.message));
         if let Some(h) = &i.hint {
@@ -641,6 +668,11 @@ fn human_push(r: &PushReport) -> String {
                 "nothing changed: drizzle/ and src/schema.ts are exactly push {push_id} ({files} files)\n"
             )
         }
+        PushReport::Opened { custom, file, .. } => format!(
+            "opened the custom migration {custom}: write it in {}, then `dreamer push` applies and records it \
+             (until then that file is yours to edit; the rest of the folder is still guarded)\n",
+            file.display()
+        ),
         PushReport::Failed(f) => {
             let stage = serde_json::to_value(f.stage)
                 .ok()

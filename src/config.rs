@@ -64,6 +64,8 @@ pub struct DatabaseConfig {
 pub struct PushConfig {
     pub generate: Vec<String>,
     pub migrate: Vec<String>,
+    /// `dreamerd up`: drizzle-kit's `up`, which upgrades outdated snapshots.
+    pub up: Vec<String>,
     pub timeout_secs: u64,
 }
 
@@ -115,7 +117,7 @@ impl Default for WatchConfig {
 impl Default for PushConfig {
     fn default() -> Self {
         let kit = |cmd: &str| vec!["./node_modules/.bin/drizzle-kit".to_string(), cmd.to_string()];
-        PushConfig { generate: kit("generate"), migrate: kit("migrate"), timeout_secs: 300 }
+        PushConfig { generate: kit("generate"), migrate: kit("migrate"), up: kit("up"), timeout_secs: 300 }
     }
 }
 
@@ -149,6 +151,12 @@ impl Config {
             return Err(bad(
                 "push.migrate",
                 "must name a program, e.g. [\"./node_modules/.bin/drizzle-kit\", \"migrate\"]",
+            ));
+        }
+        if self.push.up.is_empty() || self.push.up[0].is_empty() {
+            return Err(bad(
+                "push.up",
+                "must name a program, e.g. [\"./node_modules/.bin/drizzle-kit\", \"up\"]",
             ));
         }
         if self.push.timeout_secs == 0 {

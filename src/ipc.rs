@@ -22,8 +22,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 
 /// The protocol version; a CLI that finds another one restarts the daemon. 2: requests carry the drizzle config
-/// and the environment of the command that asked.
-pub const PROTOCOL: u32 = 2;
+/// and the environment of the command that asked; 3: `push` carries `custom`, and `up`.
+pub const PROTOCOL: u32 = 3;
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a client waits for the daemon's hello.
@@ -65,6 +65,13 @@ pub enum Request {
         dir: PathBuf,
     },
     Push {
+        dir: PathBuf,
+        /// `push --custom NAME` (protocol 3).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        custom: Option<String>,
+    },
+    /// `dreamerd up` (protocol 3).
+    Up {
         dir: PathBuf,
     },
     Restore {

@@ -9,3 +9,4 @@ mod drizzle_e2e;
 mod layouts;
 mod push_restore;
 mod safety;
+mod verify;

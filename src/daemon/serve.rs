@@ -189,7 +189,8 @@ impl Daemon {
     async fn dispatch(self: Arc<Self>, request: Request, context: super::Context, tx: mpsc::Sender<Reply>) {
         // Directories come from a client: each must be a project root, whatever the client resolved.
         let request = match request {
-            Request::Push { dir } => resolve(&dir).map(|dir| Request::Push { dir }),
+            Request::Push { dir, custom } => resolve(&dir).map(|dir| Request::Push { dir, custom }),
+            Request::Up { dir } => resolve(&dir).map(|dir| Request::Up { dir }),
             Request::Restore { dir, push, dry_run } => {
                 resolve(&dir).map(|dir| Request::Restore { dir, push, dry_run })
             }
@@ -207,7 +208,8 @@ impl Daemon {
         // The command's config and environment are what this project's work runs with, now and when the daemon
         // rescans it by itself later (in memory only).
         let dir = match &request {
-            Request::Push { dir }
+            Request::Push { dir, .. }
+            | Request::Up { dir }
             | Request::Restore { dir, .. }
             | Request::History { dir }
             | Request::Watch { dir }
@@ -217,7 +219,7 @@ impl Daemon {
         if let Some(dir) = &dir {
             self.remember(dir, context.clone());
         }
-        if let (Request::Push { dir }, Some(env)) = (&request, &context.env)
+        if let (Request::Push { dir, .. } | Request::Up { dir }, Some(env)) = (&request, &context.env)
             && let Some(running) = env.get(RUNNING_PUSH)
         {
             let e = Error::failed(
@@ -257,19 +259,32 @@ impl Daemon {
                 .await
                 .unwrap_or_else(|e| Err(Error::failed(format!("history panicked: {e}"), "")))
             }
-            Request::Push { dir } => {
+            Request::Push { .. } | Request::Up { .. } => {
+                let (dir, custom, up) = match request {
+                    Request::Push { dir, custom } => (dir, custom, false),
+                    Request::Up { dir } => (dir, None, true),
+                    _ => unreachable!("matched above"),
+                };
                 let this = self.clone();
                 let sink = ChannelSink::new(tx.clone());
                 let spec = self.spec(&dir);
                 let op = move || {
                     let project = spec.resolve()?;
-                    this.engine_for(&spec, &project)?.push(&project, &sink)
+                    let engine = this.engine_for(&spec, &project)?;
+                    match (custom, up) {
+                        (_, true) => engine.up(&project, &sink),
+                        (Some(name), _) => engine.push_custom(&project, &name, &sink),
+                        (None, _) => engine.push(&project, &sink),
+                    }
                 };
                 let report = self.run_op(&dir, op).await;
                 if let Ok(r) = &report {
                     let event = match r {
                         PushReport::Ok { push_id, files, unchanged, .. } => {
                             json!({"type": "push", "root": dir, "ok": true, "push_id": push_id, "files": files, "unchanged": unchanged})
+                        }
+                        PushReport::Opened { custom, .. } => {
+                            json!({"type": "push", "root": dir, "ok": true, "custom": custom})
                         }
                         PushReport::Failed(f) => {
                             json!({"type": "push", "root": dir, "ok": false, "stage": f.stage, "code": f.diagnosis.code})

@@ -253,12 +253,73 @@ pub struct ReplayFailure {
     pub error: String,
 }
 
+/// The largest database the replay copies into memory.
+pub const REPLAY_MAX_BYTES: u64 = 1 << 30;
+
+/// The statements of a migration as drizzle's migrator runs them: the text split at `--> statement-breakpoint`, each
+/// piece run on its own.
+pub fn statements(text: &str) -> Vec<&str> {
+    text.split("--> statement-breakpoint").collect()
+}
+
+/// Whether a statement holds no SQL at all (only whitespace and comments): libsql refuses to run one
+/// (`SQLITE_UNKNOWN_0: not an error`), better-sqlite3 too ("contains no statements").
+fn holds_no_sql(statement: &str) -> bool {
+    let mut rest = statement.trim_start();
+    loop {
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map(|(_, r)| r).unwrap_or("").trim_start();
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            match r.split_once("*/") {
+                Some((_, r)) => rest = r.trim_start(),
+                None => return true,
+            }
+        } else {
+            return rest.trim_start_matches(';').trim().is_empty();
+        }
+    }
+}
+
+/// A connection set up to run migrations as strictly as drizzle's SQLite drivers do: double-quoted strings are
+/// identifiers, never literals (the drivers' SQLite is built so: `"col"` of a missing column is `no such column`,
+/// not the string 'col'); defensive mode (no writes to the schema tables, no corrupting pragmas); no attached
+/// databases (so neither ATTACH nor VACUUM INTO can reach a file); extensions stay off.
+fn strict(conn: &Connection) -> Result<(), String> {
+    use rusqlite::config::DbConfig;
+    use rusqlite::limits::Limit;
+    let set = |c, v| conn.set_db_config(c, v).map(|_| ()).map_err(|e| e.to_string());
+    set(DbConfig::SQLITE_DBCONFIG_DQS_DML, false)?;
+    set(DbConfig::SQLITE_DBCONFIG_DQS_DDL, false)?;
+    set(DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Replays the migrations `migrate` would apply on an in-memory copy of the database (taken with SQLite's backup
-/// API, so the file is only read), in one transaction that is thrown away. Returns the first failing statement.
+/// API, so the file is only read; capped at [`REPLAY_MAX_BYTES`]), as strictly as the driver (see [`strict`]),
+/// statement by statement as drizzle's migrator splits them, in one transaction that is thrown away. Returns the first
+/// failing statement.
 pub fn replay(drizzle: &Path, db: &Target) -> Result<Option<ReplayFailure>, String> {
     let mut copy = Connection::open_in_memory().map_err(|e| e.to_string())?;
+    strict(&copy)?;
     if let Some(file) = checked_file(&db.path)? {
         let source = open_read_only(&file)?;
+        let size: u64 = source
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| format!("cannot read the size of {}: {e}", file.display()))?;
+        if size > REPLAY_MAX_BYTES {
+            return Err(format!(
+                "{} is {} MiB, more than the {} MiB dreamerd copies to replay migrations",
+                file.display(),
+                size >> 20,
+                REPLAY_MAX_BYTES >> 20
+            ));
+        }
         let backup = rusqlite::backup::Backup::new(&source, &mut copy)
             .map_err(|e| format!("cannot copy the database: {e}"))?;
         backup
@@ -272,12 +333,19 @@ pub fn replay(drizzle: &Path, db: &Target) -> Result<Option<ReplayFailure>, Stri
     for e in entries.iter().filter(|e| newest.is_none_or(|n| e.when > n)) {
         let text = journal::sql(&folder, &e.tag)?.ok_or_else(|| format!("{}.sql is missing", e.tag))?;
         let text = String::from_utf8(text).map_err(|_| format!("{}.sql is not UTF-8 text", e.tag))?;
-        for statement in text.split("--> statement-breakpoint").map(str::trim).filter(|s| !s.is_empty()) {
-            if let Err(err) = tx.execute_batch(statement) {
+        for statement in statements(&text) {
+            let failed = if holds_no_sql(statement) {
+                Some("the statement holds no SQL, only comments or whitespace: the driver refuses it (libsql: \
+                      SQLITE_UNKNOWN_0: not an error)"
+                    .to_string())
+            } else {
+                tx.execute_batch(statement).err().map(|e| e.to_string())
+            };
+            if let Some(error) = failed {
                 return Ok(Some(ReplayFailure {
                     migration: e.tag.clone(),
-                    statement: statement.to_string(),
-                    error: err.to_string(),
+                    statement: statement.trim().to_string(),
+                    error,
                 }));
             }
         }
@@ -289,6 +357,57 @@ pub fn replay(drizzle: &Path, db: &Target) -> Result<Option<ReplayFailure>, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A migration folder with the given migrations (tag, sql), all pending.
+    fn folder_with(dir: &Path, migrations: &[(&str, &str)]) -> PathBuf {
+        let drizzle = dir.join("drizzle");
+        fs::create_dir_all(drizzle.join("meta")).unwrap();
+        let mut entries = Vec::new();
+        for (i, (tag, sql)) in migrations.iter().enumerate() {
+            fs::write(drizzle.join(format!("{tag}.sql")), sql).unwrap();
+            entries.push(format!(
+                r#"{{"idx":{i},"version":"6","when":{},"tag":"{tag}","breakpoints":true}}"#,
+                1_700_000_000_000u64 + i as u64
+            ));
+        }
+        fs::write(
+            drizzle.join("meta/_journal.json"),
+            format!(r#"{{"version":"7","dialect":"sqlite","entries":[{}]}}"#, entries.join(",")),
+        )
+        .unwrap();
+        drizzle
+    }
+
+    #[test]
+    fn the_replay_is_as_strict_as_the_driver() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("local.db");
+        Connection::open(&db).unwrap().execute_batch("CREATE TABLE x (id integer);").unwrap();
+        let target = Target::new(db.clone());
+        let run = |sql: &str| {
+            let d = tempfile::tempdir_in(dir.path()).unwrap();
+            let drizzle = folder_with(d.path(), &[("0000_a", sql)]);
+            replay(&drizzle, &target).unwrap().map(|f| f.error)
+        };
+        // drizzle-kit's table rebuild over a column the table lacks: no string literal, a real error.
+        let rebuild = "CREATE TABLE `__new_x` (`id` integer, `c` text);\n--> statement-breakpoint\n\
+                       INSERT INTO `__new_x`(\"id\", \"c\") SELECT \"id\", \"c\" FROM `x`;";
+        let err = run(rebuild).expect("fails");
+        assert!(err.contains("no such column"), "{err}");
+        assert!(run("-- nothing to do here\n").expect("fails").contains("holds no SQL"));
+        assert!(run("CREATE TABLE y (id integer);\n--> statement-breakpoint\n/* later */").is_some());
+        assert!(run("ATTACH DATABASE '/tmp/elsewhere.db' AS other;").is_some());
+        let outside = dir.path().join("copied.db");
+        let vacuum = format!("VACUUM INTO '{}';", outside.display());
+        assert!(run(&vacuum).is_some());
+        assert!(!outside.exists(), "VACUUM INTO never wrote a file");
+        assert!(
+            run("CREATE TABLE y (id integer);\n--> statement-breakpoint\nINSERT INTO y VALUES (1);")
+                .is_none()
+        );
+        assert!(holds_no_sql("  -- a\n/* b */ ;\n"));
+        assert!(!holds_no_sql("-- a\nSELECT 1"));
+    }
 
     #[test]
     fn urls_of_local_files_only() {

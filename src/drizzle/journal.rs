@@ -83,6 +83,10 @@ pub fn faults(drizzle: &Path) -> Vec<Drift> {
 
 /// [`faults`] of an open migration folder.
 pub fn faults_in(drizzle: &Folder) -> Vec<Drift> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(i64::MAX - FUTURE_MS);
     let entries = match read_in(drizzle) {
         Ok(Some(e)) => e,
         Ok(None) => {
@@ -144,11 +148,26 @@ pub fn faults_in(drizzle: &Folder) -> Vec<Drift> {
         }
         let snapshot = format!("meta/{}_snapshot.json", number(&e.tag));
         if !matches!(drizzle.kind(&snapshot), Ok(Some(SpecialKind::File))) {
+            let newest = entries.last().is_some_and(|last| last.tag == e.tag);
+            let why = if newest {
+                "it is the newest, so the next generate diffs against an older schema and repeats its changes"
+            } else {
+                "an old snapshot is never read again, so migrate and generate do not mind"
+            };
             out.push(Drift::new(
                 "journal-missing-snapshot",
+                format!("journal entry {} has no {snapshot}: {why}", e.tag),
+                Some(&e.tag),
+            ));
+        }
+        if e.when > now_ms + FUTURE_MS {
+            out.push(Drift::new(
+                "journal-future",
                 format!(
-                    "journal entry {} has no {snapshot}: the next generate diffs against the wrong schema",
-                    e.tag
+                    "journal entry {} has when {}, more than 5 minutes in the future (made on a machine whose clock \
+                     is ahead): every migration generated before that time will be skipped by migrate on a database \
+                     that applied it",
+                    e.tag, e.when
                 ),
                 Some(&e.tag),
             ));
@@ -166,52 +185,175 @@ pub fn faults_in(drizzle: &Folder) -> Vec<Drift> {
         };
         out.push(Drift::new("sql-not-in-journal", message, Some(f.trim_end_matches(".sql"))));
     }
-    out.extend(snapshot_chain(drizzle, &entries));
+    let snapshots = snapshots(drizzle, &mut out);
+    out.extend(snapshot_chain(&snapshots, &entries));
+    out.extend(snapshot_set(&snapshots, &entries));
     out
 }
 
+/// The number of the snapshot whose name sorts last in `meta/` (the one generate diffs against).
+pub fn last_snapshot(drizzle: &Path) -> Option<String> {
+    let folder = Folder::open(drizzle).ok()??;
+    let meta = folder.folder("meta").ok()??;
+    meta.entries()
+        .ok()?
+        .into_iter()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|n| n.ends_with("_snapshot.json"))
+        .max()
+        .map(|n| number(&n).to_string())
+}
+
+/// How far in the future a journal entry's `when` may be (clock skew between machines) before it is a fault.
+const FUTURE_MS: i64 = 5 * 60 * 1000;
+
+/// The snapshot version drizzle-kit 0.31 writes for a dialect (`None`: a dialect it is not known for).
+pub fn latest_snapshot_version(dialect: &str) -> Option<u32> {
+    match dialect {
+        "sqlite" | "turso" => Some(6),
+        "postgresql" | "pg" => Some(7),
+        "mysql" => Some(5),
+        "singlestore" => Some(1),
+        _ => None,
+    }
+}
+
 #[derive(Deserialize)]
-struct Snapshot {
+struct SnapshotFile {
     id: String,
     #[serde(rename = "prevId")]
     prev_id: String,
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    dialect: Option<String>,
 }
 
-/// Each snapshot's prevId must be the id of the one before it.
-fn snapshot_chain(drizzle: &Folder, entries: &[Entry]) -> Vec<Drift> {
+/// One readable snapshot of `meta/`.
+struct Snapshot {
+    /// Its file name.
+    name: String,
+    id: String,
+    prev_id: String,
+    version: Option<u32>,
+    dialect: Option<String>,
+}
+
+/// Every `meta/NNNN_snapshot.json` that is a regular file, by number, read once; one that cannot be read or parsed is a
+/// `snapshot-invalid` fault (drizzle-kit refuses to generate with it).
+fn snapshots(drizzle: &Folder, out: &mut Vec<Drift>) -> BTreeMap<String, Snapshot> {
+    let mut found = BTreeMap::new();
+    let Ok(Some(meta)) = drizzle.folder("meta") else { return found };
+    let mut names: Vec<String> = meta
+        .entries()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|n| n.ends_with("_snapshot.json"))
+        .collect();
+    names.sort();
+    for name in names {
+        let number = number(&name).to_string();
+        let tag = Some(number.as_str());
+        let text = match meta.read(&name, MAX_FILE) {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(err) => {
+                out.push(Drift::new("snapshot-invalid", format!("meta/{name} cannot be read: {err}"), tag));
+                continue;
+            }
+        };
+        match serde_json::from_slice::<SnapshotFile>(&text) {
+            Ok(f) => {
+                let version = f.version.as_deref().and_then(|v| v.parse().ok());
+                found.insert(
+                    number,
+                    Snapshot { name, id: f.id, prev_id: f.prev_id, version, dialect: f.dialect },
+                );
+            }
+            Err(err) => out.push(Drift::new(
+                "snapshot-invalid",
+                format!("meta/{name} is not a drizzle snapshot: {err}"),
+                tag,
+            )),
+        }
+    }
+    found
+}
+
+/// Faults of the set of snapshots as drizzle-kit's generate sees it: it validates every snapshot in `meta/` and diffs
+/// against the one whose name sorts last.
+fn snapshot_set(snapshots: &BTreeMap<String, Snapshot>, entries: &[Entry]) -> Vec<Drift> {
+    let mut out = Vec::new();
+    let numbers: BTreeSet<&str> = entries.iter().map(|e| number(&e.tag)).collect();
+    let last = snapshots.keys().next_back();
+    for (n, snap) in snapshots {
+        if !numbers.contains(n.as_str()) {
+            let why = if Some(n) == last {
+                "it sorts last, so the next generate diffs against it, a schema no migration made: it leaves those \
+                 changes out of the migration and reuses its number"
+            } else {
+                "no migration uses it"
+            };
+            out.push(Drift::new(
+                "snapshot-not-in-journal",
+                format!("meta/{} belongs to no journal entry: {why}", snap.name),
+                Some(n),
+            ));
+        }
+    }
+    let mut by_parent: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
+    for snap in snapshots.values() {
+        by_parent.entry(snap.prev_id.as_str()).or_default().push(snap);
+    }
+    for (parent, children) in by_parent.iter().filter(|(_, c)| c.len() > 1) {
+        let names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
+        out.push(Drift::new(
+            "snapshot-fork",
+            format!(
+                "{} all name {parent} as their previous snapshot (two branches each generated a migration): \
+                 drizzle-kit generate stops on this collision, writes nothing and exits 0",
+                names.join(", ")
+            ),
+            Some(number(&children[children.len() - 1].name)),
+        ));
+    }
+    let outdated: Vec<&Snapshot> = snapshots
+        .values()
+        .filter(|s| {
+            let latest = s.dialect.as_deref().and_then(latest_snapshot_version);
+            matches!((s.version, latest), (Some(v), Some(l)) if v < l)
+        })
+        .collect();
+    if let Some(first) = outdated.first() {
+        let dialect = first.dialect.clone().unwrap_or_default();
+        out.push(Drift::new(
+            "snapshot-outdated",
+            format!(
+                "{} snapshot(s) of meta/ (from {}) are of version {}, older than the {} drizzle-kit 0.31 writes for \
+                 {dialect}: generate writes no migration until they are upgraded (it says \"Run drizzle-kit up\" and \
+                 exits 0)",
+                outdated.len(),
+                first.name,
+                first.version.unwrap_or(0),
+                latest_snapshot_version(&dialect).unwrap_or(0)
+            ),
+            None,
+        ));
+    }
+    out
+}
+
+/// Each snapshot's prevId must be the id of the one before it, in journal order.
+fn snapshot_chain(snapshots: &BTreeMap<String, Snapshot>, entries: &[Entry]) -> Vec<Drift> {
     let mut out = Vec::new();
     let mut previous: Option<(String, String)> = None; // (tag, id)
     let mut sorted: Vec<&Entry> = entries.iter().collect();
     sorted.sort_by_key(|e| e.idx);
     for e in sorted {
-        let name = format!("meta/{}_snapshot.json", number(&e.tag));
-        let text = match drizzle.read(&name, MAX_FILE) {
-            Ok(Some(t)) => t,
-            Ok(None) => {
-                previous = None; // reported as journal-missing-snapshot
-                continue;
-            }
-            Err(err) => {
-                out.push(Drift::new(
-                    "snapshot-invalid",
-                    format!("{name} cannot be read: {err}"),
-                    Some(&e.tag),
-                ));
-                previous = None;
-                continue;
-            }
-        };
-        let snapshot: Snapshot = match serde_json::from_slice(&text) {
-            Ok(s) => s,
-            Err(err) => {
-                out.push(Drift::new(
-                    "snapshot-invalid",
-                    format!("{name} is not a drizzle snapshot: {err}"),
-                    Some(&e.tag),
-                ));
-                previous = None;
-                continue;
-            }
+        let Some(snapshot) = snapshots.get(number(&e.tag)) else {
+            previous = None; // missing (journal-missing-snapshot) or unreadable (snapshot-invalid)
+            continue;
         };
         if let Some((prev_tag, prev_id)) = &previous
             && &snapshot.prev_id != prev_id
@@ -219,13 +361,13 @@ fn snapshot_chain(drizzle: &Folder, entries: &[Entry]) -> Vec<Drift> {
             out.push(Drift::new(
                 "snapshot-chain",
                 format!(
-                    "{name} says its previous snapshot is {}, but {prev_tag}'s is {prev_id}",
-                    snapshot.prev_id
+                    "meta/{} says its previous snapshot is {}, but {prev_tag}'s is {prev_id}",
+                    snapshot.name, snapshot.prev_id
                 ),
                 Some(&e.tag),
             ));
         }
-        previous = Some((e.tag.clone(), snapshot.id));
+        previous = Some((e.tag.clone(), snapshot.id.clone()));
     }
     out
 }
@@ -303,5 +445,59 @@ mod tests {
             ],
         );
         assert_eq!(codes(&d), ["snapshot-chain"]);
+    }
+
+    #[test]
+    fn what_drizzle_kit_check_finds_and_more() {
+        let j = r#"{"entries":[{"idx":0,"when":1,"tag":"0000_a"},{"idx":1,"when":2,"tag":"0001_b"}]}"#;
+        let files = |extra: &[(&'static str, &'static str)]| {
+            let mut all = vec![("0000_a.sql", ""), ("0001_b.sql", ""), ("meta/0000_snapshot.json", SNAP0)];
+            all.extend_from_slice(extra);
+            all
+        };
+        // A fork: two snapshots with one parent.
+        let fork = r#"{"id":"c","prevId":"a"}"#;
+        let d = folder(j, &files(&[("meta/0001_snapshot.json", SNAP1), ("meta/0002_snapshot.json", fork)]));
+        let c = codes(&d);
+        assert!(
+            c.contains(&"snapshot-fork".into()) && c.contains(&"snapshot-not-in-journal".into()),
+            "{c:?}"
+        );
+        let stray = faults(d.path()).into_iter().find(|f| f.code == "snapshot-not-in-journal").unwrap();
+        assert!(stray.message.contains("sorts last"), "{}", stray.message);
+        // Outdated: version 5 sqlite snapshots where drizzle-kit 0.31 writes 6.
+        let old0 =
+            r#"{"version":"5","dialect":"sqlite","id":"a","prevId":"00000000-0000-0000-0000-000000000000"}"#;
+        let old1 = r#"{"version":"5","dialect":"sqlite","id":"b","prevId":"a"}"#;
+        let d = folder(
+            j,
+            &[
+                ("0000_a.sql", ""),
+                ("0001_b.sql", ""),
+                ("meta/0000_snapshot.json", old0),
+                ("meta/0001_snapshot.json", old1),
+            ],
+        );
+        assert_eq!(codes(&d), ["snapshot-outdated"]);
+        let new1 = r#"{"version":"6","dialect":"sqlite","id":"b","prevId":"a"}"#;
+        let d = folder(
+            j,
+            &[
+                ("0000_a.sql", ""),
+                ("0001_b.sql", ""),
+                ("meta/0000_snapshot.json", old0),
+                ("meta/0001_snapshot.json", new1),
+            ],
+        );
+        assert_eq!(codes(&d), ["snapshot-outdated"], "one old snapshot is enough");
+        // Malformed: not JSON, and JSON without the fields.
+        let d = folder(j, &files(&[("meta/0001_snapshot.json", "{not json")]));
+        assert_eq!(codes(&d), ["snapshot-invalid"]);
+        let d = folder(j, &files(&[("meta/0001_snapshot.json", r#"{"version":"6"}"#)]));
+        assert_eq!(codes(&d), ["snapshot-invalid"]);
+        // A when far in the future.
+        let future = r#"{"entries":[{"idx":0,"when":1,"tag":"0000_a"},{"idx":1,"when":99999999999999,"tag":"0001_b"}]}"#;
+        let d = folder(future, &files(&[("meta/0001_snapshot.json", SNAP1)]));
+        assert_eq!(codes(&d), ["journal-future"]);
     }
 }

@@ -29,11 +29,14 @@ impl Drift {
 
     /// Whether the first push of a project may accept it as a known fault of its history: migrate tolerates it and
     /// the next generate is not misled by it. `latest` is the tag of the newest journal entry.
-    pub fn adoptable(&self, latest: Option<&str>) -> bool {
+    /// `last_snapshot` is the number of the snapshot whose name sorts last in `meta/`.
+    pub fn adoptable(&self, latest: Option<&str>, last_snapshot: Option<&str>) -> bool {
         match self.code.as_str() {
             "sql-not-in-journal" | "journal-order" | "journal-duplicate" | "snapshot-chain" => true,
             // An old snapshot is never read again; the newest is what the next generate diffs against.
             "journal-missing-snapshot" => self.migration.as_deref() != latest,
+            // A stray snapshot is harmless unless generate takes it for the newest.
+            "snapshot-not-in-journal" => self.migration.as_deref() != last_snapshot,
             _ => false,
         }
     }
@@ -49,6 +52,24 @@ impl Drift {
             "journal-missing-snapshot" => {
                 "the newest snapshot is missing, so the next generate would diff against an older schema: take it \
                  back from git (`git log -- drizzle/meta/`), then `dreamer push`"
+            }
+            "snapshot-outdated" => {
+                "run `dreamerd up`: it upgrades the snapshots with the installed drizzle-kit's `up` (only meta/ \
+                 changes) and records the result; then `dreamer push`"
+            }
+            "snapshot-fork" => {
+                "two branches each generated a migration from the same snapshot and both were merged: keep the \
+                 branch merged into (take the other's files out of drizzle/ with git), then `dreamer push` with the \
+                 merged schema so the other branch's changes become one new migration"
+            }
+            "snapshot-not-in-journal" => {
+                "a snapshot that no journal entry uses sorts last, so generate would diff against it: take it out of \
+                 drizzle/meta/ (`git log -- drizzle/meta/` shows where it came from), then `dreamer push`"
+            }
+            "journal-future" => {
+                "that entry was generated on a machine whose clock was ahead, so migrations generated before its \
+                 time are skipped: if no shared database applied it yet, take it out with git and generate it again; \
+                 otherwise push new changes only after that time"
             }
             "journal-unreadable" | "snapshot-invalid" => {
                 "a file drizzle-kit needs cannot be read: take it back from git (`git log -- drizzle/meta/`), then \
@@ -87,6 +108,20 @@ impl Drift {
                 "the migrator will never apply this entry: if it came from a merge or a hand edit, run `dreamer \
                  database restore`, move the change into src/schema.ts, then `dreamer push`; if the database lost \
                  it (restored from an older copy), reset your development database and `dreamer push`"
+            }
+            "snapshot-outdated" => {
+                "run `dreamerd up`: it upgrades the snapshots with the installed drizzle-kit's `up` and records the \
+                 result as a push; then `dreamer push`"
+            }
+            "snapshot-fork" => {
+                "two branches each generated a migration from the same snapshot and both were merged: run `dreamer \
+                 database restore --push ID` with the push of the branch merged into, then `dreamer push` with the \
+                 merged schema"
+            }
+            "journal-future" => {
+                "an entry was generated on a machine whose clock was ahead: migrations generated before its time are \
+                 skipped by migrate; if no shared database applied it yet, restore the push before it and push again \
+                 from a machine with a right clock"
             }
             "database-unreadable" => {
                 "check that the database file is readable and not locked, and database.url"

@@ -82,6 +82,47 @@ pub struct Checkout {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relation: Option<Relation>,
     pub push: PushRecord,
+    /// A custom migration `dreamerd push --custom` opened, which the next push applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<OpenCustom>,
+}
+
+/// A custom migration opened by `dreamerd push --custom NAME`: drizzle-kit wrote an empty migration for the user to
+/// fill; until the next push applies it, its `.sql` may change freely and everything else must stay as generate left
+/// it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpenCustom {
+    /// Its journal tag.
+    pub migration: String,
+    /// Its `.sql`, relative to the migration folder.
+    pub file: String,
+    /// The folder as generate left it.
+    pub files: Vec<manifest::FileEntry>,
+    pub since: String,
+}
+
+impl Baseline {
+    /// What the folder must hold: the push, or the folder as `push --custom` left it.
+    pub fn expected(&self) -> &[manifest::FileEntry] {
+        match self.open() {
+            Some(open) => &open.files,
+            None => &self.record.files,
+        }
+    }
+
+    /// The open custom migration, if any.
+    pub fn open(&self) -> Option<&OpenCustom> {
+        self.checkout.as_ref().and_then(|c| c.open.as_ref())
+    }
+
+    /// The violations of `tree` against it: the open custom migration's `.sql` is the user's to write.
+    pub fn violations(&self, tree: &Tree) -> Vec<manifest::Violation> {
+        let mut out = manifest::diff(self.expected(), tree);
+        if let Some(open) = self.open() {
+            out.retain(|v| !(v.path == open.file && v.kind == manifest::ViolationKind::Modified));
+        }
+        out
+    }
 }
 
 /// A checkout's baseline and where it came from.
@@ -123,22 +164,49 @@ impl Engine {
         via: Via,
         arrived: Option<(String, Relation)>,
     ) -> Result<()> {
+        let (previous, relation) = arrived.map(|(p, r)| (Some(p), Some(r))).unwrap_or_default();
+        self.write_checkout(
+            project,
+            Checkout {
+                format: CHECKOUT_FORMAT,
+                root: project.root.clone(),
+                config: project.config.clone(),
+                via,
+                since: rfc3339(std::time::SystemTime::now()),
+                previous,
+                relation,
+                push: record.clone(),
+                open: None,
+            },
+        )
+    }
+
+    fn write_checkout(&self, project: &Project, checkout: Checkout) -> Result<()> {
         self.prepare_state()?;
         let path = self.checkout_path(project);
         fsutil::create_private_dir(path.parent().expect("has a parent")).ctx("create", &path)?;
-        let (previous, relation) = arrived.map(|(p, r)| (Some(p), Some(r))).unwrap_or_default();
-        let checkout = Checkout {
-            format: CHECKOUT_FORMAT,
-            root: project.root.clone(),
-            config: project.config.clone(),
-            via,
-            since: rfc3339(std::time::SystemTime::now()),
-            previous,
-            relation,
-            push: record.clone(),
-        };
         let json = serde_json::to_vec_pretty(&checkout).expect("serialises");
         fsutil::atomic_write(&path, &json).ctx("write", &path)
+    }
+
+    /// Records a custom migration `push --custom` opened on top of `base` (the push the checkout stands on).
+    pub(crate) fn set_open(&self, project: &Project, base: &PushRecord, open: OpenCustom) -> Result<()> {
+        let current = self.checkout(project)?.filter(|c| c.push.id == base.id);
+        let checkout = match current {
+            Some(c) => Checkout { open: Some(open), ..c },
+            None => Checkout {
+                format: CHECKOUT_FORMAT,
+                root: project.root.clone(),
+                config: project.config.clone(),
+                via: Via::Arrived,
+                since: rfc3339(std::time::SystemTime::now()),
+                previous: None,
+                relation: None,
+                push: base.clone(),
+                open: Some(open),
+            },
+        };
+        self.write_checkout(project, checkout)
     }
 
     /// The checkout's baseline: what its folder must hold (see the module's documentation).

@@ -24,6 +24,32 @@ impl Diagnosis {
 
 const RECOVER: &str = "run `dreamer database restore`, fix src/schema.ts, then `dreamer push` again";
 
+/// The hint of a diagnosis for a project never pushed with dreamerd: there is no push to restore, so the way out is
+/// drizzle/ as it is (it was put back), the schema, git, or the development database.
+pub fn for_first_push(mut d: Diagnosis) -> Diagnosis {
+    if !d.hint.contains("restore") {
+        return d;
+    }
+    d.hint = match d.code.as_str() {
+        "out-of-sync" => "drizzle/ does not match what the database has: if drizzle/ was changed by hand, take it \
+                          back from git (`git log -- drizzle/`); if the database was changed outside drizzle-kit \
+                          migrate (drizzle-kit push, hand-run SQL), undo that or reset your development database; then \
+                          `dreamer push` again"
+            .into(),
+        "drizzle-malformed" => "a snapshot in drizzle/meta/ cannot be read: take it back from git (`git log -- \
+                                drizzle/meta/`), then `dreamer push` again"
+            .into(),
+        "snapshot-fork" => "two branches each generated a migration from the same snapshot and both were merged: \
+                            keep the branch merged into (take the other's files out of drizzle/ with git), then \
+                            `dreamer push` with the merged schema"
+            .into(),
+        _ => "drizzle/ is as it was before the push: fix the cause (src/schema.ts, the config or the database), then \
+              `dreamer push` again"
+            .into(),
+    };
+    d
+}
+
 /// The program could not be started at all.
 pub fn spawn_failed(stage: &str, err: &SpawnError) -> Diagnosis {
     if err.error.kind() == std::io::ErrorKind::NotFound {
@@ -68,6 +94,11 @@ fn common(stage: &str, out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> 
     None
 }
 
+/// Whether generate said the schema holds no change that needs SQL (`No schema changes, nothing to migrate`).
+pub fn said_nothing_to_migrate(out: &RunOutput) -> bool {
+    out.success() && out.combined().contains("nothing to migrate")
+}
+
 /// Judges `drizzle-kit generate`, which exits 0 on most errors: by its exit code and by what it printed.
 pub fn judge_generate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
     if let Some(d) = common("generate", out, timeout_secs) {
@@ -89,6 +120,40 @@ pub fn judge_generate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
             "no-schema",
             format!("drizzle-kit found no schema: {line}"),
             "restore src/schema.ts (e.g. from git), then push again",
+        ));
+    }
+    if let Some(line) = quote_line(&all, "is not of the latest version") {
+        return Some(Diagnosis::new(
+            "snapshot-outdated",
+            format!(
+                "drizzle-kit generate wrote nothing: {line} (it says \"Run drizzle-kit up\" and exits 0)"
+            ),
+            "run `dreamerd up`: it upgrades the snapshots with the installed drizzle-kit's `up` (only meta/ changes) \
+             and records the result; then `dreamer push` again",
+        ));
+    }
+    if let Some(line) = quote_line(&all, "which is a collision") {
+        return Some(Diagnosis::new(
+            "snapshot-fork",
+            format!("drizzle-kit generate wrote nothing: {line}"),
+            "two branches each generated a migration from the same snapshot and both were merged: restore the push \
+             of the branch merged into (`dreamer database restore --push ID`), then `dreamer push` with the merged \
+             schema",
+        ));
+    }
+    if let Some(line) = quote_line(&all, "snapshot is of unsupported version") {
+        return Some(Diagnosis::new(
+            "drizzle-kit-outdated",
+            format!("drizzle-kit generate wrote nothing: {line}"),
+            "drizzle/ was written by a newer drizzle-kit than the one installed: update drizzle-kit in the project \
+             (`npm install -D drizzle-kit@latest`), then push again",
+        ));
+    }
+    if let Some(line) = quote_line(&all, "SyntaxError").filter(|l| l.contains("JSON")) {
+        return Some(Diagnosis::new(
+            "drizzle-malformed",
+            format!("drizzle-kit cannot read a snapshot in drizzle/: {line}"),
+            RECOVER,
         ));
     }
     if let Some(line) = quote_line(&all, "data is malformed") {
@@ -130,6 +195,23 @@ pub fn judge_generate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
     None
 }
 
+/// Judges `drizzle-kit up` by its exit status.
+pub fn judge_up(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
+    if let Some(d) = common("up", out, timeout_secs) {
+        return Some(d);
+    }
+    let all = out.combined();
+    let line = all.lines().map(str::trim).find(|l| l.starts_with("Error") || l.contains("ERROR"));
+    if out.success() && line.is_none() {
+        return None;
+    }
+    Some(Diagnosis::new(
+        "unknown",
+        format!("drizzle-kit up failed: {}", line.map(String::from).unwrap_or_else(|| status_text(out))),
+        "drizzle/ is as it was; read up.log in the quarantine folder, fix the cause, then `dreamerd up` again",
+    ))
+}
+
 /// Judges `drizzle-kit migrate`. It fails with exit 1 and no error text, so the message may only be generic here;
 /// a caller that can replay the migration finds the real error.
 pub fn judge_migrate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
@@ -140,6 +222,35 @@ pub fn judge_migrate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
         return None;
     }
     let all = out.combined();
+    if all.contains("Please provide required params") {
+        let missing: Vec<&str> = all.lines().map(str::trim).filter(|l| l.starts_with("[x]")).collect();
+        let url = missing.iter().any(|l| l.contains("url"));
+        return Some(Diagnosis::new(
+            if url { "database-url-missing" } else { "config-params-missing" },
+            format!(
+                "drizzle-kit migrate found no {} in the drizzle config: {}",
+                if url { "database URL" } else { "connection settings" },
+                if missing.is_empty() {
+                    "Please provide required params".to_string()
+                } else {
+                    missing.join(", ")
+                }
+            ),
+            "the config's dbCredentials are undefined in the environment of this command: set the variable the \
+             config reads (process.env.…), in the shell or in the .env file the config loads, then push again; \
+             drizzle/ is as it was",
+        ));
+    }
+    if let Some(line) =
+        quote_line(&all, "please install either of").or_else(|| quote_line(&all, "please install"))
+    {
+        return Some(Diagnosis::new(
+            "driver-missing",
+            format!("drizzle-kit migrate has no database driver: {line}"),
+            "install the driver the config's dialect needs in the project (e.g. `npm install pg`), then push again; \
+             drizzle/ is as it was",
+        ));
+    }
     if let Some(d) = classify_database_error(&all, None) {
         return Some(d);
     }
@@ -169,6 +280,15 @@ pub fn classify_database_error(text: &str, quote: Option<&str>) -> Option<Diagno
                  `dreamer push` again",
             ));
         }
+    }
+    if let Some(line) = quote_line(text, "holds no SQL") {
+        let line = quote.unwrap_or(line);
+        return Some(Diagnosis::new(
+            "empty-migration",
+            format!("a migration holds no SQL, which the driver refuses: {line}"),
+            "write the migration's SQL in its .sql (a custom migration opened by `dreamerd push --custom` must hold \
+             at least one statement), then `dreamer push` again",
+        ));
     }
     if let Some(line) = quote_line(text, "Cannot add a NOT NULL column with default value NULL") {
         let line = quote.unwrap_or(line);
@@ -220,6 +340,33 @@ mod tests {
         assert!(
             judge_generate(&out(0, "[✓] Your SQL migration file ➜ drizzle/0000_x.sql", ""), 300).is_none()
         );
+    }
+
+    #[test]
+    fn texts_that_make_generate_write_nothing() {
+        let outdated = "drizzle/meta/0000_snapshot.json/snapshot.json is not of the latest version\nRun drizzle-kit up";
+        assert_eq!(judge_generate(&out(0, outdated, ""), 300).unwrap().code, "snapshot-outdated");
+        let fork = "Error: [drizzle/meta/0001_snapshot.json, drizzle/meta/0002_snapshot.json] are pointing to a parent \
+                    snapshot: drizzle/meta/0001_snapshot.json/snapshot.json which is a collision.";
+        assert_eq!(judge_generate(&out(0, fork, ""), 300).unwrap().code, "snapshot-fork");
+        let newer = "Info: drizzle/meta/0000_snapshot.json snapshot is of unsupported version, please update drizzle-kit";
+        assert_eq!(judge_generate(&out(0, newer, ""), 300).unwrap().code, "drizzle-kit-outdated");
+        let json = "SyntaxError: Expected double-quoted property name in JSON at position 40";
+        assert_eq!(judge_generate(&out(0, "", json), 300).unwrap().code, "drizzle-malformed");
+        assert!(said_nothing_to_migrate(&out(0, "No schema changes, nothing to migrate 😴", "")));
+    }
+
+    #[test]
+    fn migrate_texts_of_a_config_without_credentials() {
+        let url = "Error  Please provide required params:\n    [x] url: undefined";
+        let d = judge_migrate(&out(1, url, ""), 300).unwrap();
+        assert_eq!(d.code, "database-url-missing");
+        assert!(d.message.contains("[x] url: undefined"), "{}", d.message);
+        let driver = "To connect to Postgres database - please install either of 'pg', 'postgres', \
+                      '@neondatabase/serverless' or '@vercel/postgres' drivers";
+        assert_eq!(judge_migrate(&out(1, "", driver), 300).unwrap().code, "driver-missing");
+        let first = for_first_push(judge_migrate(&out(1, "[⣷] applying migrations...", ""), 300).unwrap());
+        assert!(!first.hint.contains("restore"), "{}", first.hint);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum Stage {
     Precheck,
     Generate,
     Migrate,
+    /// After migrate: the database did not apply every migration of the folder (skipped or missing).
+    Verify,
     Backup,
 }
 
@@ -47,6 +49,16 @@ pub enum PushReport {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         known_faults: Vec<Drift>,
     },
+    /// `push --custom NAME`: the new migration is open for the user to write.
+    Opened {
+        ok: bool,
+        /// Its journal tag.
+        custom: String,
+        /// Its `.sql`, absolute.
+        file: PathBuf,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        settings: Vec<PathBuf>,
+    },
     Failed(PushFailure),
 }
 
@@ -67,7 +79,7 @@ pub struct PushFailure {
 
 impl PushReport {
     pub fn ok(&self) -> bool {
-        matches!(self, PushReport::Ok { .. })
+        matches!(self, PushReport::Ok { .. } | PushReport::Opened { .. })
     }
 }
 
@@ -116,6 +128,17 @@ fn stage_argv(argv: &[String], project: &Project) -> Vec<String> {
     argv
 }
 
+/// What a push runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode<'a> {
+    /// generate, migrate, verify, backup.
+    Push,
+    /// `push --custom NAME`: generate --custom only; the migration stays open.
+    Custom(&'a str),
+    /// `dreamerd up`: drizzle-kit up, then backup.
+    Up,
+}
+
 /// What one drizzle-kit stage of a push works with.
 struct StageRun<'a> {
     lock: &'a super::ProjectLock,
@@ -137,9 +160,42 @@ fn precheck_failure(code: &str, message: String, hint: &str) -> PushReport {
 impl Engine {
     /// Runs a whole push on `project`.
     pub fn push(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
-        let mut report = self.push_locked(project, sink)?;
+        self.push_with(project, Mode::Push, sink)
+    }
+
+    /// `push --custom NAME`: runs generate with `--custom --name=NAME` only, and leaves the new, empty migration
+    /// open for the user to write; the next push migrates it and records it.
+    pub fn push_custom(&self, project: &Project, name: &str, sink: &dyn Sink) -> Result<PushReport> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(Error::Usage(format!(
+                "{name:?} is not a migration name: use letters, digits, '_' and '-' (at most 64)"
+            )));
+        }
+        self.push_with(project, Mode::Custom(name), sink)
+    }
+
+    /// `dreamerd up`: runs drizzle-kit's `up` on a folder whose snapshots are of an outdated version, checks that
+    /// nothing but snapshots changed (or rolls back), and records the result as a push. Nothing is migrated: the SQL
+    /// does not change.
+    pub fn up(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
+        self.push_with(project, Mode::Up, sink)
+    }
+
+    fn push_with(&self, project: &Project, mode: Mode<'_>, sink: &dyn Sink) -> Result<PushReport> {
+        let never_pushed = self.baseline(project).ok().flatten().is_none();
+        let mut report = self.push_locked(project, mode, sink)?;
+        if let PushReport::Failed(f) = &mut report
+            && never_pushed
+        {
+            f.diagnosis = diagnosis::for_first_push(f.diagnosis.clone());
+        }
         match &mut report {
-            PushReport::Ok { settings, .. } => settings.clone_from(&self.sources),
+            PushReport::Ok { settings, .. } | PushReport::Opened { settings, .. } => {
+                settings.clone_from(&self.sources)
+            }
             PushReport::Failed(f) => {
                 f.settings.clone_from(&self.sources);
                 // Hints are written for the common layout; they name this project's folder and schema.
@@ -153,7 +209,11 @@ impl Engine {
         Ok(report)
     }
 
-    fn push_locked(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
+    fn push_locked(&self, project: &Project, mode: Mode<'_>, sink: &dyn Sink) -> Result<PushReport> {
+        let custom = match mode {
+            Mode::Custom(name) => Some(name),
+            _ => None,
+        };
         let _lock = match self.lock(project) {
             Ok(lock) => lock,
             Err(Error::Busy(message)) => {
@@ -200,8 +260,10 @@ impl Engine {
         // A folder that is exactly another push of the project (restored with --push, pulled, copied) is
         // legitimate, and the push builds on it.
         let mut arrived = None;
+        let open = found.as_ref().and_then(|b| b.open().cloned());
+        let violations = found.as_ref().map(|b| b.violations(&tree)).unwrap_or_default();
         let baseline = match found.map(|b| b.record) {
-            Some(base) if !manifest::diff(&base.files, &tree).is_empty() => {
+            Some(base) if !violations.is_empty() => {
                 match self.matching_push(project, &tree, Some(&base.id)) {
                     Some((other, relation)) => {
                         arrived = Some((base.id.clone(), relation));
@@ -215,7 +277,10 @@ impl Engine {
         };
 
         if let Some(base) = &baseline {
-            let violations = manifest::diff(&base.files, &tree);
+            let violations = match (&open, &arrived) {
+                (Some(_), None) => violations,
+                _ => manifest::diff(&base.files, &tree),
+            };
             if !violations.is_empty() {
                 let paths: Vec<String> = violations.iter().map(|v| v.path.clone()).collect();
                 return Ok(precheck_failure(
@@ -232,7 +297,21 @@ impl Engine {
                 ));
             }
         }
-        let drift: Vec<Drift> = self.drift(project).into_iter().filter(Drift::blocks_push).collect();
+        if let (Some(_), Some(already)) = (custom, &open) {
+            return Ok(precheck_failure(
+                "custom-open",
+                format!("the custom migration {} is open already", already.migration),
+                "write it and `dreamer push` (which applies it), or `dreamer database restore` to drop it; then open \
+                 the next one",
+            ));
+        }
+        // `up` is what repairs outdated snapshots.
+        let drift: Vec<Drift> = self
+            .drift(project)
+            .into_iter()
+            .filter(Drift::blocks_push)
+            .filter(|d| !(mode == Mode::Up && d.code == "snapshot-outdated"))
+            .collect();
         // The first push of a project with a history accepts the faults migrate tolerates (recorded as known once
         // it succeeded); what would make the next migrate fail or skip is refused with a way out that needs no
         // earlier push.
@@ -240,8 +319,9 @@ impl Engine {
         let drift = if baseline.is_none() {
             let entries = crate::drizzle::journal::read(&drizzle).ok().flatten().unwrap_or_default();
             let latest = entries.last().map(|e| e.tag.clone());
+            let last_snapshot = crate::drizzle::journal::last_snapshot(&drizzle);
             let (ok, refused): (Vec<Drift>, Vec<Drift>) =
-                drift.into_iter().partition(|d| d.adoptable(latest.as_deref()));
+                drift.into_iter().partition(|d| d.adoptable(latest.as_deref(), last_snapshot.as_deref()));
             if let Some(first) = refused.first() {
                 let all: Vec<String> =
                     refused.iter().map(|d| format!("[{}] {}", d.code, d.message)).collect();
@@ -301,24 +381,102 @@ impl Engine {
         let secs = self.config.push.timeout_secs;
         let mut logs: Vec<(&str, RunOutput)> = Vec::new();
         let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
-        let generated =
-            self.run_stage("generate", &self.config.push.generate, project, sink, &mut stage, |out| {
-                diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project))
+        let entries_before = crate::drizzle::journal::read(&drizzle).ok().flatten().unwrap_or_default();
+        let base_schema = baseline.as_ref().map(|b| b.schema_blake3.clone());
+        let mut generate = self.config.push.generate.clone();
+        if let Some(name) = custom {
+            // At the end, so that `npm run db:generate --` style commands pass them on.
+            generate.extend(["--custom".to_string(), format!("--name={name}")]);
+        }
+        if mode == Mode::Up {
+            let upgraded = self.run_stage("up", &self.config.push.up, project, sink, &mut stage, |out| {
+                diagnosis::judge_up(out, secs).or_else(|| self.judge_upgraded(project, &before.files))
             })?;
+            if let Some(diag) = upgraded {
+                return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
+            }
+            if self.scan_out(project)?.files() == before.files {
+                self.clear_journal(project)?;
+                sink.progress("every snapshot is of the current version already: nothing to upgrade");
+                return Ok(PushReport::Ok {
+                    ok: true,
+                    push_id: baseline.as_ref().map(|b| b.id.clone()).unwrap_or_default(),
+                    files: before.files.len(),
+                    unchanged: true,
+                    settings: Vec::new(),
+                    known_faults: Vec::new(),
+                });
+            }
+        }
+        let mut nothing_to_migrate = false;
+        let generated = if mode == Mode::Up {
+            None
+        } else {
+            self.run_stage("generate", &generate, project, sink, &mut stage, |out| {
+                nothing_to_migrate = diagnosis::said_nothing_to_migrate(out);
+                diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project)).or_else(|| {
+                    if custom.is_some() {
+                        self.judge_custom(project, &entries_before).err()
+                    } else {
+                        self.judge_generated(project, &before.files, base_schema.clone(), out)
+                    }
+                })
+            })?
+        };
         if let Some(diag) = generated {
             return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
         }
+        if custom.is_some() {
+            let opened = self.judge_custom(project, &entries_before).ok();
+            let tree = self.scan_out(project)?;
+            let Some(entry) = opened else {
+                return self.fail(
+                    project,
+                    Stage::Generate,
+                    Diagnosis::new("unknown", "the custom migration vanished", "push --custom again"),
+                    &mut journal,
+                    &logs,
+                );
+            };
+            let file = format!("{}.sql", entry.tag);
+            let open = super::checkout::OpenCustom {
+                migration: entry.tag.clone(),
+                file: file.clone(),
+                files: tree.files(),
+                since: rfc3339(SystemTime::now()),
+            };
+            if let Some(base) = &baseline {
+                self.set_open(project, base, open)?;
+            }
+            self.clear_journal(project)?;
+            sink.progress(&format!(
+                "opened the custom migration {}: write it, then `dreamer push` applies and records it",
+                entry.tag
+            ));
+            return Ok(PushReport::Opened {
+                ok: true,
+                custom: entry.tag,
+                file: drizzle.join(file),
+                settings: Vec::new(),
+            });
+        }
 
-        journal.phase = Phase::Migrate;
-        journal.child = None;
-        self.write_journal(project, &journal)?;
-        let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
-        let migrated =
-            self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
-                diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
-            })?;
-        if let Some(diag) = migrated {
-            return self.fail(project, Stage::Migrate, diag, &mut journal, &logs);
+        if mode != Mode::Up {
+            journal.phase = Phase::Migrate;
+            journal.child = None;
+            self.write_journal(project, &journal)?;
+            let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
+            let migrated =
+                self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
+                    diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
+                })?;
+            if let Some(diag) = migrated {
+                return self.fail(project, Stage::Migrate, diag, &mut journal, &logs);
+            }
+            // migrate says success even when it skipped a migration: the database must have applied every one.
+            if let Some(diag) = self.verify_applied(project) {
+                return self.fail(project, Stage::Verify, diag, &mut journal, &logs);
+            }
         }
 
         journal.phase = Phase::Backup;
@@ -336,29 +494,42 @@ impl Engine {
                 sink.progress(&format!("cannot record the known faults in the project file: {e}"));
             }
         }
-        let (record, archive) = match self.new_record(project, &project_id, baseline.as_ref())? {
-            Err(unchanged) => {
-                self.clear_journal(project)?;
-                if let Err(e) = project.record_layout() {
-                    sink.progress(&format!("cannot record the layout in the project file: {e}"));
-                }
-                if let Some(base) = &baseline {
-                    // The folder is that push: the checkout stands on it from now on.
-                    if arrived.is_some() || source != Some(super::Source::Checkout) {
-                        let via = match source {
-                            Some(super::Source::Pending | super::Source::Earlier) if arrived.is_none() => {
-                                super::Via::Push
-                            }
-                            _ => super::Via::Arrived,
-                        };
-                        self.set_last_push(project, base, via, arrived.clone())?;
+        let (record, archive) =
+            match self.new_record(project, &project_id, baseline.as_ref(), nothing_to_migrate)? {
+                Err(unchanged) => {
+                    self.clear_journal(project)?;
+                    if let Err(e) = project.record_layout() {
+                        sink.progress(&format!("cannot record the layout in the project file: {e}"));
                     }
-                    self.record_sum(project, base, sink);
+                    if let Some(base) = &baseline {
+                        // A schema edit that changes no SQL: the same push, and the schema it saw is now this one.
+                        let schema = project.schema_hash()?;
+                        let mut base = base.clone();
+                        let edited = base.schema_blake3 != schema;
+                        base.schema_blake3 = schema;
+                        let base = &base;
+                        if edited && arrived.is_none() && source == Some(super::Source::Checkout) {
+                            let via = self.checkout(project)?.map(|c| c.via).unwrap_or(super::Via::Push);
+                            self.set_last_push(project, base, via, None)?;
+                        }
+                        // The folder is that push: the checkout stands on it from now on.
+                        if arrived.is_some() || source != Some(super::Source::Checkout) {
+                            let via = match source {
+                                Some(super::Source::Pending | super::Source::Earlier)
+                                    if arrived.is_none() =>
+                                {
+                                    super::Via::Push
+                                }
+                                _ => super::Via::Arrived,
+                            };
+                            self.set_last_push(project, base, via, arrived.clone())?;
+                        }
+                        self.record_sum(project, base, sink);
+                    }
+                    return Ok(unchanged);
                 }
-                return Ok(unchanged);
-            }
-            Ok(r) => r,
-        };
+                Ok(r) => r,
+            };
         let mut record = record;
         let saved = self.store.save(&record, &archive);
         if let Ok(n) = &saved {
@@ -424,7 +595,7 @@ impl Engine {
     pub(crate) fn complete_interrupted_push(&self, project: &Project, sink: &dyn Sink) -> Result<()> {
         let project_id = self.ensure_project_id(project)?;
         let baseline = self.baseline(project)?;
-        if let Ok((mut record, archive)) = self.new_record(project, &project_id, baseline.as_ref())? {
+        if let Ok((mut record, archive)) = self.new_record(project, &project_id, baseline.as_ref(), false)? {
             match self.store.save(&record, &archive) {
                 Ok(n) => record.generation = Some(n),
                 Err(e) => {
@@ -520,6 +691,115 @@ impl Engine {
             })
     }
 
+    /// After `up`: only snapshots in meta/ may have changed (0.31 rewrites them in place; the SQL and the journal
+    /// stay as they are).
+    fn judge_upgraded(&self, project: &Project, before: &[manifest::FileEntry]) -> Option<Diagnosis> {
+        let tree = self.scan_out(project).ok()?;
+        let other: Vec<String> = manifest::diff(before, &tree)
+            .into_iter()
+            .filter(|v| {
+                !(v.kind == manifest::ViolationKind::Modified
+                    && v.path.starts_with("meta/")
+                    && v.path.ends_with("_snapshot.json"))
+            })
+            .map(|v| format!("{} {}", v.kind, v.path))
+            .collect();
+        if other.is_empty() {
+            return None;
+        }
+        Some(Diagnosis::new(
+            "up-changed-more",
+            format!("drizzle-kit up changed more than the snapshots: {}", shown_paths(&other, 5)),
+            "drizzle/ was put back as it was; the installed drizzle-kit's `up` does more than upgrade snapshots (a \
+             1.0 conversion?): see up.log in the quarantine folder",
+        ))
+    }
+
+    /// After `generate --custom`: exactly one new journal entry, with its `.sql`.
+    fn judge_custom(
+        &self,
+        project: &Project,
+        before: &[crate::drizzle::journal::Entry],
+    ) -> std::result::Result<crate::drizzle::journal::Entry, Diagnosis> {
+        let after = crate::drizzle::journal::read(&project.drizzle()).ok().flatten().unwrap_or_default();
+        let new: Vec<_> = after.into_iter().filter(|e| !before.iter().any(|b| b.tag == e.tag)).collect();
+        match new.as_slice() {
+            [one] if project.drizzle().join(format!("{}.sql", one.tag)).is_file() => Ok(one.clone()),
+            _ => Err(Diagnosis::new(
+                "unknown",
+                format!(
+                    "drizzle-kit generate --custom wrote {} new journal entries, not one with its .sql",
+                    new.len()
+                ),
+                "check that push.generate runs drizzle-kit generate and passes its arguments on (an npm script needs \
+                 `--` before them), then push --custom again",
+            )),
+        }
+    }
+
+    /// After generate: a schema change that produced no migration is a failure, unless drizzle-kit said there was
+    /// nothing to migrate (an edit that changes no SQL).
+    fn judge_generated(
+        &self,
+        project: &Project,
+        before: &[manifest::FileEntry],
+        base_schema: Option<Option<String>>,
+        out: &RunOutput,
+    ) -> Option<Diagnosis> {
+        if diagnosis::said_nothing_to_migrate(out) {
+            return None;
+        }
+        let schema = project.schema_hash().ok()?;
+        let changed = match base_schema {
+            Some(base) => base != schema,
+            None => schema.is_some(),
+        };
+        let tree = self.scan_out(project).ok()?;
+        if !changed || tree.files() != before {
+            return None;
+        }
+        Some(Diagnosis::new(
+            "generate-wrote-nothing",
+            format!(
+                "{} changed since the last push, but drizzle-kit generate wrote no migration and did not say there \
+                 was nothing to migrate",
+                project.schema_shown()
+            ),
+            "`dreamerd check` lists the snapshot faults that make generate write nothing (snapshot-outdated, \
+             snapshot-fork); drizzle-kit's full output is in generate.log in the quarantine folder",
+        ))
+    }
+
+    /// After migrate: every journal entry must be applied (but the known faults of the history). `None` when it is,
+    /// or when the database cannot be read here (nothing to verify against).
+    fn verify_applied(&self, project: &Project) -> Option<Diagnosis> {
+        let target = self.database(project).ok()?;
+        let rows = database::applied(&target).ok()??;
+        let entries = crate::drizzle::journal::read(&project.drizzle()).ok()??;
+        let known = project.known_faults().unwrap_or_default();
+        let newest = rows.iter().map(|r| r.created_at).max().unwrap_or(0);
+        let missing: Vec<&crate::drizzle::journal::Entry> = entries
+            .iter()
+            .filter(|e| !rows.iter().any(|r| r.created_at == e.when))
+            .filter(|e| !known.iter().any(|k| k.migration.as_deref() == Some(e.tag.as_str())))
+            .collect();
+        let first = missing.first()?;
+        let all: Vec<String> = missing.iter().map(|e| format!("{} (when {})", e.tag, e.when)).collect();
+        Some(Diagnosis::new(
+            "migration-skipped",
+            format!(
+                "migrate reported success, but the database did not apply {}: its newest applied migration has \
+                 created_at {newest}, not before {}'s when {}, so drizzle's migrator skipped it",
+                all.join(", "),
+                first.tag,
+                first.when
+            ),
+            "drizzle/ and the database are as they were before the push. A migration generated on a machine whose \
+             clock is behind, or a database that applied migrations from elsewhere (another branch, a copy), does \
+             this: fix the clock, or reset your development database; then `dreamer push` again",
+        ))
+    }
+
     /// `drizzle-kit migrate` fails without a word: replay its pending migrations on an in-memory copy of the
     /// database to find the statement that fails and SQLite's message.
     fn explain_migrate(&self, project: &Project, generic: Diagnosis) -> Diagnosis {
@@ -528,6 +808,19 @@ impl Engine {
         }
         let db = match self.database(project) {
             Ok(db) => db,
+            Err(_) if matches!(project.layout.dialect.as_str(), "postgresql" | "mysql" | "singlestore") => {
+                return Diagnosis {
+                    message: format!(
+                        "{}; drizzle-kit 0.31 prints nothing when it cannot connect to a {} server",
+                        generic.message, project.layout.dialect
+                    ),
+                    hint:
+                        "check that the database server runs and is reachable with the config's credentials \
+                           (host, port, user, password), then push again; drizzle/ is as it was"
+                            .into(),
+                    ..generic
+                };
+            }
             Err(why) => {
                 return Diagnosis {
                     message: format!("{}; dreamerd cannot find the database: {why}", generic.message),
@@ -556,8 +849,10 @@ impl Engine {
             }
             Ok(None) => Diagnosis {
                 message: format!(
-                    "{}; replaying the migrations on a copy of the database succeeded, so the cause is \
-                                  outside the SQL (see migrate.log in the quarantine folder)",
+                    "{}; the same migrations replayed cleanly on a copy of the database, as strictly as the driver \
+                     runs them: the replay and the real run disagree, so the cause is one dreamerd cannot see (the \
+                     connection, the driver, the config), and drizzle-kit's output is in migrate.log in the \
+                     quarantine folder",
                     generic.message
                 ),
                 ..generic
@@ -579,15 +874,17 @@ impl Engine {
         project: &Project,
         project_id: &str,
         baseline: Option<&PushRecord>,
+        nothing_to_migrate: bool,
     ) -> Result<Result<(PushRecord, Vec<u8>), PushReport>> {
         let drizzle = project.drizzle();
         let tree = self.scan_out(project)?;
         let packed: Packed = archive::pack(&drizzle, &tree)?;
         let schema = project.schema_hash()?;
-        // A baseline that is only the committed sum has no backup yet: this push makes it.
+        // A baseline that is only the committed sum has no backup yet: this push makes it. A schema edit that
+        // changes no SQL (drizzle-kit said so) is the same push.
         if let Some(base) = baseline.filter(|b| !b.archive_blake3.is_empty())
             && base.files == packed.files
-            && base.schema_blake3 == schema
+            && (base.schema_blake3 == schema || nothing_to_migrate)
         {
             return Ok(Err(PushReport::Ok {
                 ok: true,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::Engine;
 use crate::drizzle::{Drift, database};
 use crate::error::Result;
-use crate::manifest::{self, Violation};
+use crate::manifest::Violation;
 use crate::project::Project;
 
 /// The state of a project, as the contract names it.
@@ -55,6 +55,15 @@ impl LastPush {
             relation: b.checkout.as_ref().and_then(|c| c.relation),
         }
     }
+}
+
+/// An open custom migration, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomShown {
+    /// Its journal tag.
+    pub migration: String,
+    /// Its `.sql`, relative to the migration folder: write the migration there, then `dreamer push`.
+    pub file: String,
 }
 
 /// The known push nearest to a folder that matches none.
@@ -113,6 +122,12 @@ pub struct ProjectStatus {
     /// target (`dreamerd restore --push ID` brings it back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closest: Option<Closest>,
+    /// A custom migration `dreamerd push --custom` opened, waiting for the next push to apply it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<CustomShown>,
+    /// The version of the drizzle-kit installed for the project (absent when none is found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drizzle_kit: Option<String>,
     /// How many faults of the folder's history were left out of `drift` because the project file records them as
     /// known (accepted by the first push).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -202,6 +217,8 @@ impl Engine {
             restore_target: None,
             closest: None,
             known_faults: 0,
+            custom: None,
+            drizzle_kit: crate::project::layout::drizzle_kit_version(&project.workdir()),
         };
         if project.unresolved() {
             status.state = ProjectState::Unresolved;
@@ -219,8 +236,17 @@ impl Engine {
         (status.drift, status.known_faults) = self.new_faults(project, drift);
         status.database = checked;
         let tree = self.scan_out(project)?;
-        if let Some(base) = baseline.map(|b| b.record) {
-            status.violations = manifest::diff(&base.files, &tree);
+        if let Some(found) = baseline {
+            status.violations = found.violations(&tree);
+            status.custom =
+                found.open().map(|o| CustomShown { migration: o.migration.clone(), file: o.file.clone() });
+            // An open custom migration is pending until the next push applies it: that is what it is for.
+            if let Some(open) = found.open() {
+                status.drift.retain(|d| {
+                    !(d.code == "migration-pending" && d.migration.as_ref() == Some(&open.migration))
+                });
+            }
+            let base = found.record;
             status.schema_pending = schema != base.schema_blake3;
             if !status.violations.is_empty() {
                 if let Some((other, relation)) = self.matching_push(project, &tree, Some(&base.id)) {

@@ -165,6 +165,20 @@ pub fn drizzle_kit_dir(workdir: &Path) -> Option<PathBuf> {
         .find(|d| safefs::is_regular_file(&d.join("package.json")) || d.join("package.json").is_file())
 }
 
+/// The version of the drizzle-kit installed for `workdir` (from its package.json; node_modules may be links, as pnpm
+/// makes them, so this one read follows them, capped and never blocking).
+pub fn drizzle_kit_version(workdir: &Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Package {
+        version: String,
+    }
+    let dir = drizzle_kit_dir(workdir)?;
+    let bytes = safefs::read_file(&dir.join("package.json"), 1 << 20, true).ok()??;
+    let version = serde_json::from_slice::<Package>(&bytes).ok()?.version;
+    (version.len() <= 64 && version.chars().all(|c| c.is_ascii_alphanumeric() || ".-+".contains(c)))
+        .then_some(version)
+}
+
 /// `a/./b/../c` as `a/c`, without touching the filesystem (the folder may not exist yet).
 pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
