@@ -809,6 +809,22 @@ impl Engine {
         let db = match self.database(project) {
             Ok(db) => db,
             Err(_) if matches!(project.layout.dialect.as_str(), "postgresql" | "mysql" | "singlestore") => {
+                // drizzle-kit 0.31 hides why it could not connect: try the server's address ourselves.
+                if let Some(url) = &project.db_url
+                    && let Some((host, port)) = server_address(url.expose(), &project.layout.dialect)
+                    && let Err(e) = connect(&host, port)
+                {
+                    return Diagnosis::new(
+                        "database-unreachable",
+                        format!(
+                            "drizzle-kit migrate failed without a word, and the {} server at {host}:{port} cannot \
+                             be reached: {e}",
+                            project.layout.dialect
+                        ),
+                        "start the database server (or fix the host and port of the config's URL), then push again; \
+                         drizzle/ is as it was",
+                    );
+                }
                 return Diagnosis {
                     message: format!(
                         "{}; drizzle-kit 0.31 prints nothing when it cannot connect to a {} server",
@@ -944,6 +960,37 @@ impl Engine {
     }
 }
 
+/// The host and port of a server database URL (`postgres://user:secret@host:5432/db`), never its credentials.
+fn server_address(url: &str, dialect: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let default = if dialect == "postgresql" { 5432 } else { 3306 };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host.to_string(), after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().ok()?),
+            None => (hostport.to_string(), default),
+        }
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Tries a TCP connection to the server, for a few seconds at most.
+fn connect(host: &str, port: u16) -> std::io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the host name does not resolve");
+    for addr in (host, port).to_socket_addrs()? {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Keeps each program's full output next to the quarantined files.
 fn write_logs(quarantine: &std::path::Path, logs: &[(&str, RunOutput)]) {
     for (name, out) in logs {
@@ -955,5 +1002,23 @@ fn write_logs(quarantine: &std::path::Path, logs: &[(&str, RunOutput)]) {
             out.stderr
         );
         let _ = fs::write(quarantine.join(format!("{name}.log")), text);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_without_credentials() {
+        let pg = |u| server_address(u, "postgresql");
+        assert_eq!(pg("postgres://u:s3cret@db.local:6543/app?ssl=1"), Some(("db.local".into(), 6543)));
+        assert_eq!(pg("postgresql://u:p@w@127.0.0.1/app"), Some(("127.0.0.1".into(), 5432)));
+        assert_eq!(pg("postgres://[::1]:5433/app"), Some(("::1".into(), 5433)));
+        assert_eq!(server_address("mysql://root@localhost/db", "mysql"), Some(("localhost".into(), 3306)));
+        assert_eq!(pg("not a url"), None);
+        // A port nobody listens on: refused, said as such.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(connect("127.0.0.1", free).is_err());
     }
 }
