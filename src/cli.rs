@@ -150,6 +150,10 @@ struct RestoreArgs {
     /// Show what would change and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Put the database back too, to the copy taken before the next push's migrate (the database as that push left
+    /// it); both the folder and the database being replaced are kept in quarantine.
+    #[arg(long)]
+    with_database: bool,
 }
 
 #[derive(Debug, Parser)]
@@ -459,7 +463,12 @@ fn run(global: &Global, action: Action) -> Result<i32> {
         }
         Action::Restore(args) => {
             let (root, config) = locate(global, args.dir.as_deref())?;
-            let request = Request::Restore { dir: root, push: args.push, dry_run: args.dry_run };
+            let request = Request::Restore {
+                dir: root,
+                push: args.push,
+                dry_run: args.dry_run,
+                with_database: args.with_database,
+            };
             let (exit, data) = call_for(global, request, config)?;
             print_raw(global, &data, || Ok(human_restore(&typed(&data)?)))?;
             Ok(exit)
@@ -709,6 +718,10 @@ fn human_restore(r: &RestoreReport) -> String {
             }
             out += "(dry run: nothing was changed)\n";
         }
+        if let Some(d) = &r.database {
+            out +=
+                &format!("with --with-database the database would be put back from {}\n", d.copy.display());
+        }
         return out;
     }
     match &r.quarantine {
@@ -721,6 +734,13 @@ fn human_restore(r: &RestoreReport) -> String {
             out += &format!("restored drizzle/ to push {} ({} files)\n", r.push_id, r.files);
             out += &format!("the replaced files are kept in {}\n", q.display());
         }
+    }
+    if let Some(d) = &r.database {
+        out += &format!("the database was put back from {}", d.copy.display());
+        if let Some(q) = &d.quarantine {
+            out += &format!("; the database it replaced is kept in {}", q.display());
+        }
+        out += "\n";
     }
     out
 }
@@ -768,6 +788,9 @@ fn human_history(h: &crate::engine::History) -> String {
         }
         if p.pending {
             marks.push("backup waiting for the store");
+        }
+        if p.database_copy {
+            marks.push("database copy: restore --with-database");
         }
         let marks = if marks.is_empty() { String::new() } else { format!("  ({})", marks.join("; ")) };
         out += &format!("  {}  {}  {:>3} files  {}{marks}\n", p.id, p.at, p.files, escaped(&p.host));

@@ -29,11 +29,21 @@ pub struct Config {
 pub struct RetentionConfig {
     pub quarantine_days: u64,
     pub auto_prune: bool,
+    /// Database copies kept per checkout (the newest), at most this old and this large in total.
+    pub database_copies: usize,
+    pub database_copy_days: u64,
+    pub database_copy_max_bytes: u64,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { quarantine_days: 30, auto_prune: true }
+        RetentionConfig {
+            quarantine_days: 30,
+            auto_prune: true,
+            database_copies: 10,
+            database_copy_days: 30,
+            database_copy_max_bytes: 4 << 30,
+        }
     }
 }
 
@@ -52,10 +62,22 @@ impl Default for LogConfig {
 }
 
 /// `[database]`: the SQLite database drizzle-kit migrates (read only, for drift checks and diagnosis).
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     pub url: Option<String>,
+    /// Copy a SQLite database before every migrate (and guard its rows after).
+    pub copy: bool,
+    /// A database larger than this is migrated without a copy (with a warning).
+    pub copy_max_bytes: u64,
+    /// How long the copy waits for another process's write transaction.
+    pub copy_wait_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: None, copy: true, copy_max_bytes: 1 << 30, copy_wait_secs: 30 }
+    }
 }
 
 /// `[push]`: how drizzle-kit is run.

@@ -86,10 +86,15 @@ fn temp_sibling(path: &Path) -> PathBuf {
 /// Writes `data` to `path` so that a crash at any moment leaves either the old or the new content:
 /// temp file in the same directory, fsync, rename, fsync of the directory.
 pub fn atomic_write(path: &Path, data: &[u8]) -> io::Result<()> {
+    atomic_write_mode(path, data, 0o644)
+}
+
+/// [`atomic_write`] with the file's permission bits (0600 for what only the user may read).
+pub fn atomic_write_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = temp_sibling(path);
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         file.write_all(data)?;
         file.sync_all()?;
         fs::rename(&tmp, path)?;

@@ -22,7 +22,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 
 /// The protocol version; a CLI that finds another one restarts the daemon. 2: requests carry the drizzle config
-/// and the environment of the command that asked; 3: `push` carries `custom`, and `up`.
+/// and the environment of the command that asked; 3: `push` carries `custom`, `restore` carries `with_database`, and `up`.
 pub const PROTOCOL: u32 = 3;
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -80,6 +80,9 @@ pub enum Request {
         push: Option<String>,
         #[serde(default)]
         dry_run: bool,
+        /// `restore --with-database` (protocol 3).
+        #[serde(default)]
+        with_database: bool,
     },
     History {
         dir: PathBuf,

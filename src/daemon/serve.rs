@@ -191,8 +191,8 @@ impl Daemon {
         let request = match request {
             Request::Push { dir, custom } => resolve(&dir).map(|dir| Request::Push { dir, custom }),
             Request::Up { dir } => resolve(&dir).map(|dir| Request::Up { dir }),
-            Request::Restore { dir, push, dry_run } => {
-                resolve(&dir).map(|dir| Request::Restore { dir, push, dry_run })
+            Request::Restore { dir, push, dry_run, with_database } => {
+                resolve(&dir).map(|dir| Request::Restore { dir, push, dry_run, with_database })
             }
             Request::History { dir } => resolve(&dir).map(|dir| Request::History { dir }),
             Request::Watch { dir } => resolve(&dir).map(|dir| Request::Watch { dir }),
@@ -296,14 +296,20 @@ impl Daemon {
                 self.after_op(&dir).await;
                 report.map(|r| (if r.ok() { 0 } else { 1 }, serde_json::to_value(r).expect("serialises")))
             }
-            Request::Restore { dir, push, dry_run } => {
+            Request::Restore { dir, push, dry_run, with_database } => {
                 let this = self.clone();
                 let sink = ChannelSink::new(tx.clone());
                 let spec = self.spec(&dir);
                 let report = self
                     .run_op(&dir, move || {
                         let project = spec.resolve()?;
-                        this.engine_for(&spec, &project)?.restore(&project, push.as_deref(), dry_run, &sink)
+                        this.engine_for(&spec, &project)?.restore(
+                            &project,
+                            push.as_deref(),
+                            dry_run,
+                            with_database,
+                            &sink,
+                        )
                     })
                     .await;
                 if let Ok(r) = &report

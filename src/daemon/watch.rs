@@ -495,7 +495,7 @@ impl Daemon {
         let outcome = self
             .run_op(root, move || {
                 let project = spec.resolve()?;
-                this.engine_for(&spec, &project)?.restore(&project, None, false, &super::LogSink)
+                this.engine_for(&spec, &project)?.restore(&project, None, false, false, &super::LogSink)
             })
             .await;
         let shown = root.display().to_string();

@@ -437,6 +437,9 @@ pub struct HistoryEntry {
     /// Its backup waits locally for the store.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+    /// This checkout has a copy of the database as this push left it (`restore --with-database` reaches it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub database_copy: bool,
 }
 
 /// `dreamerd history`: every push of the project, newest first, and which of them this checkout and its committed
@@ -473,6 +476,7 @@ impl Engine {
                     last: false,
                     committed: false,
                     pending: true,
+                    database_copy: false,
                 });
             }
             if self.store.reachable()? {
@@ -488,11 +492,14 @@ impl Engine {
                         last: false,
                         committed: false,
                         pending: false,
+                        database_copy: false,
                     });
                 }
             }
         }
+        let copies = self.database_copies(project);
         for p in &mut pushes {
+            p.database_copy = copies.iter().any(|c| c.meta.base.as_ref() == Some(&p.id));
             p.last = last.as_ref() == Some(&p.id);
             p.committed = committed.as_ref() == Some(&p.id);
         }

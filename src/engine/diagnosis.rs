@@ -344,7 +344,8 @@ mod tests {
 
     #[test]
     fn texts_that_make_generate_write_nothing() {
-        let outdated = "drizzle/meta/0000_snapshot.json/snapshot.json is not of the latest version\nRun drizzle-kit up";
+        let outdated =
+            "drizzle/meta/0000_snapshot.json/snapshot.json is not of the latest version\nRun drizzle-kit up";
         assert_eq!(judge_generate(&out(0, outdated, ""), 300).unwrap().code, "snapshot-outdated");
         let fork = "Error: [drizzle/meta/0001_snapshot.json, drizzle/meta/0002_snapshot.json] are pointing to a parent \
                     snapshot: drizzle/meta/0001_snapshot.json/snapshot.json which is a collision.";

@@ -2,6 +2,7 @@
 //! code; neither knows more about drizzle/ than what is here.
 
 mod checkout;
+mod dbcopy;
 pub mod diagnosis;
 mod prune;
 mod push;

@@ -1,4 +1,5 @@
-//! Pruning the quarantine: what is older than the retention age goes, everything younger stays.
+//! Pruning the quarantine (what is older than the retention age goes, everything younger stays) and the database
+//! copies (by count, age and total size).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -61,6 +62,14 @@ impl Engine {
             }
             if !dry_run && fs::read_dir(&project).is_ok_and(|mut d| d.next().is_none()) {
                 let _ = fs::remove_dir(&project);
+            }
+        }
+        // Database copies: the newest `retention.database_copies` of each checkout, younger than
+        // `retention.database_copy_days`, within `retention.database_copy_max_bytes` in all.
+        for checkout in list(&self.dirs.state.join("databases"))? {
+            for (path, at, bytes) in self.limit_copies_report(&checkout, Some(now), dry_run) {
+                report.freed_bytes += bytes;
+                report.removed.push(Pruned { path, at, bytes });
             }
         }
         report.removed.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.path.cmp(&b.path)));

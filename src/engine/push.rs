@@ -355,6 +355,21 @@ impl Engine {
                 first.hint(),
             ));
         }
+        // The database before anything runs: a copy to put back if the push damages it.
+        let copy = if mode == Mode::Push {
+            match self.copy_database(project, baseline.as_ref().map(|b| b.id.as_str()), sink)? {
+                Ok(super::dbcopy::Copied::Yes(c)) => Some(c),
+                Ok(super::dbcopy::Copied::No(why)) => {
+                    tracing::debug!(project = %project.root.display(), "no database copy: {why}");
+                    None
+                }
+                Err(diag) => {
+                    return Ok(precheck_failure(&diag.code, diag.message, &diag.hint));
+                }
+            }
+        } else {
+            None
+        };
         let before = match archive::pack(&drizzle, &tree) {
             Ok(p) => p,
             Err(e) => {
@@ -470,12 +485,28 @@ impl Engine {
                 self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
                     diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
                 })?;
+            let db = copy.as_ref().map(|c| (c, false));
             if let Some(diag) = migrated {
-                return self.fail(project, Stage::Migrate, diag, &mut journal, &logs);
+                return self.fail_with(project, Stage::Migrate, diag, &mut journal, &logs, db);
             }
             // migrate says success even when it skipped a migration: the database must have applied every one.
             if let Some(diag) = self.verify_applied(project) {
-                return self.fail(project, Stage::Verify, diag, &mut journal, &logs);
+                return self.fail_with(project, Stage::Verify, diag, &mut journal, &logs, db);
+            }
+            // ...and it must have kept its rows.
+            if let Some(c) = &copy {
+                let new_sql = self.newly_applied(project, c);
+                let custom = open.as_ref().map(|o| o.migration.as_str());
+                if let Some(diag) = self.guard_rows(project, c, &new_sql, custom, sink) {
+                    return self.fail_with(
+                        project,
+                        Stage::Verify,
+                        diag,
+                        &mut journal,
+                        &logs,
+                        Some((c, true)),
+                    );
+                }
             }
         }
 
@@ -689,6 +720,26 @@ impl Engine {
                     "push again; if it repeats, run `dreamer database restore` first",
                 )
             })
+    }
+
+    /// The migrations the database applied since `copy` was taken, with their SQL.
+    fn newly_applied(&self, project: &Project, copy: &super::dbcopy::DbCopy) -> Vec<(String, String)> {
+        let table = project.layout.table.clone();
+        let before = database::applied(&database::Target { path: copy.path.clone(), table })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let drizzle = project.drizzle();
+        let Ok(Some(folder)) = crate::safefs::Folder::open(&drizzle) else { return Vec::new() };
+        let entries = crate::drizzle::journal::read_in(&folder).ok().flatten().unwrap_or_default();
+        entries
+            .into_iter()
+            .filter(|e| !before.iter().any(|a| a.created_at == e.when))
+            .map(|e| {
+                let sql = crate::drizzle::journal::sql(&folder, &e.tag).ok().flatten().unwrap_or_default();
+                (e.tag, String::from_utf8_lossy(&sql).into_owned())
+            })
+            .collect()
     }
 
     /// After `up`: only snapshots in meta/ may have changed (0.31 rewrites them in place; the SQL and the journal
@@ -940,8 +991,36 @@ impl Engine {
         journal: &mut Journal,
         logs: &[(&str, RunOutput)],
     ) -> Result<PushReport> {
+        self.fail_with(project, stage, diagnosis, journal, logs, None)
+    }
+
+    /// [`Engine::fail`], putting the database back from `db` first when the push changed it (or, with `force`,
+    /// always: rows were lost).
+    fn fail_with(
+        &self,
+        project: &Project,
+        stage: Stage,
+        mut diagnosis: Diagnosis,
+        journal: &mut Journal,
+        logs: &[(&str, RunOutput)],
+        db: Option<(&super::dbcopy::DbCopy, bool)>,
+    ) -> Result<PushReport> {
         let quarantine = self.new_quarantine(project, "failed-push")?;
         write_logs(&quarantine, logs);
+        if let Some((copy, force)) = db
+            && (force || self.database_changed(project, copy))
+        {
+            match self.put_back_database(project, copy, &quarantine) {
+                Ok(kept) => {
+                    diagnosis.message += &format!(
+                        ". The database was put back from the copy taken before migrate; the database as the push \
+                         left it is kept in {}",
+                        kept.display()
+                    )
+                }
+                Err(e) => diagnosis.message += &format!(". The database could NOT be put back: {e}"),
+            }
+        }
         journal.child = None;
         if let Err(e) = self.rollback_to_snapshot(project, &quarantine, journal) {
             return Err(Error::failed(

@@ -21,17 +21,33 @@ pub struct RestoreReport {
     /// Only with `--dry-run`: true, and nothing was changed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// With `--with-database`: the copy the database was put back from (or would be, with `--dry-run`), and where
+    /// the database it replaced was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseRestored>,
     /// How drizzle/ differs from the push (what the restore undoes), in the shape of status violations.
     pub changes: Vec<Violation>,
 }
 
+/// The database part of `restore --with-database`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseRestored {
+    /// The copy the database was put back from.
+    pub copy: PathBuf,
+    /// Where the database it replaced was kept (absent with `--dry-run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<PathBuf>,
+}
+
 impl Engine {
-    /// Restores drizzle/ to push `push_id` (default: the latest successful push).
+    /// Restores drizzle/ to push `push_id` (default: the push the checkout stands on); with `with_database`, the
+    /// database too.
     pub fn restore(
         &self,
         project: &Project,
         push_id: Option<&str>,
         dry_run: bool,
+        with_database: bool,
         sink: &dyn Sink,
     ) -> Result<RestoreReport> {
         let _lock = self.lock(project)?;
@@ -89,37 +105,63 @@ impl Engine {
         let drizzle = project.drizzle();
         let tree = self.scan_out(project)?;
         let changes = manifest::diff(&record.files, &tree);
-        let report = |quarantine, changes| RestoreReport {
+        // The database as that push left it: the copy taken before the next push's migrate.
+        let db_copy = if with_database {
+            Some(self.copy_for(project, &record.id).ok_or_else(|| {
+                Error::failed(
+                    format!(
+                        "push {} has no database copy: a copy is taken before each push's migrate, so the database as a \
+                         push left it is the copy taken before the push after it; push {} has none (it is the newest \
+                         push, whose state the database already is, or its copy was pruned, or it ran elsewhere)",
+                        record.id, record.id
+                    ),
+                    "`dreamerd history` marks the pushes with a database copy; without --with-database, restore puts \
+                     back the folder only",
+                )
+            })?)
+        } else {
+            None
+        };
+        let report = |quarantine, changes, database| RestoreReport {
             ok: true,
             push_id: record.id.clone(),
             files: record.files.len(),
             quarantine,
             dry_run,
             changes,
+            database,
         };
         if dry_run {
-            return Ok(report(None, changes));
+            let database = db_copy.map(|c| DatabaseRestored { copy: c.path, quarantine: None });
+            return Ok(report(None, changes, database));
         }
-        if holds_exactly(&drizzle, &record.files, &project.not_migrations()) {
-            if self.checkout(project)?.is_none_or(|c| c.push.id != record.id) {
-                self.set_last_push(project, &record, super::Via::Restore, None)?;
-            }
-            self.record_sum(project, &record, sink);
-            return Ok(report(None, changes));
-        }
-        sink.progress(&format!("restoring drizzle/ to push {}", record.id));
         let quarantine = self.new_quarantine(project, "restore")?;
-        let mut journal =
-            Journal { before_existed: tree.exists, ..Journal::new(Op::Restore, Phase::Swap, &project.root) };
-        self.install(project, Some((&archive, &record.files)), &quarantine, &mut journal)?;
-        self.set_last_push(project, &record, super::Via::Restore, None)?;
+        if !holds_exactly(&drizzle, &record.files, &project.not_migrations()) {
+            sink.progress(&format!("restoring drizzle/ to push {}", record.id));
+            let mut journal = Journal {
+                before_existed: tree.exists,
+                ..Journal::new(Op::Restore, Phase::Swap, &project.root)
+            };
+            self.install(project, Some((&archive, &record.files)), &quarantine, &mut journal)?;
+        }
+        if self.checkout(project)?.is_none_or(|c| c.push.id != record.id || c.open.is_some()) {
+            self.set_last_push(project, &record, super::Via::Restore, None)?;
+        }
         self.record_sum(project, &record, sink);
-        if quarantine.join("drizzle").exists() {
-            Ok(report(Some(quarantine), changes))
+        let database = match &db_copy {
+            Some(copy) => {
+                sink.progress(&format!("putting the database back to {}", copy.path.display()));
+                let kept = self.put_back_database(project, copy, &quarantine)?;
+                Some(DatabaseRestored { copy: copy.path.clone(), quarantine: Some(kept) })
+            }
+            None => None,
+        };
+        if std::fs::read_dir(&quarantine).is_ok_and(|mut d| d.next().is_some()) {
+            Ok(report(Some(quarantine), changes, database))
         } else {
-            // There was no drizzle/ to replace: nothing was kept, so no empty folder is left either.
+            // Nothing was replaced: nothing was kept, so no empty folder is left either.
             std::fs::remove_dir(&quarantine).ctx("remove", &quarantine)?;
-            Ok(report(None, changes))
+            Ok(report(None, changes, database))
         }
     }
 }
