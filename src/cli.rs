@@ -85,6 +85,30 @@ enum DreamerdCommand {
     Stop,
     /// Remove quarantined files older than the retention age (retention.quarantine_days, default 30).
     Prune(PruneArgs),
+    /// The backup store: prove it honours conditional writes, or copy a project's history to another store.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Prove that the project's store answers, takes writes and refuses a second create-only write and a stale
+    /// If-Match (what concurrent pushers rely on).
+    Check(DirArg),
+    /// Copy the project's whole history (every push, verified) to the store at URL; then point store.url at it.
+    Migrate(StoreMigrateArgs),
+}
+
+#[derive(Debug, Args)]
+struct StoreMigrateArgs {
+    /// The project directory (default: the current directory, or its nearest ancestor that is a project).
+    dir: Option<PathBuf>,
+    /// The store to copy to: `s3://bucket/prefix` (reached with the [store] endpoint, region and credentials) or
+    /// `file:///abs/path`.
+    #[arg(long, value_name = "URL")]
+    to: String,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +224,8 @@ enum Action {
     History(Option<PathBuf>),
     Events(bool),
     Stop,
+    StoreCheck(Option<PathBuf>),
+    StoreMigrate(Option<PathBuf>, String),
 }
 
 /// Runs the binary and returns its exit code.
@@ -218,6 +244,10 @@ pub fn main(flavor: Flavor) -> i32 {
                 DreamerdCommand::Check(d) => Action::Check(d.dir),
                 DreamerdCommand::Push(d) => Action::Push(d.dir, d.custom),
                 DreamerdCommand::Up(d) => Action::Up(d.dir),
+                DreamerdCommand::Store { command: StoreCommand::Check(d) } => Action::StoreCheck(d.dir),
+                DreamerdCommand::Store { command: StoreCommand::Migrate(m) } => {
+                    Action::StoreMigrate(m.dir, m.to)
+                }
                 DreamerdCommand::Restore(r) => Action::Restore(r),
                 DreamerdCommand::History(d) => Action::History(d.dir),
             };
@@ -384,6 +414,39 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             let (engine, _) = engine(global)?;
             let report = engine.prune(dry_run, std::time::SystemTime::now())?;
             emit(global, &report, || human_prune(&report));
+            Ok(0)
+        }
+        Action::StoreCheck(dir) => {
+            let project = Project::discover_with(dir.as_deref(), global.drizzle_config.as_deref())?;
+            let engine = project_engine(global, &project)?;
+            engine.store.reachable()?;
+            let proved = engine.store.check_conditional()?;
+            let doc = serde_json::json!({"ok": true, "store": engine.store.describe(), "proved": proved});
+            emit(global, &doc, || {
+                let mut out = format!("{}: answers and takes writes\n", engine.store.describe());
+                for p in &proved {
+                    out += &format!("  {p}\n");
+                }
+                out
+            });
+            Ok(0)
+        }
+        Action::StoreMigrate(dir, to) => {
+            let project = Project::discover_with(dir.as_deref(), global.drizzle_config.as_deref())?;
+            let engine = project_engine(global, &project)?;
+            let report = engine.migrate_store(&project, &to, &mut |m| err_line(&format!("dreamerd: {m}")))?;
+            emit(global, &report, || {
+                format!(
+                    "copied {} push(es) of {} from {} to {} ({} were there already), every archive verified; now set \
+                     store.url = {:?}\n",
+                    report.copied,
+                    project.root.display(),
+                    report.from,
+                    report.to,
+                    report.pushes - report.copied,
+                    to
+                )
+            });
             Ok(0)
         }
         Action::Check(dir) => {
@@ -636,6 +699,11 @@ fn human_status(s: &ProjectStatus) -> String {
         for d in &s.drift {
             out += &format!("  [{}] {}\n    hint: {}\n", d.code, escaped(&d.message), d.hint());
         }
+    }
+    if let Some(p) = &s.backup_waiting {
+        out += &format!(
+            "the backup of push {p} waits for the store: the daemon stores it as soon as the store answers.\n"
+        );
     }
     if let Some(c) = &s.custom {
         out += &format!(

@@ -92,10 +92,33 @@ pub struct PushConfig {
 }
 
 /// `[store]`: where backups live.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub url: Option<String>,
+    /// An S3-compatible endpoint other than AWS (MinIO, R2, Ceph...): `https://host:port`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Whether an `http://` endpoint is allowed (never for AWS itself).
+    pub allow_http: bool,
+    /// The named profile of `~/.aws/credentials` and `~/.aws/config` to take credentials from (else `AWS_PROFILE`,
+    /// else `default`).
+    pub profile: Option<String>,
+    /// How long one request to the store is retried (with backoff) before it fails.
+    pub timeout_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            endpoint: None,
+            region: "us-east-1".into(),
+            allow_http: false,
+            profile: None,
+            timeout_secs: 30,
+        }
+    }
 }
 
 /// `[notify]`: desktop notifications.
@@ -190,6 +213,24 @@ impl Config {
         if let Some(url) = &self.store.url {
             StoreLocation::parse(url).map_err(|why| bad("store.url", &why))?;
         }
+        if let Some(endpoint) = &self.store.endpoint {
+            let scheme_ok = endpoint.starts_with("https://") || endpoint.starts_with("http://");
+            if !scheme_ok || endpoint.contains('@') {
+                return Err(bad(
+                    "store.endpoint",
+                    "must be an https:// (or, with store.allow_http, http://) URL without credentials",
+                ));
+            }
+            if endpoint.starts_with("http://") && !self.store.allow_http {
+                return Err(bad(
+                    "store.endpoint",
+                    "is http://: set store.allow_http = true to allow a store without TLS",
+                ));
+            }
+        }
+        if self.store.timeout_secs == 0 {
+            return Err(bad("store.timeout_secs", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -197,7 +238,18 @@ impl Config {
     pub fn store_location(&self, dirs: &Dirs) -> StoreLocation {
         match &self.store.url {
             // validate() has already accepted it.
-            Some(url) => StoreLocation::parse(url).unwrap_or(StoreLocation::Local(dirs.default_store())),
+            Some(url) => match StoreLocation::parse(url) {
+                Ok(StoreLocation::S3(mut s3)) => {
+                    s3.endpoint.clone_from(&self.store.endpoint);
+                    s3.region.clone_from(&self.store.region);
+                    s3.allow_http = self.store.allow_http;
+                    s3.profile.clone_from(&self.store.profile);
+                    s3.timeout_secs = self.store.timeout_secs;
+                    StoreLocation::S3(s3)
+                }
+                Ok(local) => local,
+                Err(_) => StoreLocation::Local(dirs.default_store()),
+            },
             None => StoreLocation::Local(dirs.default_store()),
         }
     }
@@ -299,6 +351,36 @@ fn deep_merge(into: &mut toml::Table, from: toml::Table) {
 pub enum StoreLocation {
     /// `file:///abs/path`
     Local(PathBuf),
+    /// `s3://bucket/prefix`, with the `[store]` keys that say how to reach it.
+    S3(S3Location),
+}
+
+/// An S3-compatible store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub allow_http: bool,
+    pub profile: Option<String>,
+    pub timeout_secs: u64,
+}
+
+impl S3Location {
+    /// `s3://bucket/prefix`, and the endpoint when it is not AWS: for messages, never with credentials.
+    pub fn describe(&self) -> String {
+        let url = if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        };
+        match &self.endpoint {
+            Some(e) => format!("{url} at {e}"),
+            None => url,
+        }
+    }
 }
 
 impl StoreLocation {
@@ -311,13 +393,34 @@ impl StoreLocation {
             }
             return Ok(StoreLocation::Local(path));
         }
-        if url.starts_with("s3://") {
-            return Err(format!(
-                "{url:?}: S3-compatible stores are not supported by this version of dreamerd; \
-                 use a file:/// URL or leave the key out"
-            ));
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let valid_bucket = (3..=63).contains(&bucket.len())
+                && bucket
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+                && !bucket.starts_with(['-', '.'])
+                && !bucket.ends_with(['-', '.']);
+            if !valid_bucket {
+                return Err(format!(
+                    "{url:?}: {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')"
+                ));
+            }
+            let prefix = prefix.trim_matches('/');
+            if prefix.split('/').any(|p| p.is_empty() || p == "." || p == "..") && !prefix.is_empty() {
+                return Err(format!("{url:?}: the prefix after the bucket must be plain folder names"));
+            }
+            return Ok(StoreLocation::S3(S3Location {
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+                endpoint: None,
+                region: "us-east-1".into(),
+                allow_http: false,
+                profile: None,
+                timeout_secs: 30,
+            }));
         }
-        Err(format!("{url:?} is not a store URL: use file:///abs/path"))
+        Err(format!("{url:?} is not a store URL: use file:///abs/path or s3://bucket/prefix"))
     }
 }
 

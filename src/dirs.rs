@@ -14,6 +14,8 @@ pub struct Dirs {
     pub state: PathBuf,
     /// `$XDG_DATA_HOME/dreamerd`: the default local backup store lives here.
     pub data: PathBuf,
+    /// `$XDG_CACHE_HOME/dreamerd`: archives downloaded from a remote store.
+    pub cache: PathBuf,
     /// `$XDG_RUNTIME_DIR/dreamerd`, if the session has a runtime directory.
     pub runtime: Option<PathBuf>,
 }
@@ -45,6 +47,7 @@ impl Dirs {
             config_file: pick("XDG_CONFIG_HOME", &[".config"])?.join("dreamerd/config.toml"),
             state: pick("XDG_STATE_HOME", &[".local", "state"])?.join("dreamerd"),
             data: pick("XDG_DATA_HOME", &[".local", "share"])?.join("dreamerd"),
+            cache: pick("XDG_CACHE_HOME", &[".cache"])?.join("dreamerd"),
             runtime: xdg("XDG_RUNTIME_DIR").map(|p| p.join("dreamerd")),
         })
     }

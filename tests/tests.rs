@@ -7,6 +7,7 @@ mod diagnosis_e2e;
 mod drizzle_e2e;
 mod layouts;
 mod push_restore;
+mod s3;
 mod safety;
 mod support;
 mod verify;

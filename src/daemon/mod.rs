@@ -285,6 +285,7 @@ async fn main_loop(
         let this = daemon.clone();
         tokio::spawn(async move { this.recover_project(&root).await });
     }
+    tokio::spawn(daemon.clone().upload_waiting());
     if daemon.engine.config.retention.auto_prune {
         tokio::spawn(daemon.clone().prune_daily());
     }
@@ -574,6 +575,42 @@ impl Daemon {
         }
         if context.settings.is_some() {
             known.settings = context.settings;
+        }
+    }
+
+    /// Stores, in the background, the backups of successful pushes that the store refused (it was down, the network
+    /// was), as soon as it answers again: every `DREAMERD_UPLOAD_SECS` (30), for each watched project with one waiting,
+    /// with the credentials the last command for it carried (in memory only) or those the daemon finds itself.
+    async fn upload_waiting(self: Arc<Self>) {
+        let every =
+            std::env::var("DREAMERD_UPLOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30u64).max(1);
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+            let roots: Vec<PathBuf> = self.state.lock().expect("state").projects.keys().cloned().collect();
+            for root in roots {
+                let this = self.clone();
+                let spec = self.spec(&root);
+                let done = tokio::task::spawn_blocking(move || -> Result<Option<String>> {
+                    let project = spec.resolve()?;
+                    let engine = this.engine_for(&spec, &project)?;
+                    engine.upload_waiting(&project)
+                })
+                .await;
+                match done {
+                    Ok(Ok(Some(push))) => {
+                        tracing::info!(project = %shown(&root), push = %push, "stored the backup that was waiting for the store");
+                        self.emit(
+                            serde_json::json!({"type": "backup-stored", "root": root, "push_id": push}),
+                        );
+                        // No file changed: the status is looked at again now.
+                        self.rescan(&root).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(project = %shown(&root), error = %e, "the waiting backup still cannot be stored")
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 

@@ -234,7 +234,8 @@ impl Engine {
         {
             return Ok(Some(Baseline { record, source: Source::Pending, checkout: None }));
         }
-        let reachable = self.store.reachable()?;
+        // `check` never needs the store: one that does not answer only leaves out what it would add.
+        let reachable = self.store.reachable().unwrap_or(false);
         if reachable && self.remembered_id_path(project).exists() {
             // This checkout pushed with a release that kept no checkout file: its newest push from this folder.
             let root = project.root.display().to_string();

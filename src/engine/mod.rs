@@ -46,7 +46,7 @@ const MAX_ARCHIVE: u64 = 2 << 30;
 pub use checkout::{Baseline, Checkout, History, HistoryEntry, Relation, Source, Via};
 pub use prune::{PruneReport, Pruned};
 pub use push::{PushFailure, PushReport, RUNNING_PUSH, Stage};
-pub use restore::RestoreReport;
+pub use restore::{RestoreReport, StoreMigrateReport};
 pub use status::{Interrupted, LastPush, ProjectState, ProjectStatus};
 pub use sum::Sum;
 pub use swap::STAGING;
@@ -105,14 +105,29 @@ struct StateMarker {
 impl Engine {
     /// An engine over a loaded configuration.
     pub fn new(config: Config, dirs: Dirs) -> Result<Engine> {
-        let store = Store::open(&config.store_location(&dirs), Some(dirs.state.join("index")))?;
+        let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+        Engine::with_env(config, dirs, &env)
+    }
+
+    /// An engine whose store is reached with the credentials of `env` (the environment of the command that asked).
+    pub fn with_env(
+        config: Config,
+        dirs: Dirs,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Engine> {
+        let store = Store::open(&config.store_location(&dirs), Some(dirs.state.join("index")), env)?
+            .with_cache(dirs.cache.join("archives"));
         Ok(Engine { config, dirs, store, sources: Vec::new(), state_ready: OnceLock::new() })
     }
 
     /// The engine of one operation on `project`: the user's settings, the project file's, an explicit file's.
     pub fn for_project(settings: &crate::config::Settings, project: &Project, dirs: Dirs) -> Result<Engine> {
         let (config, sources) = Config::layered(settings, project.settings()?.as_ref())?;
-        let mut engine = Engine::new(config, dirs)?;
+        let env: std::collections::BTreeMap<String, String> = match &project.env {
+            Some(env) => env.clone(),
+            None => std::env::vars().collect(),
+        };
+        let mut engine = Engine::with_env(config, dirs, &env)?;
         engine.sources = sources;
         Ok(engine)
     }
@@ -340,11 +355,11 @@ impl Engine {
             return Ok(());
         }
         if let Some(checkout) = self.checkout(project)?
-            && let Some(n) = checkout.push.generation
-            && self.store.generation(&checkout.push.project_id, n)?.is_none_or(|g| g.push != checkout.push.id)
+            && checkout.push.generation.is_some()
+            && !self.store.history(&checkout.push.project_id)?.iter().any(|g| g.push == checkout.push.id)
         {
             return Err(Error::Usage(format!(
-                "{} does not hold push {} (generation {n}), which this checkout stands on: the store was emptied, \
+                "{} does not hold push {}, which this checkout stands on: the store was emptied, \
                  replaced, or is another one than before. Put it back (or fix store.url); nothing was changed. \
                  `dreamerd restore --push ID` still restores a push the store holds",
                 self.store.describe(),
@@ -425,6 +440,16 @@ impl Engine {
         }
         let dir = self.pending_dir(project);
         fsutil::remove_any(&dir).ctx("remove", &dir)
+    }
+
+    /// Stores a waiting backup if there is one and no operation runs on the project (the daemon, in the
+    /// background). Returns the push stored.
+    pub fn upload_waiting(&self, project: &Project) -> Result<Option<String>> {
+        let Some(record) = self.pending_record(project)? else { return Ok(None) };
+        let Some(_lock) = self.try_lock_now(project)? else { return Ok(None) };
+        self.store.reachable()?;
+        self.flush_pending(project, &NullSink)?;
+        Ok(Some(record.id))
     }
 
     /// Makes a new, empty quarantine folder for what an operation is about to replace.

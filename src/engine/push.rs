@@ -48,6 +48,10 @@ pub enum PushReport {
         /// (migrate tolerates them; checks leave them out from now on).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         known_faults: Vec<Drift>,
+        /// Pushes of the project the store got from elsewhere since this checkout's last push (another machine,
+        /// another worktree): both are kept, and the history says which came second.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        others: Vec<OtherPush>,
     },
     /// `push --custom NAME`: the new migration is open for the user to write.
     Opened {
@@ -60,6 +64,19 @@ pub enum PushReport {
         settings: Vec<PathBuf>,
     },
     Failed(PushFailure),
+}
+
+/// A push the store got from elsewhere since this checkout's last push.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OtherPush {
+    pub id: String,
+    pub at: String,
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Made on the same git branch as this push (or the branch of either is unknown): a real race, not two
+    /// branches going their own ways.
+    pub same_branch: bool,
 }
 
 /// A failed push.
@@ -227,6 +244,10 @@ impl Engine {
         };
         self.recover(project, sink)?;
         self.require_store(project)?;
+        // Concurrent pushers rely on conditional writes: an endpoint that ignores them is never used.
+        if self.store.is_remote() {
+            self.store.check_conditional()?;
+        }
         let drizzle = project.drizzle();
         if project.unresolved() {
             return Ok(precheck_failure(
@@ -420,6 +441,7 @@ impl Engine {
                     unchanged: true,
                     settings: Vec::new(),
                     known_faults: Vec::new(),
+                    others: Vec::new(),
                 });
             }
         }
@@ -563,8 +585,25 @@ impl Engine {
             };
         let mut record = record;
         let saved = self.store.save(&record, &archive);
+        let mut others = Vec::new();
         if let Ok(n) = &saved {
             record.generation = Some(*n);
+            others =
+                self.pushes_between(&project_id, baseline.as_ref().and_then(|b| b.generation), *n, &record);
+            for o in &others {
+                sink.progress(&format!(
+                    "{}: push {} from {}{} was stored since this checkout's last push; both are kept{}",
+                    if o.same_branch { "warning" } else { "note" },
+                    o.id,
+                    o.host,
+                    o.branch.as_ref().map(|b| format!(" on branch {b}")).unwrap_or_default(),
+                    if o.same_branch {
+                        " (a race on one branch: pull its changes, then push again if yours build on them)"
+                    } else {
+                        " (another branch: expected; the merge will need a push)"
+                    }
+                ));
+            }
         }
         let Err(e) = saved else {
             self.clear_journal(project)?;
@@ -580,6 +619,7 @@ impl Engine {
                 unchanged: false,
                 settings: Vec::new(),
                 known_faults: adopted,
+                others,
             });
         };
         // The database now holds the new migrations, so drizzle/ keeps them: no rollback. The backup waits in
@@ -720,6 +760,31 @@ impl Engine {
                     "push again; if it repeats, run `dreamer database restore` first",
                 )
             })
+    }
+
+    /// The pushes stored after generation `after` and before `until` (other than `mine`).
+    fn pushes_between(
+        &self,
+        project_id: &str,
+        after: Option<u64>,
+        until: u64,
+        mine: &PushRecord,
+    ) -> Vec<OtherPush> {
+        let Some(after) = after else { return Vec::new() };
+        let Ok(history) = self.store.history(project_id) else { return Vec::new() };
+        let mut out: Vec<OtherPush> = history
+            .into_iter()
+            .filter(|g| g.generation > after && g.generation < until && g.push != mine.id)
+            .map(|g| OtherPush {
+                same_branch: g.branch.is_none() || mine.branch.is_none() || g.branch == mine.branch,
+                id: g.push,
+                at: g.at,
+                host: g.host,
+                branch: g.branch,
+            })
+            .collect();
+        out.reverse();
+        out
     }
 
     /// The migrations the database applied since `copy` was taken, with their SQL.
@@ -960,6 +1025,7 @@ impl Engine {
                 unchanged: true,
                 settings: Vec::new(),
                 known_faults: Vec::new(),
+                others: Vec::new(),
             }));
         }
         let now = SystemTime::now();
@@ -978,6 +1044,7 @@ impl Engine {
             root: project.root.display().to_string(),
             parent: baseline.map(|b| b.id.clone()),
             generation: None,
+            branch: git_branch(&project.root),
         };
         Ok(Ok((record, packed.bytes)))
     }
@@ -1068,6 +1135,19 @@ fn connect(host: &str, port: u16) -> std::io::Result<()> {
         }
     }
     Err(last)
+}
+
+/// The git branch checked out at `root`, if it is in git (never waits long: git answers from its files).
+fn git_branch(root: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["symbolic-ref", "--short", "-q", "HEAD"])
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let branch = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !branch.is_empty() && branch.len() <= 200).then_some(branch)
 }
 
 /// Keeps each program's full output next to the quarantined files.

@@ -165,3 +165,92 @@ impl Engine {
         }
     }
 }
+
+/// What `dreamerd store migrate` did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreMigrateReport {
+    pub ok: bool,
+    pub from: String,
+    pub to: String,
+    /// Pushes of the project in the source store.
+    pub pushes: usize,
+    /// Pushes copied (the others were in the target already).
+    pub copied: usize,
+}
+
+impl Engine {
+    /// Copies the project's history to the store at `to`, oldest first so that each push still names its parent,
+    /// every archive verified on both sides. A push the target holds already is left as it is (a rerun resumes).
+    pub fn migrate_store(
+        &self,
+        project: &Project,
+        to: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<StoreMigrateReport> {
+        let location = match crate::config::StoreLocation::parse(to).map_err(Error::Usage)? {
+            crate::config::StoreLocation::S3(mut s3) => {
+                s3.endpoint.clone_from(&self.config.store.endpoint);
+                s3.region.clone_from(&self.config.store.region);
+                s3.allow_http = self.config.store.allow_http;
+                s3.profile.clone_from(&self.config.store.profile);
+                s3.timeout_secs = self.config.store.timeout_secs;
+                crate::config::StoreLocation::S3(s3)
+            }
+            local => local,
+        };
+        let env: std::collections::BTreeMap<String, String> = match &project.env {
+            Some(env) => env.clone(),
+            None => std::env::vars().collect(),
+        };
+        let target = crate::store::Store::open(&location, None, &env)?;
+        if target.describe() == self.store.describe() {
+            return Err(Error::Usage(format!("{to:?} is the store the project uses already")));
+        }
+        self.require_store(project)?;
+        let id = self.project_id(project)?.ok_or_else(|| {
+            Error::failed(
+                "the project was never pushed: there is no history to copy",
+                "run `dreamer push` first",
+            )
+        })?;
+        if target.is_remote() {
+            target.check_conditional()?;
+        }
+        let mut history = self.store.history(&id)?;
+        history.reverse();
+        let there: std::collections::BTreeSet<String> =
+            target.history(&id)?.into_iter().map(|g| g.push).collect();
+        let mut copied = 0;
+        for g in &history {
+            if there.contains(&g.push) {
+                continue;
+            }
+            let record = self.store.full(g)?;
+            let archive = self.store.archive(&record)?;
+            progress(&format!("copying push {} ({} bytes)", record.id, archive.len()));
+            let mut copy = record.clone();
+            copy.generation = None;
+            target.save(&copy, &archive)?;
+            copied += 1;
+        }
+        // Verified from the target's side: every push there, every archive hashing to its record.
+        let landed = target.history(&id)?;
+        for g in &history {
+            let got = landed.iter().find(|t| t.push == g.push).ok_or_else(|| {
+                Error::failed(
+                    format!("push {} did not land in {}", g.push, target.describe()),
+                    "run it again",
+                )
+            })?;
+            let record = target.full(got)?;
+            target.archive(&record)?;
+        }
+        Ok(StoreMigrateReport {
+            ok: true,
+            from: self.store.describe(),
+            to: target.describe(),
+            pushes: history.len(),
+            copied,
+        })
+    }
+}

@@ -139,6 +139,7 @@ impl Sum {
             root: String::new(),
             parent: None,
             generation: None,
+            branch: None,
         }
     }
 }

@@ -564,6 +564,7 @@ mod tests {
             config_file: tmp.path().join("config.toml"),
             state: tmp.path().join("state"),
             data: tmp.path().join("data"),
+            cache: tmp.path().join("cache"),
             runtime: None,
         };
         let engine = Engine::new(Config::default(), dirs).unwrap();

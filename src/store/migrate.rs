@@ -152,6 +152,7 @@ mod tests {
                 root: "/r".into(),
                 parent: None,
                 generation: None,
+                branch: None,
             };
             let key = format!("projects/p1/pushes/{}", record.id);
             blobs.put(&format!("{key}/archive.tar.zst"), &archive).unwrap();

@@ -20,6 +20,7 @@
 mod index;
 mod local;
 mod migrate;
+mod s3;
 
 use std::path::PathBuf;
 
@@ -31,6 +32,7 @@ use crate::manifest::{FileEntry, tree_hash};
 
 pub use index::Index;
 pub use local::LocalBlobs;
+pub use s3::S3Blobs;
 
 /// The format of push records (kept in the state directory while a backup waits for the store). 1: dreamerd 0.1.0
 /// onwards; `parent` and `generation` were added without changing it (both optional).
@@ -78,6 +80,18 @@ pub trait Blobs: Send + Sync {
     fn reachable(&self) -> Result<bool> {
         Ok(true)
     }
+    /// The object and a version tag (an S3 ETag) to update it with, or `None`.
+    fn get_tagged(&self, key: &str, max: u64) -> Result<Option<(Vec<u8>, Option<String>)>> {
+        Ok(self.get(key, max)?.map(|b| (b, None)))
+    }
+    /// Replaces the object only if it still has version `tag` (`None`: only if there is none yet); false when it
+    /// changed meanwhile. A backend without versions (a local folder) replaces it atomically.
+    fn put_if(&self, key: &str, data: &[u8], tag: Option<String>) -> Result<bool> {
+        match tag {
+            Some(_) => self.put(key, data).map(|()| true),
+            None => self.create(key, data).map(|c| c == Created::New),
+        }
+    }
 }
 
 /// The record of one successful push: what `drizzle/` held, file by file, and where its archive is.
@@ -105,6 +119,9 @@ pub struct PushRecord {
     /// Its place in the store's history, once stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
+    /// The git branch the push was made on, when the project is in git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
 }
 
 impl PushRecord {
@@ -145,6 +162,8 @@ pub struct Generation {
     pub archive_size: u64,
     pub host: String,
     pub root: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
 }
 
 impl Generation {
@@ -164,6 +183,7 @@ impl Generation {
             archive_size: record.archive_size,
             host: record.host.clone(),
             root: record.root.clone(),
+            branch: record.branch.clone(),
         }
     }
 
@@ -183,6 +203,7 @@ impl Generation {
             root: self.root.clone(),
             parent: self.parent.clone(),
             generation: Some(self.generation),
+            branch: self.branch.clone(),
         }
     }
 }
@@ -214,6 +235,10 @@ fn valid_hash(hash: &str) -> bool {
 /// The backup store of one configuration.
 pub struct Store {
     blobs: Box<dyn Blobs>,
+    /// An `s3://` store.
+    remote: bool,
+    /// Where archives fetched from a remote store are kept, by their blake3.
+    cache_dir: Option<PathBuf>,
     /// Where the local index of this store's histories is kept (`None`: no index, every history is read whole).
     index_dir: Option<PathBuf>,
     /// The store's identity, once its format was checked (and, from a write, its marker written or a store of an
@@ -238,21 +263,80 @@ struct StoreMarker {
 
 impl Store {
     /// Opens the store a configuration names; `index_dir` is where histories are indexed locally.
-    pub fn open(location: &StoreLocation, index_dir: Option<PathBuf>) -> Result<Store> {
+    pub fn open(
+        location: &StoreLocation,
+        index_dir: Option<PathBuf>,
+        env: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Store> {
         let blobs: Box<dyn Blobs> = match location {
             StoreLocation::Local(dir) => Box::new(LocalBlobs::new(dir.clone())),
+            StoreLocation::S3(s3) => Box::new(S3Blobs::new(s3, env)?),
         };
-        Ok(Store { blobs, index_dir, ready: std::sync::OnceLock::new() })
+        let remote = matches!(location, StoreLocation::S3(_));
+        Ok(Store { blobs, remote, cache_dir: None, index_dir, ready: std::sync::OnceLock::new() })
     }
 
     /// A store over any object interface (tests, other backends), without a local index.
     pub fn with_blobs(blobs: Box<dyn Blobs>) -> Store {
-        Store { blobs, index_dir: None, ready: std::sync::OnceLock::new() }
+        Store { blobs, remote: false, cache_dir: None, index_dir: None, ready: std::sync::OnceLock::new() }
     }
 
     /// Where the store is, for messages.
     pub fn describe(&self) -> String {
         self.blobs.describe()
+    }
+
+    /// Keeps archives fetched from a remote store in `dir` (by their blake3), and serves them from there.
+    pub fn with_cache(mut self, dir: PathBuf) -> Store {
+        if self.remote {
+            self.cache_dir = Some(dir);
+        }
+        self
+    }
+
+    /// Whether the store is shared over the network (an `s3://` store).
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    /// Proves that the store honours conditional writes, which concurrent pushers rely on: a second create-only
+    /// write must be refused, and so must a write with a stale `If-Match`. Leaves nothing behind.
+    pub fn check_conditional(&self) -> Result<Vec<String>> {
+        let key = format!("probes/{}.json", new_store_id());
+        let refuse = |what: &str| {
+            Error::Usage(format!(
+                "{} {what}, so two pushers could overwrite each other's history: dreamerd does not use it. Use an \
+                 S3-compatible server that supports conditional writes (AWS S3, MinIO, R2, Ceph...)",
+                self.describe()
+            ))
+        };
+        let mut proved = Vec::new();
+        let outcome = (|| {
+            if self.blobs.create(&key, b"1")? != Created::New {
+                return Err(refuse("refused to create a new object"));
+            }
+            if self.blobs.create(&key, b"2")? != Created::Exists {
+                return Err(refuse("accepted a second create-only write (it ignores If-None-Match: *)"));
+            }
+            proved.push("a second create-only write (If-None-Match: *) is refused".to_string());
+            if self.remote {
+                let (_, tag) =
+                    self.blobs.get_tagged(&key, 64)?.ok_or_else(|| refuse("lost an object just written"))?;
+                let tag = tag.ok_or_else(|| refuse("gives no ETag"))?;
+                if !self.blobs.put_if(&key, b"3", Some(tag.clone()))? {
+                    return Err(refuse("refused a write with the current ETag (If-Match)"));
+                }
+                if self.blobs.put_if(&key, b"4", Some(tag))? {
+                    return Err(refuse("accepted a write with a stale ETag (it ignores If-Match)"));
+                }
+                proved.push("a write with a stale If-Match is refused".to_string());
+            }
+            Ok(())
+        })();
+        let removed = self.blobs.delete(&key);
+        outcome?;
+        removed?;
+        Ok(proved)
     }
 
     /// Whether the store is there at all.
@@ -396,14 +480,28 @@ impl Store {
         Ok(n)
     }
 
-    /// Moves the head hint forward to generation `n` (never backwards).
+    /// Moves the head hint forward to generation `n`, never backwards: written with `If-Match` on the head's ETag
+    /// (create-only when there is none), read again when another writer got there first.
     fn write_head(&self, project: &str, n: u64, push: &str) -> Result<()> {
         let key = Self::project_key(project, "head.json");
-        if self.head(project).is_some_and(|h| h.generation >= n) {
-            return Ok(());
-        }
         let json = serde_json::to_vec(&Head { generation: n, push: push.to_string() }).expect("serialises");
-        self.blobs.put(&key, &json)
+        for _ in 0..8 {
+            let tag = match self.blobs.get_tagged(&key, 4096)? {
+                Some((bytes, tag)) => {
+                    if serde_json::from_slice::<Head>(&bytes).is_ok_and(|h| h.generation >= n) {
+                        return Ok(());
+                    }
+                    // Replace exactly what was read (a local folder has no versions: replaced atomically).
+                    Some(tag.unwrap_or_default())
+                }
+                None => None,
+            };
+            if self.blobs.put_if(&key, &json, tag)? {
+                return Ok(());
+            }
+        }
+        // It keeps moving: it is only a hint, and readers look past it.
+        Ok(())
     }
 
     /// The head hint, if it is there and readable (it is only a hint: anything wrong with it is ignored).
@@ -509,6 +607,13 @@ impl Store {
         if !valid_hash(&record.archive_blake3) {
             return Err(Error::Corrupt(format!("push {} names no valid archive", record.id)));
         }
+        let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{}.tar.zst", record.archive_blake3)));
+        if let Some(path) = &cached
+            && let Ok(Some(bytes)) = crate::safefs::read_file(path, MAX_ARCHIVE, false)
+            && record.check_archive(&bytes, "the cache").is_ok()
+        {
+            return Ok(bytes);
+        }
         let bytes = self.blobs.get(&key, MAX_ARCHIVE)?.ok_or_else(|| {
             Error::Corrupt(format!(
                 "the archive of push {} ({key}) is missing from {}",
@@ -517,6 +622,11 @@ impl Store {
             ))
         })?;
         record.check_archive(&bytes, &format!("{} ({key})", self.describe()))?;
+        if let Some(path) = &cached {
+            // A cache: failing to keep it costs only the next download.
+            let _ = crate::fsutil::create_private_dir(path.parent().expect("has a parent"))
+                .and_then(|()| crate::fsutil::atomic_write_mode(path, &bytes, 0o600));
+        }
         Ok(bytes)
     }
 }
@@ -561,11 +671,13 @@ mod tests {
             root: "/r".into(),
             parent: None,
             generation: None,
+            branch: None,
         }
     }
 
     fn local(dir: &std::path::Path) -> Store {
-        Store::open(&StoreLocation::Local(dir.join("store")), Some(dir.join("index"))).unwrap()
+        Store::open(&StoreLocation::Local(dir.join("store")), Some(dir.join("index")), &Default::default())
+            .unwrap()
     }
 
     #[test]
@@ -601,8 +713,12 @@ mod tests {
     fn a_taken_generation_goes_to_the_next_number() {
         let dir = tempfile::tempdir().unwrap();
         let a = local(dir.path());
-        let b = Store::open(&StoreLocation::Local(dir.path().join("store")), Some(dir.path().join("index2")))
-            .unwrap();
+        let b = Store::open(
+            &StoreLocation::Local(dir.path().join("store")),
+            Some(dir.path().join("index2")),
+            &Default::default(),
+        )
+        .unwrap();
         a.save(&record("a1", "2026-01-01T00:00:00Z", b"one"), b"one").unwrap();
         // Another machine stored generation 2 behind a stale head.
         b.save(&record("b2", "2026-01-02T00:00:00Z", b"two"), b"two").unwrap();
