@@ -247,6 +247,14 @@ fn each_store_fault_is_one_line_that_names_the_cause_and_changes_nothing() {
         ),
         "cannot be reached",
     );
+    // TLS spoken to a server that does not speak it.
+    fails(
+        &format!(
+            "[store]\nurl = \"s3://bucket/x\"\nendpoint = \"{}\"\ntimeout_secs = 2\n",
+            server.endpoint().replace("http://", "https://")
+        ),
+        "TLS",
+    );
     // Credentials from a named profile of ~/.aws/credentials (none in the environment).
     let p = World::empty();
     p.write("gen.sh", GENERATE);
@@ -265,4 +273,34 @@ fn each_store_fault_is_one_line_that_names_the_cause_and_changes_nothing() {
     ));
     p.push_ok();
     assert!(server.keys().iter().any(|k| k.starts_with("profiles/")));
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_push_is_told_of_pushes_from_elsewhere_and_whether_they_are_on_its_branch() {
+    let server = S3Server::start("bucket", KEY, SECRET);
+    let a = s3_world(&server, SECRET);
+    git(&a.root, &["init", "-q", "-b", "main"]);
+    a.push_ok();
+    let b = other_machine(&a, &server);
+    git(&b.root, &["init", "-q", "-b", "feature"]);
+    b.json("dreamer", &["database", "restore"]);
+    let theirs = b.push_ok();
+    let (code, v) = a.json("dreamer", &["push"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["others"][0]["id"], theirs.as_str(), "{v}");
+    assert_eq!(v["others"][0]["branch"], "feature");
+    assert_eq!(v["others"][0]["same_branch"], false, "another branch is no race: {v}");
+    let (_, h) = a.json("dreamerd", &["history"]);
+    assert_eq!(h["pushes"][0]["generation"], 3, "the history says which came second: {h}");
 }
