@@ -348,24 +348,41 @@ fn call_for(global: &Global, request: Request, config: Option<String>) -> Result
     let (mut client, settings) = client(global)?;
     client.send_with(request, config, Some(std::env::vars().collect()), Some(settings))?;
     let verbose = global.verbose;
-    client
-        .finish(|reply| match reply {
+    // Transfers to and from a remote store show a spinner on a terminal (never with --json, never in a pipe).
+    let terminal = !global.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut spinner: Option<indicatif::ProgressBar> = None;
+    let outcome = client.finish(|reply| {
+        if let Some(s) = spinner.take() {
+            s.finish_and_clear();
+        }
+        match reply {
             Reply::Output { line, .. } => err_line(&format!("  {line}")),
+            Reply::Progress { message }
+                if terminal && (message.starts_with("uploading") || message.starts_with("downloading")) =>
+            {
+                let s = indicatif::ProgressBar::new_spinner().with_message(message.clone());
+                s.enable_steady_tick(std::time::Duration::from_millis(120));
+                spinner = Some(s);
+            }
             Reply::Progress { message } => err_line(&format!("dreamerd: {message}")),
             _ => {}
-        })
-        .inspect(|(_, data)| {
-            if verbose {
-                let sources: Vec<PathBuf> = data["settings"]
-                    .as_array()
-                    .or_else(|| data["projects"][0]["settings"].as_array())
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|v| v.as_str().map(PathBuf::from))
-                    .collect();
-                verbose_sources(global, &sources);
-            }
-        })
+        }
+    });
+    if let Some(s) = spinner.take() {
+        s.finish_and_clear();
+    }
+    outcome.inspect(|(_, data)| {
+        if verbose {
+            let sources: Vec<PathBuf> = data["settings"]
+                .as_array()
+                .or_else(|| data["projects"][0]["settings"].as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(PathBuf::from))
+                .collect();
+            verbose_sources(global, &sources);
+        }
+    })
 }
 
 fn typed<T: serde::de::DeserializeOwned>(data: &serde_json::Value) -> Result<T> {

@@ -304,3 +304,86 @@ fn a_push_is_told_of_pushes_from_elsewhere_and_whether_they_are_on_its_branch() 
     let (_, h) = a.json("dreamerd", &["history"]);
     assert_eq!(h["pushes"][0]["generation"], 3, "the history says which came second: {h}");
 }
+
+/// s3s-fs, a second S3-protocol server (objects as files), started on a free port; stopped when dropped.
+struct S3sFs {
+    child: std::process::Child,
+    endpoint: String,
+    _root: tempfile::TempDir,
+}
+
+impl S3sFs {
+    fn start() -> S3sFs {
+        let binary = std::env::var("DREAMERD_S3S_FS").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/dreamerd-ci/s3s-fs-0.14.1/bin/s3s-fs",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        assert!(
+            Path::new(&binary).is_file(),
+            "s3s-fs is not installed at {binary}: run scripts/test (it builds it once)"
+        );
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("bucket")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(&binary)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                KEY,
+                "--secret-key",
+                SECRET,
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        S3sFs { child, endpoint: format!("http://127.0.0.1:{port}"), _root: root }
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_same_end_to_end_path_through_a_second_independent_server() {
+    let server = S3sFs::start();
+    let config = format!(
+        "[store]\nurl = \"s3://bucket/team\"\nendpoint = \"{}\"\nallow_http = true\ntimeout_secs = 5\n",
+        server.endpoint
+    );
+    let a = World::drizzle();
+    a.config(&config);
+    a.set_env("AWS_ACCESS_KEY_ID", KEY);
+    a.set_env("AWS_SECRET_ACCESS_KEY", SECRET);
+    let (code, v) = a.json("dreamerd", &["store", "check"]);
+    assert_eq!(code, 0, "{v}");
+    let id = a.push_ok();
+    let b = World::drizzle();
+    for f in [".dreamerd.toml", ".dreamerd.sum", "src/schema.ts"] {
+        fs::copy(a.path(f), b.path(f)).unwrap();
+    }
+    b.config(&config);
+    b.set_env("AWS_ACCESS_KEY_ID", KEY);
+    b.set_env("AWS_SECRET_ACCESS_KEY", SECRET);
+    let (code, v) = b.json("dreamer", &["database", "restore"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["push_id"], id.as_str());
+    assert_eq!(b.tree("drizzle"), a.tree("drizzle"), "byte for byte");
+    let (code, v) = b.json("dreamer", &["push"]);
+    assert_eq!(code, 0, "the other machine pushes on top: {v}");
+}

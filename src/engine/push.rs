@@ -584,6 +584,14 @@ impl Engine {
                 Ok(r) => r,
             };
         let mut record = record;
+        if self.store.is_remote() {
+            sink.progress(&format!(
+                "uploading the backup of push {} ({} KiB) to {}",
+                record.id,
+                archive.len().div_ceil(1024),
+                self.store.describe()
+            ));
+        }
         let saved = self.store.save(&record, &archive);
         let mut others = Vec::new();
         if let Ok(n) = &saved {

@@ -98,6 +98,14 @@ impl Engine {
                          another machine is only here when the team shares an s3:// store",
                     )
                 })?;
+                if self.store.is_remote() {
+                    sink.progress(&format!(
+                        "downloading push {} ({} KiB) from {}",
+                        record.id,
+                        record.archive_size.div_ceil(1024),
+                        self.store.describe()
+                    ));
+                }
                 let archive = self.store.archive(&record)?;
                 (record, archive)
             }
