@@ -717,10 +717,14 @@ fn human_status(s: &ProjectStatus) -> String {
             out += &format!("  [{}] {}\n    hint: {}\n", d.code, escaped(&d.message), d.hint());
         }
     }
-    if let Some(p) = &s.backup_waiting {
+    if let Some(w) = &s.backup_waiting {
         out += &format!(
-            "the backup of push {p} waits for the store: the daemon stores it as soon as the store answers.\n"
+            "the backup of push {} waits for the store: the daemon stores it as soon as the store answers.\n",
+            w.push
         );
+        if let Some(reason) = &w.reason {
+            out += &format!("  why: {}\n", escaped(reason));
+        }
     }
     if let Some(c) = &s.custom {
         out += &format!(

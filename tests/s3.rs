@@ -141,7 +141,11 @@ fn a_backup_refused_while_the_store_is_down_lands_when_it_is_back() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(1), "{v}");
     assert_eq!(v["stage"], "backup", "{v}");
-    let waiting = w.status()["backup_waiting"].as_str().expect("status says what waits").to_string();
+    let status = w.status();
+    let waiting = status["backup_waiting"]["push"].as_str().expect("status says what waits").to_string();
+    let why = status["backup_waiting"]["reason"].as_str().expect("and why");
+    assert!(why.contains("cannot be reached"), "{why}");
+    assert!(!why.contains(SECRET));
     // Back: the daemon stores it by itself.
     server.resume();
     w.wait_for("the waiting backup to land", || w.status()["backup_waiting"].is_null());

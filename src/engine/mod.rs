@@ -84,6 +84,14 @@ pub struct Engine {
     state_ready: OnceLock<()>,
 }
 
+/// A successful push whose backup waits locally for the store, and the store's last answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupWaiting {
+    pub push: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// Holds a project's operation lock; dropping it releases the lock.
 pub struct ProjectLock {
     file: File,
@@ -447,9 +455,28 @@ impl Engine {
     pub fn upload_waiting(&self, project: &Project) -> Result<Option<String>> {
         let Some(record) = self.pending_record(project)? else { return Ok(None) };
         let Some(_lock) = self.try_lock_now(project)? else { return Ok(None) };
-        self.store.reachable()?;
-        self.flush_pending(project, &NullSink)?;
+        let tried = self.store.reachable().and_then(|_| self.flush_pending(project, &NullSink));
+        if let Err(e) = tried {
+            self.note_pending_reason(project, &e.to_string());
+            return Err(e);
+        }
         Ok(Some(record.id))
+    }
+
+    /// Why the waiting backup is not stored yet (the store's last answer), for status.
+    pub(crate) fn note_pending_reason(&self, project: &Project, reason: &str) {
+        let path = self.pending_dir(project).join("reason.txt");
+        let _ = fsutil::atomic_write_mode(&path, reason.as_bytes(), 0o600);
+    }
+
+    /// A waiting backup and why it waits, as status shows it.
+    pub(crate) fn backup_waiting(&self, project: &Project) -> Option<BackupWaiting> {
+        let record = self.pending_record(project).ok().flatten()?;
+        let reason = safefs::read_file(&self.pending_dir(project).join("reason.txt"), 4096, false)
+            .ok()
+            .flatten()
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        Some(BackupWaiting { push: record.id, reason })
     }
 
     /// Makes a new, empty quarantine folder for what an operation is about to replace.

@@ -634,6 +634,7 @@ impl Engine {
         // the state directory, counts as the last push, and goes to the store at the next push. The crash journal
         // (and the tree from before the push it protects) goes only once the backup is safe somewhere.
         let kept = self.save_pending(project, &record, &archive);
+        self.note_pending_reason(project, &e.to_string());
         let quarantine = self.new_quarantine(project, "failed-backup")?;
         write_logs(&quarantine, &logs);
         let _ =
@@ -682,6 +683,7 @@ impl Engine {
                         "the store refused the backup ({e}); it is kept locally until the next push"
                     ));
                     self.save_pending(project, &record, &archive)?;
+                    self.note_pending_reason(project, &e.to_string());
                 }
             }
             self.set_last_push(project, &record, super::Via::Push, None)?;

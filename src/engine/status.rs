@@ -125,7 +125,7 @@ pub struct ProjectStatus {
     /// A successful push whose backup the store refused, waiting locally: the daemon stores it as soon as the store
     /// answers (or the next push does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup_waiting: Option<String>,
+    pub backup_waiting: Option<super::BackupWaiting>,
     /// A custom migration `dreamerd push --custom` opened, waiting for the next push to apply it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom: Option<CustomShown>,
@@ -222,7 +222,7 @@ impl Engine {
             closest: None,
             known_faults: 0,
             custom: None,
-            backup_waiting: self.pending_record(project).ok().flatten().map(|r| r.id),
+            backup_waiting: self.backup_waiting(project),
             drizzle_kit: crate::project::layout::drizzle_kit_version(&project.workdir()),
         };
         if project.unresolved() {
