@@ -469,27 +469,20 @@ mod tests {
         let old0 =
             r#"{"version":"5","dialect":"sqlite","id":"a","prevId":"00000000-0000-0000-0000-000000000000"}"#;
         let old1 = r#"{"version":"5","dialect":"sqlite","id":"b","prevId":"a"}"#;
-        let d = folder(
-            j,
-            &[
-                ("0000_a.sql", ""),
-                ("0001_b.sql", ""),
-                ("meta/0000_snapshot.json", old0),
-                ("meta/0001_snapshot.json", old1),
-            ],
-        );
-        assert_eq!(codes(&d), ["snapshot-outdated"]);
+        let pair = |first: &'static str, second: &'static str| {
+            folder(
+                j,
+                &[
+                    ("0000_a.sql", ""),
+                    ("0001_b.sql", ""),
+                    ("meta/0000_snapshot.json", first),
+                    ("meta/0001_snapshot.json", second),
+                ],
+            )
+        };
+        assert_eq!(codes(&pair(old0, old1)), ["snapshot-outdated"]);
         let new1 = r#"{"version":"6","dialect":"sqlite","id":"b","prevId":"a"}"#;
-        let d = folder(
-            j,
-            &[
-                ("0000_a.sql", ""),
-                ("0001_b.sql", ""),
-                ("meta/0000_snapshot.json", old0),
-                ("meta/0001_snapshot.json", new1),
-            ],
-        );
-        assert_eq!(codes(&d), ["snapshot-outdated"], "one old snapshot is enough");
+        assert_eq!(codes(&pair(old0, new1)), ["snapshot-outdated"], "one old snapshot is enough");
         // Malformed: not JSON, and JSON without the fields.
         let d = folder(j, &files(&[("meta/0001_snapshot.json", "{not json")]));
         assert_eq!(codes(&d), ["snapshot-invalid"]);

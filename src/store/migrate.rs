@@ -128,9 +128,8 @@ pub(super) fn from_v1(store: &Store, store_id: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{LocalBlobs, RECORD_FORMAT};
+    use super::super::LocalBlobs;
     use super::*;
-    use crate::manifest::FileEntry;
 
     /// A format-1 store as dreamerd 0.1.0 wrote it (no marker), with `n` pushes of project p1.
     fn v1_store(dir: &std::path::Path, n: usize) -> Vec<String> {
@@ -138,22 +137,8 @@ mod tests {
         let mut ids = Vec::new();
         for i in 0..n {
             let archive = format!("archive {i}").into_bytes();
-            let record = PushRecord {
-                format: RECORD_FORMAT,
-                id: format!("2026010{i}T000000Z-0000000{i}"),
-                project_id: "p1".into(),
-                at: format!("2026-01-0{i}T00:00:00Z"),
-                at_ms: 0,
-                files: vec![FileEntry { path: format!("000{i}.sql"), size: 1, blake3: "ab".repeat(32) }],
-                schema_blake3: None,
-                archive_blake3: blake3::hash(&archive).to_hex().to_string(),
-                archive_size: archive.len() as u64,
-                host: "h".into(),
-                root: "/r".into(),
-                parent: None,
-                generation: None,
-                branch: None,
-            };
+            let id = format!("2026010{i}T000000Z-0000000{i}");
+            let record = super::super::tests::record(&id, &format!("2026-01-0{i}T00:00:00Z"), &archive);
             let key = format!("projects/p1/pushes/{}", record.id);
             blobs.put(&format!("{key}/archive.tar.zst"), &archive).unwrap();
             blobs.put(&format!("{key}/manifest.json"), &serde_json::to_vec(&record).unwrap()).unwrap();
