@@ -90,6 +90,48 @@ enum DreamerdCommand {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// The systemd user service: install (and enable), uninstall, or say how it stands.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Print the shell completion script of a binary (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) of a binary.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Write the user unit with this binary's path into $XDG_CONFIG_HOME/systemd/user/ (and shell completions), then
+    /// reload and enable it when a user manager runs.
+    Install(InstallArgs),
+    /// Stop, disable and remove the unit and the completions.
+    Uninstall,
+    /// Whether the unit is installed, starts this binary, and runs.
+    Status,
+}
+
+#[derive(Debug, Args)]
+struct InstallArgs {
+    /// Start (or restart) the service now too.
+    #[arg(long)]
+    now: bool,
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    shell: clap_complete::Shell,
+    /// The binary: dreamerd or dreamer.
+    #[arg(long, default_value = "dreamerd")]
+    binary: String,
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// The binary: dreamerd or dreamer.
+    #[arg(long, default_value = "dreamerd")]
+    binary: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +267,11 @@ enum Action {
     Events(bool),
     Stop,
     StoreCheck(Option<PathBuf>),
+    ServiceInstall(bool),
+    ServiceUninstall,
+    ServiceStatus,
+    Completions(clap_complete::Shell, String),
+    Man(String),
     StoreMigrate(Option<PathBuf>, String),
 }
 
@@ -245,6 +292,13 @@ pub fn main(flavor: Flavor) -> i32 {
                 DreamerdCommand::Push(d) => Action::Push(d.dir, d.custom),
                 DreamerdCommand::Up(d) => Action::Up(d.dir),
                 DreamerdCommand::Store { command: StoreCommand::Check(d) } => Action::StoreCheck(d.dir),
+                DreamerdCommand::Service { command: ServiceCommand::Install(i) } => {
+                    Action::ServiceInstall(i.now)
+                }
+                DreamerdCommand::Service { command: ServiceCommand::Uninstall } => Action::ServiceUninstall,
+                DreamerdCommand::Service { command: ServiceCommand::Status } => Action::ServiceStatus,
+                DreamerdCommand::Completions(c) => Action::Completions(c.shell, c.binary),
+                DreamerdCommand::Man(m) => Action::Man(m.binary),
                 DreamerdCommand::Store { command: StoreCommand::Migrate(m) } => {
                     Action::StoreMigrate(m.dir, m.to)
                 }
@@ -431,6 +485,34 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             let (engine, _) = engine(global)?;
             let report = engine.prune(dry_run, std::time::SystemTime::now())?;
             emit(global, &report, || human_prune(&report));
+            Ok(0)
+        }
+        Action::ServiceInstall(now) => {
+            let report = crate::service::install(&Dirs::from_env()?, now, completion_script)?;
+            emit(global, &report, || human_service(&report));
+            Ok(0)
+        }
+        Action::ServiceUninstall => {
+            let report = crate::service::uninstall(&Dirs::from_env()?)?;
+            emit(global, &report, || human_service(&report));
+            Ok(0)
+        }
+        Action::ServiceStatus => {
+            let report = crate::service::status(&Dirs::from_env()?)?;
+            emit(global, &report, || human_service(&report));
+            Ok(0)
+        }
+        Action::Completions(shell, binary) => {
+            let script = completion_script(shell, &command_of(&binary)?.get_name().to_string());
+            out(&String::from_utf8_lossy(&script));
+            Ok(0)
+        }
+        Action::Man(binary) => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command_of(&binary)?)
+                .render(&mut page)
+                .map_err(|e| Error::failed(format!("cannot render the man page: {e}"), ""))?;
+            out(&String::from_utf8_lossy(&page));
             Ok(0)
         }
         Action::StoreCheck(dir) => {
@@ -856,6 +938,46 @@ fn human_prune(r: &PruneReport) -> String {
         text += "(dry run: nothing was removed)\n";
     }
     text
+}
+
+/// The command-line definition of one of the two binaries.
+fn command_of(binary: &str) -> Result<clap::Command> {
+    use clap::CommandFactory;
+    match binary {
+        "dreamerd" => Ok(DreamerdCli::command()),
+        "dreamer" => Ok(DreamerCli::command()),
+        other => Err(Error::Usage(format!("{other:?} is not a dreamerd binary: use dreamerd or dreamer"))),
+    }
+}
+
+/// A binary's completion script for a shell.
+fn completion_script(shell: clap_complete::Shell, binary: &str) -> Vec<u8> {
+    let mut script = Vec::new();
+    if let Ok(mut command) = command_of(binary) {
+        clap_complete::generate(shell, &mut command, binary, &mut script);
+    }
+    script
+}
+
+fn human_service(r: &crate::service::ServiceReport) -> String {
+    let mut out = String::new();
+    for step in &r.steps {
+        out += &format!("{step}\n");
+    }
+    out += &format!(
+        "{}: {}{}\n",
+        r.unit.display(),
+        if r.installed { "installed" } else { "not installed" },
+        match &r.active {
+            Some(state) => format!(", {state}"),
+            None if !r.manager => ", no user service manager in this session".into(),
+            None => String::new(),
+        }
+    );
+    for c in &r.completions {
+        out += &format!("completions: {}\n", c.display());
+    }
+    out
 }
 
 fn human_history(h: &crate::engine::History) -> String {

@@ -19,4 +19,5 @@ pub mod logging;
 pub mod manifest;
 pub mod project;
 pub mod safefs;
+pub mod service;
 pub mod store;

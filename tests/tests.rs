@@ -9,5 +9,6 @@ mod layouts;
 mod push_restore;
 mod s3;
 mod safety;
+mod service;
 mod support;
 mod verify;

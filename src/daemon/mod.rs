@@ -296,6 +296,20 @@ async fn main_loop(
         socket = %socket.display(),
         "dreamerd daemon listening"
     );
+    // Under systemd (Type=notify): ready once the socket is bound and the watch list loaded. Without NOTIFY_SOCKET
+    // these do nothing.
+    let watched = daemon.state.lock().expect("state").projects.len();
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("watching {watched} project(s)")),
+    ]);
+    // The watchdog is pinged from this loop only: a daemon whose loop stops answering is restarted by systemd.
+    let mut watchdog = {
+        let every = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut tick = tokio::time::interval(every.unwrap_or(std::time::Duration::from_secs(3600)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (every.is_some(), tick)
+    };
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::failed(e.to_string(), ""))?;
@@ -323,6 +337,9 @@ async fn main_loop(
                     }
                 }
             },
+            _ = watchdog.1.tick(), if watchdog.0 => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
             _ = daemon.shutdown.notified() => { tracing::info!("stop requested: shutting down"); break; }
@@ -330,6 +347,7 @@ async fn main_loop(
     }
     daemon.stopping.store(true, Ordering::SeqCst);
     daemon.stopped.send_replace(true);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // A running push or restore finishes or rolls back by itself; it is never cut in the middle. Meanwhile the
     // socket still answers (new operations are refused as the daemon is stopping), so no client hangs.
     loop {

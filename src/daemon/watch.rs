@@ -424,6 +424,7 @@ impl Daemon {
             w.status = Some(status.clone());
             (new, cleared, schema_changed && status.schema_pending, arrived)
         };
+        let any_new = !new.is_empty();
         let shown = shown(root);
         let out_dir = if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) };
         if !new.is_empty() {
@@ -477,6 +478,20 @@ impl Daemon {
                 "{out_dir} now holds push {push} (a pull, a checkout or a copy): accepted as this checkout's last push"
             );
             self.emit(json!({"type": "arrived", "root": root, "push_id": push, "relation": relation}));
+        }
+        if any_new || cleared {
+            let (watched, violated) = {
+                let state = self.state.lock().expect("state");
+                let violated = state
+                    .projects
+                    .values()
+                    .filter(|w| w.status.as_ref().is_some_and(|s| s.state == ProjectState::Violated))
+                    .count();
+                (state.projects.len(), violated)
+            };
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
+                "watching {watched} project(s), {violated} violated"
+            ))]);
         }
         if cleared {
             tracing::info!(project = %shown, "{out_dir} matches the last push again; violation cleared");

@@ -1,0 +1,105 @@
+//! Running as a user service (issue 13, first part): the unit `service install` writes (verified by systemd's own
+//! analyzer), `service status` and `uninstall`, completions and the man page, and the daemon's readiness and watchdog
+//! notifications over a real NOTIFY_SOCKET.
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::World;
+
+#[test]
+fn service_install_writes_a_unit_systemd_verifies_and_status_sees_an_upgrade() {
+    let w = World::empty();
+    let (code, v) = w.json("dreamerd", &["service", "install"]);
+    assert_eq!(code, 0, "{v}");
+    let unit = w.xdg("config").join("systemd/user/dreamerd.service");
+    assert_eq!(v["unit"], unit.to_str().unwrap());
+    let text = fs::read_to_string(&unit).unwrap();
+    let binary = fs::canonicalize(env!("CARGO_BIN_EXE_dreamerd")).unwrap();
+    assert!(text.contains(&format!("ExecStart={} daemon", binary.display())), "{text}");
+    assert!(text.contains("Type=notify") && text.contains("WatchdogSec="), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("MemoryDenyWriteExecute=")), "node's JIT needs W+X memory");
+    let steps = v["steps"].to_string();
+    assert!(steps.contains("no user service manager") && steps.contains("enable-linger"), "{steps}");
+    let bash = w.xdg("data").join("bash-completion/completions/dreamerd");
+    assert!(fs::read_to_string(&bash).unwrap().contains("dreamerd"), "completions are installed");
+    // systemd's own analyzer finds nothing to say about it (any output is a failure: it exits 0 on warnings).
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--user", "--man=no"])
+        .arg(&unit)
+        .env("XDG_RUNTIME_DIR", w.xdg("run"))
+        .env("XDG_CONFIG_HOME", w.xdg("config"))
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    let (_, v) = w.json("dreamerd", &["service", "status"]);
+    assert_eq!((v["installed"].as_bool(), v["current"].as_bool()), (Some(true), Some(true)), "{v}");
+    // A unit left pointing at a binary that is gone (an upgrade moved it): status says so, install fixes it.
+    fs::write(&unit, text.replace(binary.to_str().unwrap(), "/nonexistent/dreamerd")).unwrap();
+    let (_, v) = w.json("dreamerd", &["service", "status"]);
+    assert_eq!(v["binary_exists"], false, "{v}");
+    assert!(v["steps"].to_string().contains("no longer exists"), "{v}");
+    w.json("dreamerd", &["service", "install"]);
+    let (_, v) = w.json("dreamerd", &["service", "status"]);
+    assert_eq!(v["current"], true, "{v}");
+    let (code, _) = w.json("dreamerd", &["service", "uninstall"]);
+    assert_eq!(code, 0);
+    assert!(!unit.exists() && !bash.exists());
+}
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_line_definition() {
+    let w = World::empty();
+    let run = w.run("dreamerd", &["completions", "bash"]);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("_dreamerd") && run.stdout.contains("restore"), "{}", run.stdout);
+    let run = w.run("dreamerd", &["completions", "fish", "--binary", "dreamer"]);
+    assert!(run.stdout.contains("complete -c dreamer"), "{}", run.stdout);
+    let run = w.run("dreamerd", &["man"]);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains(".TH dreamerd") && run.stdout.contains("restore"), "{}", run.stdout);
+    let run = w.run("dreamerd", &["man", "--binary", "nope"]);
+    assert_eq!(run.code, 2);
+}
+
+#[test]
+fn the_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_it_stops() {
+    let w = World::empty();
+    let socket = w.tmp.path().join("notify.sock");
+    let listener = UnixDatagram::bind(&socket).unwrap();
+    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut daemon = w
+        .cmd("dreamerd", &["daemon"])
+        .env("NOTIFY_SOCKET", &socket)
+        .env("WATCHDOG_USEC", "300000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    while said.matches("WATCHDOG=1").count() < 2 && Instant::now() < deadline {
+        if let Ok(n) = listener.recv(&mut buf) {
+            said += &String::from_utf8_lossy(&buf[..n]);
+        }
+    }
+    assert!(said.contains("READY=1") && said.contains("STATUS=watching 0 project(s)"), "{said}");
+    assert!(said.matches("WATCHDOG=1").count() >= 2, "the main loop pings the watchdog: {said}");
+    assert!(said.find("READY=1") < said.find("WATCHDOG=1"), "{said}");
+    // The socket answers once READY was sent.
+    let (code, v) = w.json("dreamerd", &["status", "--no-spawn"]);
+    assert_eq!(code, 0, "{v}");
+    Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !said.contains("STOPPING=1") && Instant::now() < deadline {
+        if let Ok(n) = listener.recv(&mut buf) {
+            said += &String::from_utf8_lossy(&buf[..n]);
+        }
+    }
+    assert!(said.contains("STOPPING=1"), "{said}");
+    assert!(daemon.wait().unwrap().success());
+}
