@@ -503,7 +503,7 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             Ok(0)
         }
         Action::Completions(shell, binary) => {
-            let script = completion_script(shell, &command_of(&binary)?.get_name().to_string());
+            let script = completion_script(shell, command_of(&binary)?.get_name());
             out(&String::from_utf8_lossy(&script));
             Ok(0)
         }
