@@ -117,6 +117,9 @@ struct InstallArgs {
     /// Start (or restart) the service now too.
     #[arg(long)]
     now: bool,
+    /// Install dreamerd.socket too and enable it instead: the first command starts the service (socket activation).
+    #[arg(long)]
+    socket: bool,
 }
 
 #[derive(Debug, Args)]
@@ -267,7 +270,7 @@ enum Action {
     Events(bool),
     Stop,
     StoreCheck(Option<PathBuf>),
-    ServiceInstall(bool),
+    ServiceInstall(bool, bool),
     ServiceUninstall,
     ServiceStatus,
     Completions(clap_complete::Shell, String),
@@ -293,7 +296,7 @@ pub fn main(flavor: Flavor) -> i32 {
                 DreamerdCommand::Up(d) => Action::Up(d.dir),
                 DreamerdCommand::Store { command: StoreCommand::Check(d) } => Action::StoreCheck(d.dir),
                 DreamerdCommand::Service { command: ServiceCommand::Install(i) } => {
-                    Action::ServiceInstall(i.now)
+                    Action::ServiceInstall(i.now, i.socket)
                 }
                 DreamerdCommand::Service { command: ServiceCommand::Uninstall } => Action::ServiceUninstall,
                 DreamerdCommand::Service { command: ServiceCommand::Status } => Action::ServiceStatus,
@@ -487,8 +490,8 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             emit(global, &report, || human_prune(&report));
             Ok(0)
         }
-        Action::ServiceInstall(now) => {
-            let report = crate::service::install(&Dirs::from_env()?, now, completion_script)?;
+        Action::ServiceInstall(now, socket) => {
+            let report = crate::service::install(&Dirs::from_env()?, now, socket, completion_script)?;
             emit(global, &report, || human_service(&report));
             Ok(0)
         }

@@ -12,7 +12,9 @@ use crate::fsutil;
 
 /// The unit, as shipped in `systemd/`.
 const SERVICE: &str = include_str!("../systemd/dreamerd.service");
+const SOCKET: &str = include_str!("../systemd/dreamerd.socket");
 const UNIT: &str = "dreamerd.service";
+const SOCKET_UNIT: &str = "dreamerd.socket";
 
 /// What `service install`, `uninstall` and `status` report.
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +146,7 @@ pub fn status(dirs: &Dirs) -> Result<ServiceReport> {
 pub fn install(
     dirs: &Dirs,
     now: bool,
+    socket: bool,
     completions: impl Fn(clap_complete::Shell, &str) -> Vec<u8>,
 ) -> Result<ServiceReport> {
     let exe = current_exe()?;
@@ -155,6 +158,12 @@ pub fn install(
     let unit = dir.join(UNIT);
     fsutil::atomic_write(&unit, SERVICE.replace("@BINARY@", exe_text).as_bytes()).ctx("write", &unit)?;
     let mut steps = vec![format!("wrote {}", unit.display())];
+    let socket_unit = dir.join(SOCKET_UNIT);
+    if socket {
+        fsutil::atomic_write(&socket_unit, SOCKET.as_bytes()).ctx("write", &socket_unit)?;
+        steps.push(format!("wrote {}", socket_unit.display()));
+    }
+    let enabled = if socket { SOCKET_UNIT } else { UNIT };
     let mut written = Vec::new();
     for (shell, bin, path) in completion_files(dirs) {
         if let Some(parent) = path.parent()
@@ -167,22 +176,21 @@ pub fn install(
     if manager_runs() {
         systemctl(&["daemon-reload"]).map_err(|e| Error::failed(e, "check `systemctl --user status`"))?;
         steps.push("systemctl --user daemon-reload".into());
-        let mut enable = vec!["enable", UNIT];
+        let mut enable = vec!["enable", enabled];
         if now {
             enable.insert(1, "--now");
         }
         systemctl(&enable).map_err(|e| Error::failed(e, "check `systemctl --user status dreamerd`"))?;
         steps.push(format!("systemctl --user {}", enable.join(" ")));
-        if now {
+        if now && !socket {
             // A daemon started by a command before is replaced by the service's.
             let _ = systemctl(&["restart", UNIT]);
         }
     } else {
-        steps.push(
+        steps.push(format!(
             "no user service manager runs for this session: run `systemctl --user daemon-reload && systemctl --user \
-             enable --now dreamerd.service` in a login session"
-                .into(),
-        );
+             enable --now {enabled}` in a login session"
+        ));
     }
     steps.push(
         "to guard projects without a login session too (after a reboot), run `loginctl enable-linger $USER` once"
@@ -198,9 +206,17 @@ pub fn install(
 pub fn uninstall(dirs: &Dirs) -> Result<ServiceReport> {
     let unit = units_dir(dirs).join(UNIT);
     let mut steps = Vec::new();
+    let socket_unit = units_dir(dirs).join(SOCKET_UNIT);
     if manager_runs() && unit.exists() {
+        if socket_unit.exists() {
+            let _ = systemctl(&["disable", "--now", SOCKET_UNIT]);
+        }
         let _ = systemctl(&["disable", "--now", UNIT]);
         steps.push(format!("systemctl --user disable --now {UNIT}"));
+    }
+    if socket_unit.exists() {
+        std::fs::remove_file(&socket_unit).ctx("remove", &socket_unit)?;
+        steps.push(format!("removed {}", socket_unit.display()));
     }
     if unit.exists() {
         std::fs::remove_file(&unit).ctx("remove", &unit)?;

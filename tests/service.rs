@@ -103,3 +103,68 @@ fn the_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_it_stops() {
     assert!(said.contains("STOPPING=1"), "{said}");
     assert!(daemon.wait().unwrap().success());
 }
+
+#[test]
+fn a_socket_passed_by_systemd_answers_the_first_command_without_a_spawned_daemon() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let w = World::empty();
+    // What dreamerd.socket does: the runtime folder 0700, the socket 0600, bound and listening before the daemon runs.
+    let dir = w.runtime();
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let socket = w.socket();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = w.cmd("dreamerd", &[]);
+    let program = cmd.get_program().to_owned();
+    // LISTEN_PID must be the daemon's own pid: a shell sets it, then becomes the daemon.
+    let mut daemon = Command::new("/bin/sh");
+    daemon.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" daemon"]).arg(&program);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => daemon.env(k, v),
+            None => daemon.env_remove(k),
+        };
+    }
+    daemon.stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec (dup2).
+    unsafe {
+        daemon.pre_exec(move || {
+            if fd == 3 {
+                let flags = libc_fcntl_clear_cloexec(3);
+                return flags;
+            }
+            if libc_dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _ = &mut cmd;
+    let mut child = daemon.spawn().unwrap();
+    drop(listener);
+    let (code, v) = w.json("dreamerd", &["status", "--no-spawn"]);
+    assert_eq!(code, 0, "the passed socket answers: {v}");
+    assert_eq!(v["daemon"]["pid"], child.id(), "answered by the activated daemon: {v}");
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(socket.exists(), "the socket's path is systemd's: never unlinked by the daemon");
+}
+
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    // rustix's dup2 needs owned descriptors; in the child the raw call is all there is.
+    unsafe extern "C" {
+        fn dup2(oldfd: i32, newfd: i32) -> i32;
+    }
+    unsafe { dup2(from, to) }
+}
+
+fn libc_fcntl_clear_cloexec(fd: i32) -> std::io::Result<()> {
+    unsafe extern "C" {
+        fn fcntl(fd: i32, cmd: i32, ...) -> i32;
+    }
+    const F_SETFD: i32 = 2;
+    if unsafe { fcntl(fd, F_SETFD, 0) } < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}

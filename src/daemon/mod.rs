@@ -248,9 +248,15 @@ async fn main_loop(
     ipc::secure_runtime_dir(&runtime_dir)?;
     let pid_lock = PidLock::acquire(&runtime_dir)?;
     let socket = ipc::socket_path(&dirs);
-    reclaim_stale_socket(&socket)?;
-    let name = socket.as_path().to_fs_name::<GenericFilePath>().ctx("name", &socket)?;
-    let listener = ListenerOptions::new().name(name).mode(0o600).create_tokio().ctx("listen on", &socket)?;
+    let listener = match activated_listener()? {
+        // Socket activation (dreamerd.socket): systemd bound the socket and owns its path.
+        Some(listener) => listener,
+        None => {
+            reclaim_stale_socket(&socket)?;
+            let name = socket.as_path().to_fs_name::<GenericFilePath>().ctx("name", &socket)?;
+            ListenerOptions::new().name(name).mode(0o600).create_tokio().ctx("listen on", &socket)?
+        }
+    };
 
     let queue =
         std::env::var("DREAMERD_EVENT_QUEUE").ok().and_then(|q| q.parse().ok()).unwrap_or(DEFAULT_QUEUE);
@@ -417,6 +423,31 @@ impl Backoff {
 }
 
 /// Removes a socket file left by a daemon that died, but only once connecting to it is refused.
+/// The listening socket systemd passed (socket activation: `LISTEN_FDS`, `LISTEN_PID`), if any. It is used as it is;
+/// its path stays systemd's (never unlinked here), and every connection's peer uid is still checked.
+fn activated_listener() -> Result<Option<interprocess::local_socket::tokio::Listener>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let fds: Vec<i32> = match sd_notify::listen_fds() {
+        Ok(fds) => fds.collect(),
+        Err(e) => return Err(Error::failed(format!("cannot take the sockets systemd passed: {e}"), "")),
+    };
+    let Some(&fd) = fds.first() else { return Ok(None) };
+    // SAFETY: systemd passes the descriptor to this process alone, once; nothing else owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
+    rustix::fs::fcntl_setfl(&owned, rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| Error::failed(format!("cannot use the socket systemd passed: {e}"), ""))?;
+    let listener =
+        interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(owned).map_err(|e| {
+            Error::failed(
+                format!("the descriptor systemd passed is not a listening Unix socket: {e}"),
+                "check dreamerd.socket",
+            )
+        })?;
+    tracing::info!("listening on the socket systemd passed (socket activation)");
+    Ok(Some(listener.into()))
+}
+
 fn reclaim_stale_socket(socket: &Path) -> Result<()> {
     if !fsutil::exists_nofollow(socket) {
         return Ok(());
