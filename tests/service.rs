@@ -117,7 +117,7 @@ fn a_socket_passed_by_systemd_answers_the_first_command_without_a_spawned_daemon
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let fd = listener.as_raw_fd();
-    let mut cmd = w.cmd("dreamerd", &[]);
+    let cmd = w.cmd("dreamerd", &[]);
     let program = cmd.get_program().to_owned();
     // LISTEN_PID must be the daemon's own pid: a shell sets it, then becomes the daemon.
     let mut daemon = Command::new("/bin/sh");
@@ -142,7 +142,6 @@ fn a_socket_passed_by_systemd_answers_the_first_command_without_a_spawned_daemon
             Ok(())
         });
     }
-    let _ = &mut cmd;
     let mut child = daemon.spawn().unwrap();
     drop(listener);
     let (code, v) = w.json("dreamerd", &["status", "--no-spawn"]);

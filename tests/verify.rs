@@ -214,6 +214,11 @@ fn a_custom_migration_stays_open_until_the_next_push_applies_it() {
     let (code, v) = w.json("dreamerd", &["check"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["custom"]["migration"], tag.as_str(), "{v}");
+    let status = w.status();
+    assert!(
+        status["drift"].as_array().unwrap().is_empty(),
+        "the daemon agrees: not pending while open: {status}"
+    );
     w.write("drizzle/0009_by_hand.sql", "DROP TABLE users;");
     let (code, v) = w.json("dreamerd", &["check"]);
     assert_eq!(code, 1, "{v}");

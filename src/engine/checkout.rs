@@ -266,23 +266,39 @@ impl Engine {
         Ok(Some(Baseline { record: sum.as_record(&id), source: Source::Committed, checkout: None }))
     }
 
-    /// Every push the project's folder may legitimately hold, as `(tree hash, push id, parent)`: the store's history
-    /// (from the local index), a push waiting for the store, and the committed sum's.
-    fn known_trees(&self, project: &Project) -> Vec<(String, String, Option<String>)> {
+    /// Every push the project's folder may legitimately hold: a push waiting for the store, the store's history (from
+    /// the local index), and the committed sum's.
+    fn known_trees(&self, project: &Project) -> Vec<Known> {
         let mut out = Vec::new();
         let Ok(Some(id)) = self.project_id(project) else { return out };
         if let Ok(Some(pending)) = self.pending_record(project)
             && pending.project_id == id
         {
-            out.push((pending.tree(), pending.id.clone(), pending.parent.clone()));
+            out.push(Known {
+                tree: pending.tree(),
+                push: pending.id.clone(),
+                parent: pending.parent.clone(),
+                record: Held::Whole(pending),
+            });
         }
         if self.store.reachable().unwrap_or(false)
             && let Ok(history) = self.store.history(&id)
         {
-            out.extend(history.into_iter().map(|g| (g.tree, g.push, g.parent)));
+            out.extend(history.into_iter().map(|g| Known {
+                tree: g.tree.clone(),
+                push: g.push.clone(),
+                parent: g.parent.clone(),
+                record: Held::Stored(g),
+            }));
         }
         if let Ok(Some(sum)) = Sum::read(project) {
-            out.push((manifest::tree_hash(&sum.files), sum.push, None));
+            let record = sum.as_record(&id);
+            out.push(Known {
+                tree: record.tree(),
+                push: sum.push,
+                parent: None,
+                record: Held::Whole(record),
+            });
         }
         out
     }
@@ -301,30 +317,17 @@ impl Engine {
         let files = tree.files();
         let hash = manifest::tree_hash(&files);
         let known = self.known_trees(project);
-        let (_, push, _) = known.iter().find(|(t, _, _)| *t == hash)?;
-        let record = self.record_of(project, push, &files)?;
+        let found = known.iter().find(|k| k.tree == hash)?;
+        // The tree hashes to the push's tree: its files are the tree's, no manifest to fetch.
+        let record = match &found.record {
+            Held::Whole(record) => record.clone(),
+            Held::Stored(g) => g.record(files),
+        };
         let relation = match base {
-            Some(base) => relation(&known, base, push),
+            Some(base) => relation(&known, base, &found.push),
             None => Relation::Other,
         };
         Some((record, relation))
-    }
-
-    /// The full record of a known push whose files are `files`.
-    fn record_of(&self, project: &Project, push: &str, files: &[manifest::FileEntry]) -> Option<PushRecord> {
-        let id = self.project_id(project).ok()??;
-        if let Ok(Some(pending)) = self.pending_record(project)
-            && pending.id == push
-        {
-            return Some(pending);
-        }
-        if self.store.reachable().unwrap_or(false)
-            && let Ok(Some(record)) = self.store.record(&id, push)
-        {
-            return Some(record);
-        }
-        let sum = Sum::read(project).ok()??;
-        (sum.push == push && sum.files == files).then(|| sum.as_record(&id))
     }
 
     /// The known push with the fewest differences from `tree`, with how many (only asked when the tree matches
@@ -383,12 +386,28 @@ impl Engine {
     }
 }
 
+/// A push the folder may legitimately hold.
+struct Known {
+    tree: String,
+    push: String,
+    parent: Option<String>,
+    record: Held,
+}
+
+/// What is at hand of a known push's record.
+enum Held {
+    /// The whole record (a pending push, the committed sum's).
+    Whole(PushRecord),
+    /// A stored generation; its files are those of any tree that hashes to it.
+    Stored(crate::store::Generation),
+}
+
 /// How `push` relates to `base` along the parents the known pushes name.
-fn relation(known: &[(String, String, Option<String>)], base: &str, push: &str) -> Relation {
+fn relation(known: &[Known], base: &str, push: &str) -> Relation {
     if base == push {
         return Relation::Same;
     }
-    let parent = |id: &str| known.iter().find(|(_, p, _)| p == id).and_then(|(_, _, parent)| parent.clone());
+    let parent = |id: &str| known.iter().find(|k| k.push == id).and_then(|k| k.parent.clone());
     let descends = |from: &str, to: &str| {
         let mut at = parent(from);
         let mut steps = 0;
@@ -514,8 +533,14 @@ mod tests {
 
     #[test]
     fn relations_follow_parents() {
-        let k =
-            |t: &str, p: &str, parent: Option<&str>| (t.to_string(), p.to_string(), parent.map(String::from));
+        let k = |t: &str, p: &str, parent: Option<&str>| Known {
+            tree: t.to_string(),
+            push: p.to_string(),
+            parent: parent.map(String::from),
+            record: Held::Whole(
+                crate::engine::Sum { push: p.into(), schema: None, files: vec![] }.as_record("p"),
+            ),
+        };
         let known = vec![
             k("t1", "a", None),
             k("t2", "b", Some("a")),

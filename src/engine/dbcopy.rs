@@ -497,7 +497,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cascade_is_seen_and_put_back() {
+    fn sqlite_itself_cascades_a_drop_table_and_the_shape_sees_it() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("app.db");
         let conn = Connection::open(&db).unwrap();

@@ -267,8 +267,25 @@ impl Engine {
 
     /// [`Engine::drift`], and whether the database was compared at all.
     pub fn database_check(&self, project: &Project) -> (Vec<crate::drizzle::Drift>, database::Checked) {
+        let (drift, checked, _) = self.checked_drift(project);
+        (drift, checked)
+    }
+
+    /// [`Engine::database_check`], and how many known faults were left out. Left out too: the pending state of an
+    /// open custom migration, which is what it is for until the next push applies it. Every path that reports drift
+    /// (check, the daemon's status, push) goes through here.
+    pub(crate) fn checked_drift(
+        &self,
+        project: &Project,
+    ) -> (Vec<crate::drizzle::Drift>, database::Checked, usize) {
         let (drift, checked) = database::check(&project.drizzle(), self.database(project));
-        (self.new_faults(project, drift).0, checked)
+        let (mut drift, left_out) = self.new_faults(project, drift);
+        if let Ok(Some(open)) = self.checkout(project).map(|c| c.and_then(|c| c.open)) {
+            drift.retain(|d| {
+                !(d.code == "migration-pending" && d.migration.as_ref() == Some(&open.migration))
+            });
+        }
+        (drift, checked, left_out)
     }
 
     /// Drift without the faults the project file records as known (its history's, accepted at the first push), and

@@ -237,20 +237,12 @@ impl Engine {
             return Ok(status);
         }
         status.interrupted = self.interrupted(project);
-        let (drift, checked) = database::check(&project.drizzle(), self.database(project));
-        (status.drift, status.known_faults) = self.new_faults(project, drift);
-        status.database = checked;
+        (status.drift, status.database, status.known_faults) = self.checked_drift(project);
         let tree = self.scan_out(project)?;
         if let Some(found) = baseline {
             status.violations = found.violations(&tree);
             status.custom =
                 found.open().map(|o| CustomShown { migration: o.migration.clone(), file: o.file.clone() });
-            // An open custom migration is pending until the next push applies it: that is what it is for.
-            if let Some(open) = found.open() {
-                status.drift.retain(|d| {
-                    !(d.code == "migration-pending" && d.migration.as_ref() == Some(&open.migration))
-                });
-            }
             let base = found.record;
             status.schema_pending = schema != base.schema_blake3;
             if !status.violations.is_empty() {
