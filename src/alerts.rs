@@ -8,20 +8,25 @@ const NOTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends desktop notifications over the session bus when enabled.
 pub struct Desktop {
-    enabled: bool,
+    enabled: AtomicBool,
     /// Set after the first failure was logged, so an absent bus is reported once, not at every violation.
     failure_logged: AtomicBool,
 }
 
 impl Desktop {
     pub fn new(enabled: bool) -> Desktop {
-        Desktop { enabled, failure_logged: AtomicBool::new(false) }
+        Desktop { enabled: AtomicBool::new(enabled), failure_logged: AtomicBool::new(false) }
+    }
+
+    /// Turns notifications on or off (the configuration was reloaded).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Shows a notification in the background. Failures (no session bus, no notification server) are logged
     /// once as a warning and otherwise ignored.
     pub fn notify(self: &std::sync::Arc<Self>, summary: String, body: String) {
-        if !self.enabled {
+        if !self.enabled.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         let this = self.clone();

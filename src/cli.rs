@@ -37,13 +37,26 @@ pub struct Global {
     /// Never start a daemon; fail with exit 3 if none runs.
     #[arg(long, global = true)]
     pub no_spawn: bool,
-    /// Say which files the settings came from (on stderr).
-    #[arg(short, long, global = true)]
+    /// Say more: which files the settings came from, and debug logs (on stderr; the daemon's log).
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
     pub verbose: bool,
+    /// Say less: only errors from a command; warnings and errors from the daemon.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     /// The drizzle config to use (default: the project root's drizzle.config.*, or the default the project file
     /// names). Several configs in one repository are several guarded projects.
     #[arg(long, global = true, value_name = "PATH")]
     pub drizzle_config: Option<PathBuf>,
+}
+
+impl Global {
+    pub fn verbosity(&self) -> logging::Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => logging::Verbosity::Quiet,
+            (_, true) => logging::Verbosity::Verbose,
+            _ => logging::Verbosity::Normal,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -110,6 +123,10 @@ enum ServiceCommand {
     Uninstall,
     /// Whether the unit is installed, starts this binary, and runs.
     Status,
+    /// What `install --strict` runs under the sandbox it probes: says READY=1 as the daemon does, after writing in
+    /// the state folder. Not for people.
+    #[command(hide = true)]
+    Probe,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +137,10 @@ struct InstallArgs {
     /// Install dreamerd.socket too and enable it instead: the first command starts the service (socket activation).
     #[arg(long)]
     socket: bool,
+    /// Confine the service further (a user namespace, a read-only file system but for the paths dreamerd writes,
+    /// ...), after probing that it works under this user manager; refused, changing nothing, where it does not.
+    #[arg(long)]
+    strict: bool,
 }
 
 #[derive(Debug, Args)]
@@ -270,7 +291,8 @@ enum Action {
     Events(bool),
     Stop,
     StoreCheck(Option<PathBuf>),
-    ServiceInstall(bool, bool),
+    ServiceInstall(crate::service::InstallOptions),
+    ServiceProbe,
     ServiceUninstall,
     ServiceStatus,
     Completions(clap_complete::Shell, String),
@@ -296,10 +318,15 @@ pub fn main(flavor: Flavor) -> i32 {
                 DreamerdCommand::Up(d) => Action::Up(d.dir),
                 DreamerdCommand::Store { command: StoreCommand::Check(d) } => Action::StoreCheck(d.dir),
                 DreamerdCommand::Service { command: ServiceCommand::Install(i) } => {
-                    Action::ServiceInstall(i.now, i.socket)
+                    Action::ServiceInstall(crate::service::InstallOptions {
+                        now: i.now,
+                        socket: i.socket,
+                        strict: i.strict,
+                    })
                 }
                 DreamerdCommand::Service { command: ServiceCommand::Uninstall } => Action::ServiceUninstall,
                 DreamerdCommand::Service { command: ServiceCommand::Status } => Action::ServiceStatus,
+                DreamerdCommand::Service { command: ServiceCommand::Probe } => Action::ServiceProbe,
                 DreamerdCommand::Completions(c) => Action::Completions(c.shell, c.binary),
                 DreamerdCommand::Man(m) => Action::Man(m.binary),
                 DreamerdCommand::Store { command: StoreCommand::Migrate(m) } => {
@@ -322,7 +349,7 @@ pub fn main(flavor: Flavor) -> i32 {
     // Commands only warn; the daemon logs at info (its log is the record of violations), set up once its
     // configuration says where.
     if !matches!(action, Action::Daemon(_)) {
-        logging::init("warn", None);
+        logging::init(global.verbosity().level("warn"), None);
     }
     match run(&global, action) {
         Ok(code) => code,
@@ -402,6 +429,7 @@ fn call(global: &Global, request: Request) -> Result<(i32, serde_json::Value)> {
 /// Sends a request about a project with its config and this command's environment (drizzle-kit and the config
 /// run with it in the daemon).
 fn call_for(global: &Global, request: Request, config: Option<String>) -> Result<(i32, serde_json::Value)> {
+    strict_guard(global, &request, config.as_ref())?;
     let (mut client, settings) = client(global)?;
     client.send_with(request, config, Some(std::env::vars().collect()), Some(settings))?;
     let verbose = global.verbose;
@@ -442,6 +470,90 @@ fn call_for(global: &Global, request: Request, config: Option<String>) -> Result
     })
 }
 
+/// Under the strict sandbox (`service install --strict`), the project a request writes in, and its database, must
+/// be writable in the service's sandbox: when they are not, the drop-in is widened and the service restarted (once
+/// its running operations finish) before the request is sent, and the command says so on stderr.
+fn strict_guard(global: &Global, request: &Request, config: Option<&String>) -> Result<()> {
+    let root = match request {
+        Request::Watch { dir }
+        | Request::Push { dir, .. }
+        | Request::Up { dir }
+        | Request::Restore { dir, .. } => dir,
+        _ => return Ok(()),
+    };
+    let dirs = Dirs::from_env()?;
+    if !crate::service::strict_installed(&dirs) {
+        return Ok(());
+    }
+    // The databases the daemon knows of: those of every watched project, and this one's (its config evaluated).
+    let mut databases = Vec::new();
+    for ask in
+        [Request::Status { dir: None, all: true }, Request::Status { dir: Some(root.clone()), all: false }]
+    {
+        let (mut client, settings) = client(global)?;
+        client.send_with(ask, config.cloned(), Some(std::env::vars().collect()), Some(settings))?;
+        if let Ok((_, data)) = client.finish(|_| {}) {
+            database_paths(&data, &mut databases);
+        }
+    }
+    let Some(added) = crate::service::strict_widen(&dirs, root, &databases)? else { return Ok(()) };
+    let (mut client, _) = client(global)?;
+    let old_pid = match &client.hello {
+        Some(Reply::Hello { pid, .. }) => *pid,
+        _ => 0,
+    };
+    client.send(Request::Restart)?;
+    let shown: Vec<String> = added.iter().map(|p| p.display().to_string()).collect();
+    match client.finish(|_| {}) {
+        Ok((0, data)) => err_line(&format!(
+            "dreamerd: the strict sandbox now lets the service write in {}; it restarts once its running operations \
+             finish ({} running)",
+            shown.join(", "),
+            data["running_operations"].as_u64().unwrap_or(0)
+        )),
+        Ok((_, data)) => {
+            err_line(&format!(
+                "dreamerd: warning: the strict sandbox was widened to {}, but the daemon cannot restart into it: {}",
+                shown.join(", "),
+                data["error"].as_str().unwrap_or("")
+            ));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
+    // The request goes to the restarted daemon, in the widened sandbox.
+    let socket = ipc::socket_path(&dirs);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    loop {
+        if let Some(Client { hello: Some(Reply::Hello { pid, .. }), .. }) = Client::connect_existing(&dirs)
+            && pid != old_pid
+        {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::failed(
+                format!("the service did not come back on {} within an hour", socket.display()),
+                "see `systemctl --user status dreamerd`",
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Every `database.path` in a status answer.
+fn database_paths(value: &serde_json::Value, out: &mut Vec<PathBuf>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(path) = map.get("database").and_then(|d| d["path"].as_str()) {
+                out.push(PathBuf::from(path));
+            }
+            map.values().for_each(|v| database_paths(v, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| database_paths(v, out)),
+        _ => {}
+    }
+}
+
 fn typed<T: serde::de::DeserializeOwned>(data: &serde_json::Value) -> Result<T> {
     serde_json::from_value(data.clone()).map_err(|e| {
         Error::failed(format!("unexpected answer from the daemon: {e}"), "run `dreamerd stop` and retry")
@@ -477,12 +589,19 @@ fn run(global: &Global, action: Action) -> Result<i32> {
                 }
                 _ => None,
             };
-            logging::init("info", log);
-            let (engine, file) = loaded?;
+            let target = logging::init(global.verbosity().level("info"), log);
+            tracing::debug!(?target, "logging");
+            let (engine, config_file) = loaded?;
             let dirs = engine.dirs.clone();
             let settings = Settings::load(global.config.as_deref(), &dirs)?;
-            daemon::run(engine, dirs, file, settings)?;
-            Ok(0)
+            let again = global.clone();
+            let reload: daemon::Reload = Box::new(move || {
+                let (engine, config_file) = self::engine(&again)?;
+                let settings = Settings::load(again.config.as_deref(), &engine.dirs)?;
+                Ok(daemon::Loaded { engine, config_file, settings })
+            });
+            let restart = daemon::run(daemon::Loaded { engine, config_file, settings }, reload, dirs)?;
+            Ok(if restart { daemon::RESTART_EXIT } else { 0 })
         }
         Action::Prune(dry_run) => {
             let (engine, _) = engine(global)?;
@@ -490,9 +609,13 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             emit(global, &report, || human_prune(&report));
             Ok(0)
         }
-        Action::ServiceInstall(now, socket) => {
-            let report = crate::service::install(&Dirs::from_env()?, now, socket, completion_script)?;
+        Action::ServiceInstall(options) => {
+            let report = crate::service::install(&Dirs::from_env()?, &options, completion_script)?;
             emit(global, &report, || human_service(&report));
+            Ok(0)
+        }
+        Action::ServiceProbe => {
+            crate::service::probe_here(&Dirs::from_env()?)?;
             Ok(0)
         }
         Action::ServiceUninstall => {
@@ -679,9 +802,22 @@ fn run(global: &Global, action: Action) -> Result<i32> {
                     client.finish(|_| {})?;
                 }
             }
-            // Return once it is really gone (socket file removed), so `dreamerd stop && dreamerd daemon` works.
+            // Return once it is really gone (socket file removed), so `dreamerd stop && dreamerd daemon` works. A
+            // socket systemd passed stays, systemd's, to start the service again at the next command: then the
+            // process is waited for instead.
+            let (pid, activated) = match client.hello.clone() {
+                Some(Reply::Hello { pid, activated, .. }) => (pid, activated),
+                _ => (0, false),
+            };
+            let gone = || {
+                if activated {
+                    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                } else {
+                    !ipc::daemon_alive(&socket) && !socket.exists()
+                }
+            };
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            while ipc::daemon_alive(&socket) || socket.exists() {
+            while !gone() {
                 if std::time::Instant::now() > deadline {
                     return Err(Error::failed(
                         "the daemon did not stop within 60s (an operation may still be running)",

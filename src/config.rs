@@ -134,6 +134,8 @@ pub struct NotifyConfig {
 pub struct WatchConfig {
     pub debounce_ms: u64,
     pub on_violation: OnViolation,
+    /// How long one project's scan may take before the daemon reports it as stalled (it goes on with the others).
+    pub scan_limit_secs: u64,
 }
 
 /// What the daemon does when it finds drizzle/ changed by hand.
@@ -155,7 +157,7 @@ impl Default for NotifyConfig {
 
 impl Default for WatchConfig {
     fn default() -> Self {
-        WatchConfig { debounce_ms: 100, on_violation: OnViolation::Warn }
+        WatchConfig { debounce_ms: 100, on_violation: OnViolation::Warn, scan_limit_secs: 30 }
     }
 }
 

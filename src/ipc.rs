@@ -23,7 +23,7 @@ use crate::fsutil;
 
 /// The protocol version; a CLI that finds another one restarts the daemon. 2: requests carry the drizzle config
 /// and the environment of the command that asked; 3: `push` carries `custom`, `restore` carries `with_database`, and `up`.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a client waits for the daemon's hello.
@@ -92,6 +92,9 @@ pub enum Request {
         follow: bool,
     },
     Stop,
+    /// Exit once running operations finish, for systemd to start the daemon again (protocol 4; only a daemon
+    /// systemd runs accepts it). The strict sandbox's paths take effect so.
+    Restart,
 }
 
 /// One line from the daemon.
@@ -102,9 +105,15 @@ pub enum Reply {
         daemon_version: String,
         protocol: u32,
         pid: u32,
-        /// The configuration file the daemon read at start, if any.
+        /// The configuration file the daemon read (at start, or at its last reload), if any.
         #[serde(default)]
         config: Option<PathBuf>,
+        /// The systemd unit that runs the daemon, if one does (protocol 4; older daemons say nothing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unit: Option<String>,
+        /// Whether systemd passed the daemon its socket (socket activation): the socket's path is systemd's.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        activated: bool,
     },
     Output {
         stream: Stream,
@@ -229,14 +238,27 @@ impl Client {
             {
                 return Ok(client);
             }
-            Ok((client, Reply::Hello { protocol, daemon_version, pid, .. })) => {
+            Ok((client, Reply::Hello { protocol, daemon_version, pid, unit, .. })) => {
                 if no_spawn {
                     return Err(unreachable(format!(
                         "the running daemon speaks protocol {protocol}, not {PROTOCOL}"
                     )));
                 }
-                tracing::info!(pid, daemon_version, protocol, "restarting a daemon of another version");
                 drop(client);
+                // A daemon systemd runs is restarted by systemd (which then starts the unit's binary), never stopped
+                // and replaced by one of our own behind its back. Older daemons do not say their unit: their control
+                // group does.
+                if let Some(unit) = unit.or_else(|| crate::daemon::unit_of_pid(pid)) {
+                    tracing::info!(
+                        pid,
+                        daemon_version,
+                        protocol,
+                        unit,
+                        "restarting a daemon of another version through systemd"
+                    );
+                    return restart_through_systemd(&unit, &socket);
+                }
+                tracing::info!(pid, daemon_version, protocol, "restarting a daemon of another version");
                 stop_and_wait(&socket)?;
             }
             Ok(_) => {
@@ -327,6 +349,28 @@ fn remote_error(exit: i32, error: String, hint: Option<String>) -> Error {
 }
 
 /// Asks a daemon to stop and waits until its socket no longer answers.
+/// `systemctl --user restart UNIT` (it returns once the new daemon said READY=1), then connects to it. A unit that
+/// still starts a daemon of another protocol (it points at an older binary) is an error that says how to fix it.
+fn restart_through_systemd(unit: &str, socket: &Path) -> Result<Client> {
+    crate::service::systemctl(&["restart", unit])
+        .map_err(|e| Error::failed(e, format!("see `systemctl --user status {unit}`")))?;
+    match Client::open(socket) {
+        Ok((client, Reply::Hello { protocol, .. })) if protocol == PROTOCOL => Ok(client),
+        Ok((_, Reply::Hello { protocol, daemon_version, .. })) => Err(Error::failed(
+            format!(
+                "systemd's {unit} starts dreamerd {daemon_version} (protocol {protocol}), not this dreamerd {VERSION} \
+                 (protocol {PROTOCOL})"
+            ),
+            "run `dreamerd service install --now` so the unit starts this binary",
+        )),
+        Ok(_) => Err(Error::failed("the daemon did not greet properly", "run `dreamerd stop` and retry")),
+        Err(e) => Err(Error::failed(
+            format!("systemd restarted {unit} but it does not answer on {}: {e}", socket.display()),
+            format!("see `systemctl --user status {unit}` and `journalctl --user -u {unit}`"),
+        )),
+    }
+}
+
 fn stop_and_wait(socket: &Path) -> Result<()> {
     if let Ok((mut client, _)) = Client::open(socket) {
         let _ = client.send(Request::Stop);

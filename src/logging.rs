@@ -7,18 +7,78 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// Starts logging at `default` level (`DREAMERD_LOG` overrides it), to `file` when given, else to stderr.
-pub fn init(default: &str, file: Option<Arc<RotatingFile>>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DREAMERD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match file {
-        Some(file) => builder.with_ansi(false).with_writer(file).try_init(),
-        None => {
-            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            builder.with_ansi(ansi).with_writer(std::io::stderr).try_init()
+/// How much a command or the daemon says: `-q` (less), the default, `-v` (more). `DREAMERD_LOG` overrides both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verbosity {
+    Quiet,
+    #[default]
+    Normal,
+    Verbose,
+}
+
+impl Verbosity {
+    /// The level for a process whose normal level is `normal` (`warn` for commands, `info` for the daemon).
+    pub fn level(self, normal: &'static str) -> &'static str {
+        match (self, normal) {
+            (Verbosity::Normal, n) => n,
+            (Verbosity::Verbose, _) => "debug",
+            (Verbosity::Quiet, "info") => "warn",
+            (Verbosity::Quiet, _) => "error",
         }
-    };
+    }
+}
+
+/// Where log lines went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Stderr,
+    File,
+    /// systemd's journal, natively: fields such as `PROJECT`, `PATH` and `KIND` can be filtered on
+    /// (`journalctl --user -u dreamerd PROJECT=/home/me/app`).
+    Journal,
+}
+
+/// Starts logging at `level` (`DREAMERD_LOG` overrides it): to `file` when given; to the journal, natively, when
+/// stderr is the journal's stream (`JOURNAL_STREAM`, as under a systemd unit); else readable lines on stderr.
+pub fn init(level: &str, file: Option<Arc<RotatingFile>>) -> Target {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DREAMERD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    if let Some(file) = file {
+        let _ =
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(file).try_init();
+        return Target::File;
+    }
+    if stderr_is_journal()
+        && let Ok(journal) = tracing_journald::layer()
+    {
+        // Field names as written (`PROJECT=`, not tracing-journald's default `F_PROJECT=`), under the name
+        // `dreamerd` whichever binary logs.
+        let journal = journal.with_field_prefix(None).with_syslog_identifier("dreamerd".into());
+        if tracing_subscriber::registry().with(filter).with(journal).try_init().is_ok() {
+            return Target::Journal;
+        }
+        return Target::Stderr;
+    }
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+    Target::Stderr
+}
+
+/// Whether stderr is connected to the journal: `JOURNAL_STREAM` names its device and inode (systemd sets it for a
+/// unit's processes; a process whose stderr was redirected since inherits the variable but not the stream).
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else { return false };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else { return false };
+    // The field types differ between targets (u64 here, u32 on some).
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::fstat(std::io::stderr()).is_ok_and(|st| st.st_dev as u64 == dev && st.st_ino as u64 == ino)
 }
 
 /// A log file that is rotated once it would grow past `max_bytes`: `dreamerd.log` becomes `dreamerd.log.1`, and so
@@ -106,6 +166,24 @@ impl Write for &RotatingFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quiet_and_verbose_move_the_level_from_its_normal() {
+        assert_eq!(Verbosity::Normal.level("warn"), "warn");
+        assert_eq!(Verbosity::Quiet.level("warn"), "error");
+        assert_eq!(Verbosity::Quiet.level("info"), "warn");
+        assert_eq!(Verbosity::Verbose.level("info"), "debug");
+    }
+
+    #[test]
+    fn a_journal_stream_that_is_not_stderr_is_not_the_journal() {
+        // SAFETY: tests in this module do not read the environment concurrently with this write.
+        unsafe { std::env::set_var("JOURNAL_STREAM", "1:2") };
+        assert!(!stderr_is_journal());
+        unsafe { std::env::set_var("JOURNAL_STREAM", "garbage") };
+        assert!(!stderr_is_journal());
+        unsafe { std::env::remove_var("JOURNAL_STREAM") };
+    }
 
     #[test]
     fn rotates_by_size_and_keeps_a_bounded_number_of_files() {

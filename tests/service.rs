@@ -12,7 +12,7 @@ use crate::support::World;
 #[test]
 fn service_install_writes_a_unit_systemd_verifies_and_status_sees_an_upgrade() {
     let w = World::empty();
-    let (code, v) = w.json("dreamerd", &["service", "install"]);
+    let (code, v) = w.json("dreamerd", &["service", "install", "--socket"]);
     assert_eq!(code, 0, "{v}");
     let unit = w.xdg("config").join("systemd/user/dreamerd.service");
     assert_eq!(v["unit"], unit.to_str().unwrap());
@@ -29,12 +29,30 @@ fn service_install_writes_a_unit_systemd_verifies_and_status_sees_an_upgrade() {
     let out = Command::new("systemd-analyze")
         .args(["verify", "--user", "--man=no"])
         .arg(&unit)
+        .arg(unit.with_file_name("dreamerd.socket"))
         .env("XDG_RUNTIME_DIR", w.xdg("run"))
         .env("XDG_CONFIG_HOME", w.xdg("config"))
         .output()
         .unwrap();
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    // Its exposure, as systemd measures it offline, is the figure README gives.
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--user", "--offline=yes"])
+        .arg(&unit)
+        .env("XDG_RUNTIME_DIR", w.xdg("run"))
+        .env("XDG_CONFIG_HOME", w.xdg("config"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let line =
+        said.lines().find(|l| l.contains("Overall exposure level")).unwrap_or_else(|| panic!("{said}"));
+    let figure = line.split(": ").nth(1).unwrap().split_whitespace().next().unwrap();
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("default unit: exposure {figure}")),
+        "README states the exposure {figure}"
+    );
     let (_, v) = w.json("dreamerd", &["service", "status"]);
     assert_eq!((v["installed"].as_bool(), v["current"].as_bool()), (Some(true), Some(true)), "{v}");
     // A unit left pointing at a binary that is gone (an upgrade moved it): status says so, install fixes it.
@@ -47,7 +65,7 @@ fn service_install_writes_a_unit_systemd_verifies_and_status_sees_an_upgrade() {
     assert_eq!(v["current"], true, "{v}");
     let (code, _) = w.json("dreamerd", &["service", "uninstall"]);
     assert_eq!(code, 0);
-    assert!(!unit.exists() && !bash.exists());
+    assert!(!unit.exists() && !bash.exists() && !unit.with_file_name("dreamerd.socket").exists());
 }
 
 #[test]
@@ -166,4 +184,62 @@ fn libc_fcntl_clear_cloexec(fd: i32) -> std::io::Result<()> {
     }
     const F_SETFD: i32 = 2;
     if unsafe { fcntl(fd, F_SETFD, 0) } < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+#[test]
+fn a_stalled_scan_is_reported_in_the_status_line_while_the_other_projects_are_scanned() {
+    let w = World::drizzle();
+    // A config whose evaluation takes a while (it could be a network filesystem, a hung import...).
+    let config = w.read("drizzle.config.ts");
+    w.write("drizzle.config.ts", &format!("require('child_process').execSync('sleep 6');\n{config}"));
+    w.config("[watch]\nscan_limit_secs = 1\n");
+    // A second project that scans at once.
+    let other = w.tmp.path().join("other");
+    fs::create_dir_all(other.join("src")).unwrap();
+    fs::write(other.join("src/schema.ts"), "export const x = 1;\n").unwrap();
+    fs::write(other.join("drizzle.config.json"), crate::support::CONFIG_JSON).unwrap();
+    let socket = w.tmp.path().join("notify.sock");
+    let listener = UnixDatagram::bind(&socket).unwrap();
+    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut daemon = w
+        .cmd("dreamerd", &["daemon"])
+        .env("NOTIFY_SOCKET", &socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut buf = [0u8; 4096];
+    let mut receive = |until: &dyn Fn(&str) -> bool, said: &mut String| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !until(said) && Instant::now() < deadline {
+            if let Ok(n) = listener.recv(&mut buf) {
+                *said += &String::from_utf8_lossy(&buf[..n]);
+                said.push('\n');
+            }
+        }
+    };
+    receive(&|s| s.contains("READY=1"), &mut said);
+    let slow = std::thread::spawn({
+        let mut cmd = w.cmd("dreamerd", &["watch", w.root.to_str().unwrap(), "--no-spawn"]);
+        move || cmd.output().unwrap()
+    });
+    receive(&|s| s.contains("scan(s) over 1s"), &mut said);
+    assert!(said.contains(&format!("1 scan(s) over 1s: {}", w.root.display())), "{said}");
+    // Meanwhile the other project is watched and scanned.
+    let (code, v) = w.json_in(&other, "dreamerd", &["watch", ".", "--no-spawn"]);
+    assert_eq!(code, 0, "{v}");
+    let (_, v) = w.json_in(&other, "dreamerd", &["status", "--no-spawn"]);
+    assert_eq!(v["projects"][0]["state"], "no-baseline", "{v}");
+    let (_, v) = w.json("dreamerd", &["status", "--no-spawn", "--all"]);
+    let slow_one =
+        v["projects"].as_array().unwrap().iter().find(|p| p["root"] == w.root.to_str().unwrap()).cloned();
+    let warnings = slow_one.map(|p| p["watch"]["warnings"].to_string()).unwrap_or_default();
+    assert!(warnings.contains("takes more than 1s"), "the project's warnings say so too: {v}");
+    // Once it is done, the line says so no more.
+    slow.join().unwrap();
+    receive(&|s| s.rsplit("STATUS=").next().is_some_and(|last| last.starts_with("watching 2")), &mut said);
+    assert!(said.rsplit("STATUS=").next().unwrap().starts_with("watching 2 project(s)"), "{said}");
+    Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
+    assert!(daemon.wait().unwrap().success());
 }

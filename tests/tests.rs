@@ -11,4 +11,5 @@ mod s3;
 mod safety;
 mod service;
 mod support;
+mod systemd;
 mod verify;

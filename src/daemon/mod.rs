@@ -72,6 +72,8 @@ struct Watched {
     scan_lock: Arc<tokio::sync::Mutex<()>>,
     /// Where its files are, as its config said at the last rescan.
     paths: Option<watch::WatchPaths>,
+    /// When the scan running now started.
+    scanning_since: Option<Instant>,
 }
 
 /// Per-project watch details added to status by the daemon (an addition to the contract).
@@ -123,14 +125,23 @@ struct State {
     pending: HashMap<PathBuf, (Instant, Instant)>,
 }
 
+/// The configuration the daemon runs with: read at start, read again on SIGHUP (`systemctl --user reload dreamerd`).
+pub struct Loaded {
+    pub engine: Engine,
+    /// The configuration file read, told to clients so they can warn when theirs differs.
+    pub config_file: Option<PathBuf>,
+    /// The settings read: what work the daemon does by itself uses, until a command carries its own.
+    pub settings: Settings,
+}
+
+/// Reads the configuration again (SIGHUP).
+pub type Reload = Box<dyn Fn() -> Result<Loaded> + Send + Sync>;
+
 /// The running daemon.
 pub(crate) struct Daemon {
-    engine: Engine,
+    loaded: std::sync::RwLock<Arc<Loaded>>,
+    reload: Reload,
     dirs: Dirs,
-    /// The configuration file read at start, told to clients so they can warn when theirs differs.
-    config_file: Option<PathBuf>,
-    /// The settings read at start: what work the daemon does by itself uses, until a command carries its own.
-    settings: Settings,
     state: Mutex<State>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     events: broadcast::Sender<serde_json::Value>,
@@ -150,7 +161,21 @@ pub(crate) struct Daemon {
     rescan_tx: mpsc::UnboundedSender<Wake>,
     /// Set while an overflow wake is on its way, so a burst of dropped events sends one.
     overflow_flagged: Arc<AtomicBool>,
+    /// When the scheduler last went round its loop (ms since `started`): the watchdog is pinged only while it is
+    /// recent, so a wedged loop gets the daemon restarted.
+    scheduler_beat: AtomicU64,
+    started: Instant,
+    /// The systemd unit that runs this daemon, if one does.
+    unit: Option<String>,
+    /// Whether systemd passed the listening socket (socket activation).
+    activated: bool,
+    /// Set by a restart request: the daemon exits with [`RESTART_EXIT`] instead of 0.
+    restart: AtomicBool,
 }
+
+/// The exit status of a daemon that asks systemd to start it again (the unit's `RestartForceExitStatus=` and
+/// `SuccessExitStatus=`): EX_TEMPFAIL.
+pub const RESTART_EXIT: i32 = 75;
 
 /// What the scheduler is told besides file events.
 enum Wake {
@@ -230,31 +255,27 @@ fn first_format() -> u32 {
 }
 
 /// Runs the daemon in the foreground until SIGTERM, SIGINT or `dreamerd stop`.
-pub fn run(engine: Engine, dirs: Dirs, config_file: Option<PathBuf>, settings: Settings) -> Result<()> {
+/// Returns whether the daemon should be started again (a restart request).
+pub fn run(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| {
             Error::failed(format!("cannot start the async runtime: {e}"), "check system limits")
         })?;
-    runtime.block_on(main_loop(engine, dirs, config_file, settings))
+    runtime.block_on(main_loop(loaded, reload, dirs))
 }
 
-async fn main_loop(
-    engine: Engine,
-    dirs: Dirs,
-    config_file: Option<PathBuf>,
-    settings: Settings,
-) -> Result<()> {
+async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
     let runtime_dir = ipc::runtime_dir(&dirs);
     ipc::secure_runtime_dir(&runtime_dir)?;
     let pid_lock = PidLock::acquire(&runtime_dir)?;
     let socket = ipc::socket_path(&dirs);
-    let listener = match activated_listener()? {
+    let (listener, activated) = match activated_listener()? {
         // Socket activation (dreamerd.socket): systemd bound the socket and owns its path.
-        Some(listener) => listener,
+        Some(listener) => (listener, true),
         None => {
             reclaim_stale_socket(&socket)?;
             let name = socket.as_path().to_fs_name::<GenericFilePath>().ctx("name", &socket)?;
-            ListenerOptions::new().name(name).mode(0o600).create_tokio().ctx("listen on", &socket)?
+            (ListenerOptions::new().name(name).mode(0o600).create_tokio().ctx("listen on", &socket)?, false)
         }
     };
 
@@ -262,12 +283,11 @@ async fn main_loop(
         std::env::var("DREAMERD_EVENT_QUEUE").ok().and_then(|q| q.parse().ok()).unwrap_or(DEFAULT_QUEUE);
     let (fs_tx, fs_rx) = mpsc::channel(queue.max(1));
     let (rescan_tx, rescan_rx) = mpsc::unbounded_channel();
-    let desktop = Arc::new(Desktop::new(engine.config.notify.desktop));
+    let desktop = Arc::new(Desktop::new(loaded.engine.config.notify.desktop));
     let daemon = Arc::new(Daemon {
-        engine,
+        loaded: std::sync::RwLock::new(Arc::new(loaded)),
+        reload,
         dirs,
-        config_file,
-        settings,
         state: Mutex::new(State::default()),
         watcher: Mutex::new(None),
         events: broadcast::channel(1024).0,
@@ -282,6 +302,11 @@ async fn main_loop(
         watchlist_write: Mutex::new(()),
         rescan_tx,
         overflow_flagged: Arc::new(AtomicBool::new(false)),
+        scheduler_beat: AtomicU64::new(0),
+        started: Instant::now(),
+        unit: systemd_unit(),
+        activated,
+        restart: AtomicBool::new(false),
     });
     let watchlist = daemon.load_watchlist()?;
     daemon.start_watcher(fs_tx)?;
@@ -292,9 +317,7 @@ async fn main_loop(
         tokio::spawn(async move { this.recover_project(&root).await });
     }
     tokio::spawn(daemon.clone().upload_waiting());
-    if daemon.engine.config.retention.auto_prune {
-        tokio::spawn(daemon.clone().prune_daily());
-    }
+    tokio::spawn(daemon.clone().prune_daily());
     tracing::info!(
         version = ipc::VERSION,
         protocol = ipc::PROTOCOL,
@@ -302,24 +325,23 @@ async fn main_loop(
         socket = %socket.display(),
         "dreamerd daemon listening"
     );
-    // Under systemd (Type=notify): ready once the socket is bound and the watch list loaded. Without NOTIFY_SOCKET
-    // these do nothing.
-    let watched = daemon.state.lock().expect("state").projects.len();
-    let _ = sd_notify::notify(&[
-        sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status(&format!("watching {watched} project(s)")),
-    ]);
-    // The watchdog is pinged from this loop only: a daemon whose loop stops answering is restarted by systemd.
-    let mut watchdog = {
-        let every = sd_notify::watchdog_enabled().map(|d| d / 2);
-        let mut tick = tokio::time::interval(every.unwrap_or(std::time::Duration::from_secs(3600)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        (every.is_some(), tick)
-    };
+    // Under systemd (Type=notify): ready once the socket is bound and the watch list loaded; the scans go on after,
+    // their progress in STATUS= lines. Without NOTIFY_SOCKET these do nothing.
+    let mut status_line = daemon.status_line();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status_line)]);
+    // The watchdog is pinged from this loop only, and only while the scheduler goes round too: a daemon whose loops
+    // stop answering is restarted by systemd.
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut tick = tokio::time::interval(
+        watchdog.unwrap_or(STATUS_EVERY).min(STATUS_EVERY).max(std::time::Duration::from_millis(100)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ping = Instant::now();
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::failed(e.to_string(), ""))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::failed(e.to_string(), ""))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| Error::failed(e.to_string(), ""))?;
     // Connections beyond the cap wait in the kernel's queue rather than take the last file descriptors, and accept
     // errors (out of descriptors) back off instead of spinning.
     let permits = Arc::new(tokio::sync::Semaphore::new(connection_cap()));
@@ -343,8 +365,26 @@ async fn main_loop(
                     }
                 }
             },
-            _ = watchdog.1.tick(), if watchdog.0 => {
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            _ = tick.tick() => {
+                let line = daemon.status_line();
+                if line != status_line {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+                    status_line = line;
+                }
+                if let Some(every) = watchdog
+                    && last_ping.elapsed() >= every
+                {
+                    if daemon.healthy(every * 2) {
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                        last_ping = Instant::now();
+                    } else {
+                        tracing::error!("the scheduler has not gone round for a watchdog period; no longer pinging the watchdog");
+                    }
+                }
+            }
+            _ = sighup.recv() => {
+                daemon.clone().reload().await;
+                status_line.clear(); // sent again at the next tick, replacing "reloading"
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
@@ -379,8 +419,29 @@ async fn main_loop(
     }
     drop(listener); // removes the socket file
     drop(pid_lock);
-    tracing::info!("dreamerd stopped");
-    Ok(())
+    let restart = daemon.restart.load(Ordering::SeqCst);
+    tracing::info!(restart, "dreamerd stopped");
+    Ok(restart)
+}
+
+/// How often the STATUS= line is brought up to date (and at most how long between watchdog checks).
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The systemd unit this process runs in: the last `.service` of its control group, when systemd started it
+/// (`INVOCATION_ID`).
+fn systemd_unit() -> Option<String> {
+    std::env::var_os("INVOCATION_ID")?;
+    unit_of_pid(std::process::id())
+}
+
+/// The service whose control group holds process `pid` (`/proc/PID/cgroup`), other than a user manager's own.
+pub(crate) fn unit_of_pid(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let path = line.splitn(3, ':').nth(2)?;
+        let last = path.rsplit('/').next()?;
+        (last.ends_with(".service") && !last.starts_with("user@")).then(|| last.to_string())
+    })
 }
 
 /// How many client connections are served at once: a quarter of the open-file limit (at least 8, at most 512), so
@@ -469,6 +530,105 @@ fn reclaim_stale_socket(socket: &Path) -> Result<()> {
 }
 
 impl Daemon {
+    /// The configuration in force now.
+    pub(crate) fn loaded(&self) -> Arc<Loaded> {
+        self.loaded.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// SIGHUP: reads the configuration again. Watches, the watch list and running operations are kept; a
+    /// configuration that cannot be read leaves the running one in force.
+    async fn reload(self: Arc<Self>) {
+        // With MONOTONIC_USEC, as Type=notify-reload (systemd 253 and later) requires; older managers ignore it.
+        let mut reloading = vec![
+            sd_notify::NotifyState::Reloading,
+            sd_notify::NotifyState::Status("reloading the configuration"),
+        ];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            reloading.push(now);
+        }
+        let _ = sd_notify::notify(&reloading);
+        let this = self.clone();
+        match tokio::task::spawn_blocking(move || (this.reload)()).await {
+            Ok(Ok(loaded)) => {
+                self.desktop.set_enabled(loaded.engine.config.notify.desktop);
+                let file = loaded.config_file.clone();
+                *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+                tracing::info!(config = %file.as_deref().map(shown).unwrap_or_else(|| "-".into()), "SIGHUP: configuration reloaded; every project is rescanned with it");
+                self.emit(serde_json::json!({"type": "config-reloaded", "ok": true, "config": file}));
+                let roots: Vec<PathBuf> =
+                    self.state.lock().expect("state").projects.keys().cloned().collect();
+                for root in roots {
+                    self.mark(&root, Instant::now());
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "SIGHUP: the configuration cannot be read; the daemon keeps running with the one it had");
+                self.emit(
+                    serde_json::json!({"type": "config-reloaded", "ok": false, "error": e.to_string()}),
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "SIGHUP: reading the configuration panicked"),
+        }
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// Whether the scheduler went round within `within`.
+    fn healthy(&self, within: std::time::Duration) -> bool {
+        let beat = std::time::Duration::from_millis(self.scheduler_beat.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(beat) <= within
+    }
+
+    pub(super) fn beat(&self) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.scheduler_beat.store(now, Ordering::Relaxed);
+    }
+
+    /// The STATUS= line: first-scan progress, violated projects, and scans past their time limit.
+    fn status_line(&self) -> String {
+        let limit = self.scan_limit();
+        let state = self.state.lock().expect("state");
+        let total = state.projects.len();
+        let scanned = state.projects.values().filter(|w| w.rescans > 0).count();
+        let mut line = if scanned < total {
+            format!("scanning: {scanned} of {total} project(s) done")
+        } else {
+            format!("watching {total} project(s)")
+        };
+        let names = |roots: Vec<&PathBuf>| {
+            let mut shown: Vec<String> = roots.iter().take(3).map(|r| shown(r)).collect();
+            if roots.len() > 3 {
+                shown.push(format!("and {} more", roots.len() - 3));
+            }
+            shown.join(", ")
+        };
+        let violated: Vec<&PathBuf> = state
+            .projects
+            .iter()
+            .filter(|(_, w)| {
+                w.status.as_ref().is_some_and(|s| s.state == crate::engine::ProjectState::Violated)
+            })
+            .map(|(r, _)| r)
+            .collect();
+        if !violated.is_empty() {
+            line += &format!("; {} violated: {}", violated.len(), names(violated));
+        }
+        let stalled: Vec<&PathBuf> = state
+            .projects
+            .iter()
+            .filter(|(_, w)| w.scanning_since.is_some_and(|t| t.elapsed() > limit))
+            .map(|(r, _)| r)
+            .collect();
+        if !stalled.is_empty() {
+            line += &format!("; {} scan(s) over {}s: {}", stalled.len(), limit.as_secs(), names(stalled));
+        }
+        line
+    }
+
+    /// How long one project's scan may take before it is reported as stalled (the others go on meanwhile).
+    pub(super) fn scan_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.loaded().engine.config.watch.scan_limit_secs.max(1))
+    }
+
     fn watchlist_path(&self) -> PathBuf {
         self.dirs.state.join("watchlist.json")
     }
@@ -557,7 +717,7 @@ impl Daemon {
             let project = spec.resolve()?;
             this.engine_for(&spec, &project)?.recover_now(&project, &LogSink)
         };
-        match self.run_op(root, op).await {
+        match self.within_limit(root, self.run_op(root, op)).await {
             Ok(true) => {
                 tracing::info!(project = %root.display(), "finished what an interrupted operation left")
             }
@@ -607,7 +767,8 @@ impl Daemon {
     /// The engine of an operation on `project`: the settings the last command carried (else the daemon's own),
     /// layered with the project file's.
     pub(crate) fn engine_for(&self, spec: &Spec, project: &Project) -> Result<Engine> {
-        let settings = spec.context.settings.as_ref().unwrap_or(&self.settings);
+        let loaded = self.loaded();
+        let settings = spec.context.settings.as_ref().unwrap_or(&loaded.settings);
         Engine::for_project(settings, project, self.dirs.clone())
     }
 
@@ -663,12 +824,17 @@ impl Daemon {
         }
     }
 
-    /// Prunes the quarantine now and then once a day (`retention.auto_prune`), so it stays bounded by itself.
+    /// Prunes the quarantine now and then once a day (`retention.auto_prune`, as the configuration says at the
+    /// time), so it stays bounded by itself.
     async fn prune_daily(self: Arc<Self>) {
         loop {
-            let this = self.clone();
+            let loaded = self.loaded();
+            if !loaded.engine.config.retention.auto_prune {
+                tokio::time::sleep(std::time::Duration::from_secs(86_400)).await;
+                continue;
+            }
             let pruned =
-                tokio::task::spawn_blocking(move || this.engine.prune(false, std::time::SystemTime::now()))
+                tokio::task::spawn_blocking(move || loaded.engine.prune(false, std::time::SystemTime::now()))
                     .await;
             match pruned {
                 Ok(Ok(r)) if !r.removed.is_empty() => tracing::info!(

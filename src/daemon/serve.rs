@@ -104,9 +104,11 @@ impl Daemon {
         let mut send = &conn;
         let hello = Reply::Hello {
             daemon_version: ipc::VERSION.into(),
-            protocol: ipc::PROTOCOL,
+            protocol: advertised_protocol(),
             pid: std::process::id(),
-            config: self.config_file.clone(),
+            config: self.loaded().config_file.clone(),
+            unit: self.unit.clone(),
+            activated: self.activated,
         };
         if send.write_all(hello.line().as_bytes()).await.is_err() {
             return;
@@ -243,6 +245,28 @@ impl Daemon {
                 self.shutdown.notify_one();
                 Ok((0, json!({"ok": true, "stopping": true})))
             }
+            Request::Restart => match &self.unit {
+                // The daemon exits with RESTART_EXIT once running operations finish; the unit's
+                // RestartForceExitStatus= has systemd start it again (with the unit as reloaded meanwhile).
+                Some(unit) => {
+                    self.restart.store(true, Ordering::SeqCst);
+                    self.shutdown.notify_one();
+                    let running = self.ops_in_flight.load(Ordering::SeqCst);
+                    tracing::info!(
+                        unit,
+                        running,
+                        "restart requested: restarting once running operations finish"
+                    );
+                    Ok((
+                        0,
+                        json!({"ok": true, "restarting": true, "unit": unit, "running_operations": running}),
+                    ))
+                }
+                None => Err(Error::Usage(
+                    "this daemon is not run by systemd, so nothing would start it again: use `dreamerd stop`"
+                        .into(),
+                )),
+            },
             Request::Status { dir, all } => self.status(dir.as_deref(), all).await,
             Request::Watch { dir } => self.watch(&dir).await,
             Request::Unwatch { dir } => self
@@ -537,4 +561,14 @@ fn offer(tx: &mpsc::Sender<Reply>, reply: Reply, missed: &mut u64) -> bool {
         }
         Err(TrySendError::Closed(_)) => false,
     }
+}
+
+/// The protocol version the hello announces. `DREAMERD_TEST_ADVERTISE_PROTOCOL` makes a daemon pose as one of another
+/// version, so the tests can prove how a command replaces it (through systemd when systemd runs it); it is for
+/// tests only and changes nothing else.
+fn advertised_protocol() -> u32 {
+    std::env::var("DREAMERD_TEST_ADVERTISE_PROTOCOL")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(ipc::PROTOCOL)
 }

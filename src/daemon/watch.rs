@@ -219,8 +219,11 @@ impl Daemon {
         mut fs_rx: mpsc::Receiver<notify::Result<notify::Event>>,
         mut wake_rx: mpsc::UnboundedReceiver<Wake>,
     ) {
-        let debounce = Duration::from_millis(self.engine.config.watch.debounce_ms);
+        let mut beat = tokio::time::interval(Duration::from_millis(500));
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.beat();
+            let debounce = Duration::from_millis(self.loaded().engine.config.watch.debounce_ms);
             let next_due = self.state.lock().expect("state").pending.values().map(|(_, due)| *due).min();
             let sleep = async {
                 match next_due {
@@ -229,6 +232,7 @@ impl Daemon {
                 }
             };
             tokio::select! {
+                _ = beat.tick() => {}
                 event = fs_rx.recv() => match event {
                     Some(Ok(event)) => self.on_event(&event, debounce),
                     Some(Err(e)) => {
@@ -338,26 +342,27 @@ impl Daemon {
         let busy = self.state.lock().expect("state").ops.get(root).copied().unwrap_or(0) > 0;
         if busy {
             // Our own writes (or another process's push) are not violations; look again once it is done.
-            let later = Instant::now() + Duration::from_millis(self.engine.config.watch.debounce_ms.max(50));
+            let later =
+                Instant::now() + Duration::from_millis(self.loaded().engine.config.watch.debounce_ms.max(50));
             self.mark(root, later);
             return;
         }
         let this = self.clone();
-        let scanned = tokio::task::spawn_blocking(move || {
+        let scan = tokio::task::spawn_blocking(move || {
             this.note_presence(&spec.root);
             let project = spec.resolve()?;
             this.ensure_watches(&project);
             this.engine_for(&spec, &project)?.status(&project)
-        })
-        .await;
+        });
+        let scanned = self.within_limit(root, scan).await;
         let status = match scanned {
             // An operation that started while we scanned makes the scan meaningless: look again after it.
             Ok(Ok(s))
                 if s.state == ProjectState::Busy
                     || self.state.lock().expect("state").ops.get(root).copied().unwrap_or(0) > 0 =>
             {
-                let later =
-                    Instant::now() + Duration::from_millis(self.engine.config.watch.debounce_ms.max(50));
+                let later = Instant::now()
+                    + Duration::from_millis(self.loaded().engine.config.watch.debounce_ms.max(50));
                 self.mark(root, later);
                 return;
             }
@@ -378,6 +383,38 @@ impl Daemon {
             }
         };
         self.record(root, status);
+    }
+
+    /// Awaits `work` on `root` (a scan, or the recovery before the first one), reporting it past the time limit:
+    /// one project's slow config or stalled filesystem never holds the others, and is logged, shown in the STATUS=
+    /// line and in the project's warnings while it is waited for.
+    pub(super) async fn within_limit<T>(self: &Arc<Self>, root: &Path, work: impl Future<Output = T>) -> T {
+        self.scanning(root, Some(Instant::now()));
+        let limit = self.scan_limit();
+        let mut work = std::pin::pin!(work);
+        let done = match tokio::time::timeout(limit, &mut work).await {
+            Ok(done) => done,
+            Err(_) => {
+                let warning = format!("scanning the project takes more than {}s", limit.as_secs());
+                tracing::warn!(project = %shown(root), limit_secs = limit.as_secs(), "the project's scan takes longer than its time limit; the other projects go on");
+                if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
+                    w.warnings.insert(warning.clone());
+                }
+                let done = work.await;
+                if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
+                    w.warnings.remove(&warning);
+                }
+                done
+            }
+        };
+        self.scanning(root, None);
+        done
+    }
+
+    fn scanning(&self, root: &Path, since: Option<Instant>) {
+        if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
+            w.scanning_since = since;
+        }
     }
 
     /// A watched project whose folder is gone is said so, once, and in its status, until it comes back.
@@ -454,7 +491,7 @@ impl Daemon {
                 );
             }
             self.emit(json!({"type": "violation", "root": root, "violations": new}));
-            let auto = self.engine.config.watch.on_violation == OnViolation::Restore;
+            let auto = self.loaded().engine.config.watch.on_violation == OnViolation::Restore;
             if !auto {
                 self.desktop.notify(
                     format!("{out_dir} changed by hand in {}", project_name(root)),

@@ -46,15 +46,24 @@ pub struct Checked {
     pub checked: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The database file, once the config named one (compared or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
 }
 
 impl Checked {
     pub fn yes() -> Checked {
-        Checked { checked: true, reason: None }
+        Checked { checked: true, reason: None, path: None }
     }
 
     pub fn no(reason: impl Into<String>) -> Checked {
-        Checked { checked: false, reason: Some(reason.into()) }
+        Checked { checked: false, reason: Some(reason.into()), path: None }
+    }
+
+    fn at(mut self, path: &Path) -> Checked {
+        // `/app/./local.db` is said `/app/local.db`.
+        self.path = Some(path.components().filter(|c| *c != std::path::Component::CurDir).collect());
+        self
     }
 }
 
@@ -242,7 +251,7 @@ pub fn check(drizzle: &Path, db: Result<Target, String>) -> (Vec<Drift>, Checked
             Checked::no(why)
         }
     };
-    (out, checked)
+    (out, checked.at(&db.path))
 }
 
 /// Where a replay of the pending migrations failed.
