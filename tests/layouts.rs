@@ -310,7 +310,7 @@ fn two_configs_in_one_repository_are_two_projects() {
 }
 
 #[test]
-fn a_postgresql_project_is_guarded_and_says_its_database_was_not_compared() {
+fn a_postgresql_project_is_guarded_and_says_why_its_unreachable_server_was_not_compared() {
     let w = project(
         "drizzle.config.ts",
         "import { defineConfig } from 'drizzle-kit';\nexport default defineConfig({ dialect: 'postgresql', \
@@ -323,7 +323,9 @@ fn a_postgresql_project_is_guarded_and_says_its_database_was_not_compared() {
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["dialect"], "postgresql");
     assert_eq!(v["database"]["checked"], false);
-    assert!(v["database"]["reason"].as_str().unwrap().contains("postgresql: not supported yet"), "{v}");
+    let reason = v["database"]["reason"].as_str().unwrap();
+    assert!(reason.contains("127.0.0.1:1/app") && reason.contains("refused"), "{v}");
+    assert_eq!(v["database"]["server"], "127.0.0.1:1/app");
     assert!(!v.to_string().contains("s3cret-pw"), "the password is nowhere: {v}");
 }
 

@@ -112,7 +112,8 @@ impl Manager {
         let bin = bin_dir.join("dreamerd");
         fs::copy(env!("CARGO_BIN_EXE_dreamerd"), &bin).unwrap();
         let modules = fixture_dir().join("node_modules");
-        let modules = if reachable_by_others(&modules) {
+        // Under /tmp it would be hidden from a service with PrivateTmp= (the strict sandbox).
+        let modules = if reachable_by_others(&modules) && !modules.starts_with("/tmp") {
             modules
         } else {
             let copy = home.join("fixture-modules");

@@ -9,6 +9,7 @@ mod layouts;
 mod push_restore;
 mod s3;
 mod safety;
+mod servers;
 mod service;
 mod support;
 mod systemd;

@@ -49,15 +49,24 @@ pub struct Checked {
     /// The database file, once the config named one (compared or not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// A server database: `host:port/database`, never its credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+}
+
+/// The database a check reads: a SQLite file, or a PostgreSQL or MySQL server.
+pub enum Database {
+    File(Target),
+    Server(crate::drizzle::server::Server),
 }
 
 impl Checked {
     pub fn yes() -> Checked {
-        Checked { checked: true, reason: None, path: None }
+        Checked { checked: true, reason: None, path: None, server: None }
     }
 
     pub fn no(reason: impl Into<String>) -> Checked {
-        Checked { checked: false, reason: Some(reason.into()), path: None }
+        Checked { checked: false, reason: Some(reason.into()), path: None, server: None }
     }
 
     fn at(mut self, path: &Path) -> Checked {
@@ -218,7 +227,7 @@ pub fn drift(drizzle: Option<&Folder>, entries: &[Entry], applied: &[Applied]) -
 
 /// Journal faults of the migration folder `drizzle`, plus its drift against the database (`Err` says why there is
 /// none to compare with); and whether the database was compared at all.
-pub fn check(drizzle: &Path, db: Result<Target, String>) -> (Vec<Drift>, Checked) {
+pub fn check(drizzle: &Path, db: Result<Database, String>) -> (Vec<Drift>, Checked) {
     // A missing folder has no faults, and applied nothing: whatever the database applied is missing from it.
     let folder = match Folder::open(drizzle) {
         Ok(f) => f,
@@ -231,7 +240,19 @@ pub fn check(drizzle: &Path, db: Result<Target, String>) -> (Vec<Drift>, Checked
         Err(_) => return (out, Checked::no("the journal cannot be read")), // already reported
     };
     let db = match db {
-        Ok(db) => db,
+        Ok(Database::File(db)) => db,
+        Ok(Database::Server(server)) => {
+            // Unreachable, refused, no such database: said in `checked`, never a drift (nothing is wrong with the
+            // folder, and nothing that does not need the database is refused).
+            let checked = match server.applied() {
+                Ok(rows) => {
+                    out.extend(drift(folder.as_ref(), &entries, &rows.unwrap_or_default()));
+                    Checked::yes()
+                }
+                Err(why) => Checked::no(why),
+            };
+            return (out, Checked { server: Some(server.address.clone()), ..checked });
+        }
         Err(why) => return (out, Checked::no(why)),
     };
     // A database without a migrations table has applied nothing.
@@ -260,6 +281,22 @@ pub struct ReplayFailure {
     pub migration: String,
     pub statement: String,
     pub error: String,
+}
+
+/// The statements migrate would run after the migration applied at `newest` (`None`: nothing applied yet), in
+/// order, each with its migration's tag.
+pub fn pending_statements(drizzle: &Path, newest: Option<i64>) -> Result<Vec<(String, String)>, String> {
+    let folder = Folder::open(drizzle).map_err(|e| e.to_string())?.ok_or("the migration folder is gone")?;
+    let entries = journal::read_in(&folder)?.unwrap_or_default();
+    let mut out = Vec::new();
+    for e in entries.iter().filter(|e| newest.is_none_or(|n| e.when > n)) {
+        let text = journal::sql(&folder, &e.tag)?.ok_or_else(|| format!("{}.sql is missing", e.tag))?;
+        let text = String::from_utf8(text).map_err(|_| format!("{}.sql is not UTF-8 text", e.tag))?;
+        for statement in statements(&text).into_iter().filter(|s| !holds_no_sql(s)) {
+            out.push((e.tag.clone(), statement.trim().to_string()));
+        }
+    }
+    Ok(out)
 }
 
 /// The largest database the replay copies into memory.

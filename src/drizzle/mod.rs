@@ -3,6 +3,7 @@
 
 pub mod database;
 pub mod journal;
+pub mod server;
 
 use serde::{Deserialize, Serialize};
 

@@ -267,7 +267,22 @@ pub fn judge_migrate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
 /// Classifies a database error text, wherever it came from. The message quotes `quote` when given (the error
 /// with its failing statement, say), else the line of `text` that matched.
 pub fn classify_database_error(text: &str, quote: Option<&str>) -> Option<Diagnosis> {
-    let out_of_sync = ["already exists", "duplicate column name", "no such column", "no such table"];
+    // SQLite's words, then the SQLSTATEs and MySQL error numbers the server readers quote: a relation or column that
+    // already exists, or does not.
+    let out_of_sync = [
+        "already exists",
+        "duplicate column name",
+        "no such column",
+        "no such table",
+        "(42P07)",
+        "(42701)",
+        "(42703)",
+        "(42P01)",
+        "(1050)",
+        "(1060)",
+        "(1054)",
+        "(1146)",
+    ];
     for needle in out_of_sync {
         if let Some(line) = quote_line(text, needle) {
             let line = quote.unwrap_or(line);
@@ -290,7 +305,9 @@ pub fn classify_database_error(text: &str, quote: Option<&str>) -> Option<Diagno
              at least one statement), then `dreamer push` again",
         ));
     }
-    if let Some(line) = quote_line(text, "Cannot add a NOT NULL column with default value NULL") {
+    let not_null = quote_line(text, "Cannot add a NOT NULL column with default value NULL")
+        .or_else(|| quote_line(text, "(23502)").filter(|_| quote.is_some_and(|q| q.contains("ADD COLUMN"))));
+    if let Some(line) = not_null {
         let line = quote.unwrap_or(line);
         return Some(Diagnosis::new(
             "not-null-without-default",

@@ -253,6 +253,38 @@ impl Engine {
         }
     }
 
+    /// The database whose applied migrations are compared with the folder: the SQLite file of
+    /// [`Engine::database`], or the PostgreSQL or MySQL server that `database.url` or the config names.
+    pub fn database_to_check(&self, project: &Project) -> std::result::Result<database::Database, String> {
+        let Some(dialect) = crate::drizzle::server::Dialect::of(&project.layout.dialect) else {
+            return self.database(project).map(database::Database::File);
+        };
+        let url = match (&self.config.database.url, &project.db_url, &project.problem, &project.env) {
+            (Some(url), _, _, _) => crate::project::Secret::new(url.clone()),
+            (None, Some(url), _, _) => url.clone(),
+            (None, None, Some(problem), _) => {
+                return Err(format!("the config could not be evaluated: {problem}"));
+            }
+            (None, None, None, None) if project.config.is_some() => {
+                return Err(
+                    "not checked until the next command: the config needs the environment of a command \
+                            (the daemon has not had one since it started)"
+                        .into(),
+                );
+            }
+            (None, None, _, _) => {
+                return Err("the config names no dbCredentials (url, or host and database)".into());
+            }
+        };
+        crate::drizzle::server::Server::new(
+            dialect,
+            &url,
+            &project.layout.table_schema,
+            &project.layout.table,
+        )
+        .map(database::Database::Server)
+    }
+
     /// The migration folder as the manifest sees it: everything in it but what is not a migration (schema files kept
     /// there, and what `drizzle-kit pull` writes).
     pub fn scan_out(&self, project: &Project) -> Result<crate::manifest::Tree> {
@@ -278,7 +310,7 @@ impl Engine {
         &self,
         project: &Project,
     ) -> (Vec<crate::drizzle::Drift>, database::Checked, usize) {
-        let (drift, checked) = database::check(&project.drizzle(), self.database(project));
+        let (drift, checked) = database::check(&project.drizzle(), self.database_to_check(project));
         let (mut drift, left_out) = self.new_faults(project, drift);
         if let Ok(Some(open)) = self.checkout(project).map(|c| c.and_then(|c| c.open)) {
             drift.retain(|d| {

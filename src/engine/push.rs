@@ -899,8 +899,10 @@ impl Engine {
     /// After migrate: every journal entry must be applied (but the known faults of the history). `None` when it is,
     /// or when the database cannot be read here (nothing to verify against).
     fn verify_applied(&self, project: &Project) -> Option<Diagnosis> {
-        let target = self.database(project).ok()?;
-        let rows = database::applied(&target).ok()??;
+        let rows = match self.database_to_check(project).ok()? {
+            database::Database::File(target) => database::applied(&target).ok()??,
+            database::Database::Server(server) => server.applied().ok()??,
+        };
         let entries = crate::drizzle::journal::read(&project.drizzle()).ok()??;
         let known = project.known_faults().unwrap_or_default();
         let newest = rows.iter().map(|r| r.created_at).max().unwrap_or(0);
@@ -931,6 +933,9 @@ impl Engine {
     fn explain_migrate(&self, project: &Project, generic: Diagnosis) -> Diagnosis {
         if generic.code != "unknown" {
             return generic;
+        }
+        if let Ok(database::Database::Server(server)) = self.database_to_check(project) {
+            return explain_on_server(project, &server, generic);
         }
         let db = match self.database(project) {
             Ok(db) => db,
@@ -1113,6 +1118,74 @@ impl Engine {
             quarantine: Some(quarantine),
             settings: Vec::new(),
         }))
+    }
+}
+
+/// A migrate on a PostgreSQL or MySQL server failed without a word (drizzle-kit 0.31 prints nothing, whatever the
+/// server said): find out why. A server that cannot be read is the reason; on PostgreSQL the pending migrations are
+/// replayed inside a transaction that is rolled back, to quote the statement the server refuses and its SQLSTATE; on
+/// MySQL, whose DDL commits as it goes, nothing is replayed, and the diagnosis says what the migrations table shows.
+fn explain_on_server(
+    project: &Project,
+    server: &crate::drizzle::server::Server,
+    generic: Diagnosis,
+) -> Diagnosis {
+    let applied = match server.applied() {
+        Ok(applied) => applied,
+        Err(why) => {
+            return Diagnosis::new(
+                "database-unreachable",
+                format!("drizzle-kit migrate failed without a word: {why}"),
+                "start the database server, or fix the config's credentials (host, port, user, password, database), \
+                 then push again; drizzle/ is as it was",
+            );
+        }
+    };
+    if server.dialect == crate::drizzle::server::Dialect::MySql {
+        let newest = applied.unwrap_or_default().iter().map(|a| a.created_at).max();
+        let pending = database::pending_statements(&project.drizzle(), newest).unwrap_or_default();
+        let first = pending.first().map(|(m, _)| m.as_str()).unwrap_or("?");
+        return Diagnosis {
+            message: format!(
+                "{}; the MySQL server at {} has not recorded {first} as applied. MySQL commits each DDL statement as \
+                 it runs, so the statements of {first} before the one that failed may be in the database now \
+                 (dreamerd never replays on MySQL); drizzle-kit's output is in migrate.log in the quarantine folder",
+                generic.message, server.address
+            ),
+            hint: "compare the database with the failed migration (SHOW CREATE TABLE), undo what it left or fix the \
+                   schema, then `dreamer push` again; drizzle/ is as it was, the database may not be"
+                .into(),
+            ..generic
+        };
+    }
+    match server.replay(&project.drizzle()) {
+        Ok(Some(failure)) => {
+            let statement: String = failure.statement.split_whitespace().collect::<Vec<_>>().join(" ");
+            let statement = if statement.chars().count() > 160 {
+                format!("{}…", statement.chars().take(160).collect::<String>())
+            } else {
+                statement
+            };
+            let quoted = format!("{} (in {}: {statement})", failure.error, failure.migration);
+            diagnosis::classify_database_error(&failure.error, Some(&quoted)).unwrap_or_else(|| {
+                Diagnosis::new(
+                    "unknown",
+                    format!("migrate failed: {quoted}"),
+                    "fix src/schema.ts (or the data the migration trips on), then `dreamer push` again; drizzle-kit's \
+                     full output is in the quarantine folder",
+                )
+            })
+        }
+        Ok(None) => Diagnosis {
+            message: format!(
+                "{}; the same migrations replayed cleanly on the server (in a transaction rolled back at once): the \
+                 replay and the real run disagree, so the cause is one dreamerd cannot see, and drizzle-kit's output \
+                 is in migrate.log in the quarantine folder",
+                generic.message
+            ),
+            ..generic
+        },
+        Err(why) => Diagnosis { message: format!("{}; {why}", generic.message), ..generic },
     }
 }
 

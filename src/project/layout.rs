@@ -315,8 +315,13 @@ fn evaluate_uncached(root: &Path, config: &Path, env: Option<&Env>) -> Result<Re
         None => return Err(format!("{shown} names no schema")),
     };
     let out_dir = normalize(&workdir.join(raw.out.as_deref().unwrap_or("drizzle")));
-    let url =
-        raw.db_credentials.as_ref().and_then(|c| c.get("url").and_then(|u| u.as_str()).map(String::from));
+    // `url`, or the parts a server database may be given as (host, port, user, password, database, ssl).
+    let url = raw.db_credentials.as_ref().and_then(|c| {
+        c.get("url")
+            .and_then(|u| u.as_str())
+            .map(String::from)
+            .or_else(|| crate::drizzle::server::url_from_parts(&dialect, c))
+    });
     // bun lists its `-e` script as `[eval]`: only real files are inputs.
     let mut inputs: Vec<PathBuf> = loaded.into_iter().filter(|p| p.is_absolute() && p.exists()).collect();
     inputs.extend(env_files(&workdir));

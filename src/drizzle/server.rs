@@ -1,0 +1,424 @@
+//! The applied-migrations table of a PostgreSQL or MySQL/MariaDB database, read the way drizzle-kit's migrator reads
+//! it, and nothing else: one connection with a connect time limit, a read-only transaction, statement time limits
+//! on the server and an overall one here; never DDL or DML. Errors name the host, port and database, never the user's
+//! password (which lives in a [`Secret`] until the one call that opens the connection).
+
+use std::time::Duration;
+
+use crate::drizzle::database::{Applied, ReplayFailure};
+use crate::project::Secret;
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the whole read may take (connect, queries, close).
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A server database whose migrations table dreamerd reads.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub dialect: Dialect,
+    url: Secret,
+    /// Where it is, without credentials: `127.0.0.1:5432/app`.
+    pub address: String,
+    /// `migrations.schema` (PostgreSQL only; default `drizzle`).
+    pub schema: String,
+    /// `migrations.table` (default `__drizzle_migrations`).
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MySql,
+}
+
+impl Dialect {
+    /// The drizzle config's dialect, if it is one read here.
+    pub fn of(dialect: &str) -> Option<Dialect> {
+        match dialect {
+            "postgresql" => Some(Dialect::Postgres),
+            "mysql" => Some(Dialect::MySql),
+            _ => None,
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Dialect::Postgres => 5432,
+            Dialect::MySql => 3306,
+        }
+    }
+}
+
+impl Server {
+    /// The server a database URL names (`postgres://…`, `postgresql://…`, `mysql://…`). `Err` says what is wrong
+    /// without repeating the URL.
+    pub fn new(dialect: Dialect, url: &Secret, schema: &str, table: &str) -> Result<Server, String> {
+        let address = address(dialect, url.expose())?;
+        Ok(Server { dialect, url: url.clone(), address, schema: schema.into(), table: table.into() })
+    }
+
+    /// The applied migrations (`None`: the table does not exist, so nothing was applied). `Err` is one line that
+    /// names the server and says why it could not be read.
+    pub fn applied(&self) -> Result<Option<Vec<Applied>>, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to read the database: {e}"))?;
+        let read = async {
+            match self.dialect {
+                Dialect::Postgres => postgres::applied(self).await,
+                Dialect::MySql => mysql::applied(self).await,
+            }
+        };
+        match runtime.block_on(async { tokio::time::timeout(READ_TIMEOUT, read).await }) {
+            Ok(result) => {
+                result.map_err(|why| format!("cannot read the database at {}: {why}", self.address))
+            }
+            Err(_) => Err(format!(
+                "cannot read the database at {}: no answer within {}s",
+                self.address,
+                READ_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+impl Server {
+    /// PostgreSQL only (its DDL is transactional): replays the migrations migrate would run inside one transaction
+    /// that is always rolled back, and returns the first statement the server refuses, with its words and SQLSTATE.
+    /// This is the one kind of write dreamerd allows itself on a server: it leaves nothing behind (the locks it takes
+    /// last as long as the replay, at most `lock_timeout` 5 s to get each). `Ok(None)`: every statement ran.
+    pub fn replay(&self, drizzle: &std::path::Path) -> Result<Option<ReplayFailure>, String> {
+        if self.dialect != Dialect::Postgres {
+            return Err("only PostgreSQL's DDL can be replayed and rolled back".into());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to read the database: {e}"))?;
+        let replay = postgres::replay(self, drizzle);
+        match runtime.block_on(async { tokio::time::timeout(REPLAY_TIMEOUT, replay).await }) {
+            Ok(result) => {
+                result.map_err(|why| format!("cannot replay on the database at {}: {why}", self.address))
+            }
+            Err(_) => Err(format!(
+                "cannot replay on the database at {}: not done within {}s",
+                self.address,
+                REPLAY_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// How long a replay may take in all.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `host:port/database` of a URL, never its user or password.
+fn address(dialect: Dialect, url: &str) -> Result<String, String> {
+    let invalid =
+        || "the database URL cannot be parsed (it is not printed: it may hold a password)".to_string();
+    let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
+    let known = match dialect {
+        Dialect::Postgres => matches!(scheme, "postgres" | "postgresql"),
+        Dialect::MySql => matches!(scheme, "mysql" | "mariadb"),
+    };
+    if !known {
+        return Err(format!("a {scheme}:// URL is not a {dialect:?} database URL"));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let database = rest.split_once('/').map(|(_, d)| d.split(['?', '#']).next().unwrap_or("")).unwrap_or("");
+    let hostport = if hostport.is_empty() { "localhost" } else { hostport };
+    let with_port = if hostport.ends_with(']') || !hostport.contains(':') {
+        format!("{hostport}:{}", dialect.default_port())
+    } else {
+        hostport.to_string()
+    };
+    Ok(format!("{with_port}/{database}"))
+}
+
+/// The database URL drizzle-kit would connect with, from `dbCredentials` given as parts (`host`, `port`, `user`,
+/// `password`, `database`, `ssl`): the one form the readers take.
+pub fn url_from_parts(dialect: &str, credentials: &serde_json::Value) -> Option<String> {
+    let dialect = Dialect::of(dialect)?;
+    let text = |key: &str| credentials.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let host = text("host")?;
+    let port = credentials.get("port").and_then(|p| p.as_u64().or_else(|| p.as_str()?.parse().ok()));
+    let user = text("user").or_else(|| text("username")).unwrap_or_default();
+    let password = text("password");
+    let database = text("database").unwrap_or_default();
+    let encode =
+        |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let auth = match (user.is_empty(), password) {
+        (true, _) => String::new(),
+        (false, Some(p)) => format!("{}:{}@", encode(&user), encode(&p)),
+        (false, None) => format!("{}@", encode(&user)),
+    };
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host };
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    // `ssl: true`, `"require"` or an options object: TLS is required; `false` or absent: it is not.
+    let ssl = match credentials.get("ssl") {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => None,
+        Some(serde_json::Value::String(s)) if s == "prefer" || s == "allow" || s == "disable" => None,
+        Some(_) => Some(()),
+    };
+    let (scheme, tls) = match dialect {
+        Dialect::Postgres => ("postgres", "?sslmode=require"),
+        Dialect::MySql => ("mysql", "?ssl=true"),
+    };
+    Some(format!(
+        "{scheme}://{auth}{host}{port}/{}{}",
+        encode(&database),
+        if ssl.is_some() { tls } else { "" }
+    ))
+}
+
+/// Whether a URL's query asks for TLS.
+fn wants_tls(url: &str) -> bool {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    query.split('&').any(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "sslmode" | "ssl-mode" => {
+                !matches!(v.to_ascii_lowercase().as_str(), "disable" | "allow" | "prefer")
+            }
+            "ssl" | "require_ssl" => !matches!(v, "false" | "0" | ""),
+            _ => false,
+        }
+    })
+}
+
+/// A TLS client configuration with the webpki roots, on ring (the provider dreamerd uses everywhere).
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+mod postgres {
+    use super::*;
+
+    pub async fn applied(server: &Server) -> Result<Option<Vec<Applied>>, String> {
+        let client = connect(server).await?;
+        // Read-only: the server refuses any write in this transaction, whatever is sent.
+        client
+            .batch_execute(
+                "BEGIN READ ONLY; SET LOCAL statement_timeout = 5000; SET LOCAL lock_timeout = 2000",
+            )
+            .await
+            .map_err(|e| said(&e))?;
+        let exists = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
+                &[&server.schema, &server.table],
+            )
+            .await
+            .map_err(|e| said(&e))?
+            .get::<_, bool>(0);
+        let rows = if exists {
+            let query = format!(
+                "SELECT hash::text, created_at::bigint FROM {}.{} ORDER BY created_at",
+                quoted(&server.schema),
+                quoted(&server.table)
+            );
+            let rows = client.query(&query, &[]).await.map_err(|e| said(&e))?;
+            let applied = rows
+                .iter()
+                .map(|r| Applied {
+                    hash: r.get::<_, Option<String>>(0).unwrap_or_default(),
+                    created_at: r.get(1),
+                })
+                .collect();
+            Some(applied)
+        } else {
+            None
+        };
+        let _ = client.batch_execute("ROLLBACK").await;
+        Ok(rows)
+    }
+
+    async fn connect(server: &Server) -> Result<tokio_postgres::Client, String> {
+        let mut config: tokio_postgres::Config =
+            server.url.expose().parse().map_err(
+                |_| "the database URL cannot be parsed (it is not printed: it may hold a password)",
+            )?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("dreamerd");
+        if wants_tls(server.url.expose()) {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config()?);
+            let (client, connection) = config.connect(tls).await.map_err(|e| said(&e))?;
+            tokio::spawn(connection);
+            Ok(client)
+        } else {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| said(&e))?;
+            tokio::spawn(connection);
+            Ok(client)
+        }
+    }
+
+    pub async fn replay(server: &Server, drizzle: &std::path::Path) -> Result<Option<ReplayFailure>, String> {
+        let client = connect(server).await?;
+        client
+            .batch_execute("BEGIN; SET LOCAL statement_timeout = 30000; SET LOCAL lock_timeout = 5000")
+            .await
+            .map_err(|e| said(&e))?;
+        let outcome = replay_in(server, &client, drizzle).await;
+        // Whatever happened, nothing stays: the transaction is rolled back (and dropping the connection would too).
+        let _ = client.batch_execute("ROLLBACK").await;
+        outcome
+    }
+
+    async fn replay_in(
+        server: &Server,
+        client: &tokio_postgres::Client,
+        drizzle: &std::path::Path,
+    ) -> Result<Option<ReplayFailure>, String> {
+        let exists = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
+                &[&server.schema, &server.table],
+            )
+            .await
+            .map_err(|e| said(&e))?
+            .get::<_, bool>(0);
+        let newest = if exists {
+            let query = format!(
+                "SELECT max(created_at)::bigint FROM {}.{}",
+                quoted(&server.schema),
+                quoted(&server.table)
+            );
+            client.query_one(&query, &[]).await.map_err(|e| said(&e))?.get::<_, Option<i64>>(0)
+        } else {
+            None
+        };
+        for (migration, statement) in crate::drizzle::database::pending_statements(drizzle, newest)? {
+            if let Err(e) = client.batch_execute(&statement).await {
+                return Ok(Some(ReplayFailure { migration, statement, error: said(&e) }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn quoted(name: &str) -> String {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+
+    /// The server's words (with its SQLSTATE), or the connection's.
+    fn said(e: &tokio_postgres::Error) -> String {
+        if let Some(db) = e.as_db_error() {
+            return format!("{} ({})", db.message(), db.code().code());
+        }
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text = format!("{text}: {s}");
+            source = s.source();
+        }
+        text
+    }
+}
+
+mod mysql {
+    use super::*;
+    use mysql_async::prelude::Queryable;
+
+    pub async fn applied(server: &Server) -> Result<Option<Vec<Applied>>, String> {
+        let opts = options(server)?;
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, mysql_async::Conn::new(opts))
+            .await
+            .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|e| said(&e))?;
+        // Server-side limits where the server knows them (MariaDB: max_statement_time; MySQL: max_execution_time).
+        let _ = conn.query_drop("SET SESSION max_statement_time = 5").await;
+        let _ = conn.query_drop("SET SESSION max_execution_time = 5000").await;
+        conn.query_drop("START TRANSACTION READ ONLY").await.map_err(|e| said(&e))?;
+        let exists: Option<i64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+                (server.table.as_str(),),
+            )
+            .await
+            .map_err(|e| said(&e))?;
+        let rows = if exists.unwrap_or(0) > 0 {
+            let query = format!(
+                "SELECT CAST(hash AS CHAR), CAST(created_at AS SIGNED) FROM `{}` ORDER BY created_at",
+                server.table.replace('`', "``")
+            );
+            let rows: Vec<(Option<String>, Option<i64>)> = conn.query(query).await.map_err(|e| said(&e))?;
+            Some(
+                rows.into_iter()
+                    .map(|(hash, at)| Applied { hash: hash.unwrap_or_default(), created_at: at.unwrap_or(0) })
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        let _ = conn.query_drop("ROLLBACK").await;
+        let _ = conn.disconnect().await;
+        Ok(rows)
+    }
+
+    /// Connection options from the URL, parsed here (mysql2's query parameters are not mysql_async's).
+    fn options(server: &Server) -> Result<mysql_async::Opts, String> {
+        let invalid =
+            || "the database URL cannot be parsed (it is not printed: it may hold a password)".to_string();
+        let url = url::Url::parse(server.url.expose()).map_err(|_| invalid())?;
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let database = decode(url.path().trim_start_matches('/'));
+        let mut builder = mysql_async::OptsBuilder::default()
+            .ip_or_hostname(url.host_str().unwrap_or("localhost").trim_matches(['[', ']']).to_string())
+            .tcp_port(url.port().unwrap_or(3306))
+            .user((!url.username().is_empty()).then(|| decode(url.username())))
+            .pass(url.password().map(decode))
+            .db_name((!database.is_empty()).then_some(database))
+            .prefer_socket(false)
+            .stmt_cache_size(0);
+        if wants_tls(server.url.expose()) {
+            builder = builder.ssl_opts(mysql_async::SslOpts::default());
+        }
+        Ok(builder.into())
+    }
+
+    fn said(e: &mysql_async::Error) -> String {
+        match e {
+            mysql_async::Error::Server(s) => format!("{} ({})", s.message, s.code),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_never_carry_credentials() {
+        let pg = |u: &str| address(Dialect::Postgres, u);
+        assert_eq!(pg("postgres://u:s3cret@db.local:6543/app?sslmode=require").unwrap(), "db.local:6543/app");
+        assert_eq!(pg("postgresql://u:p@w@127.0.0.1/app").unwrap(), "127.0.0.1:5432/app");
+        assert_eq!(pg("postgres://[::1]/app").unwrap(), "[::1]:5432/app");
+        assert_eq!(address(Dialect::MySql, "mysql://root:pw@localhost/db").unwrap(), "localhost:3306/db");
+        let err = pg("mysql://root:hunter2@h/db").unwrap_err() + &pg("no url with hunter2").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn credentials_given_as_parts_become_a_url() {
+        let parts = serde_json::json!({"host": "127.0.0.1", "port": 5433, "user": "app", "password": "p@ss:w/rd",
+                                       "database": "app", "ssl": false});
+        let url = url_from_parts("postgresql", &parts).unwrap();
+        assert_eq!(url, "postgres://app:p%40ss%3Aw%2Frd@127.0.0.1:5433/app");
+        assert!(!wants_tls(&url));
+        let parts = serde_json::json!({"host": "db", "user": "u", "database": "d", "ssl": "require"});
+        let url = url_from_parts("mysql", &parts).unwrap();
+        assert_eq!(url, "mysql://u@db/d?ssl=true");
+        assert!(wants_tls(&url));
+        assert_eq!(url_from_parts("sqlite", &parts), None);
+        assert!(
+            wants_tls("postgres://h/d?sslmode=verify-full") && !wants_tls("postgres://h/d?sslmode=disable")
+        );
+    }
+}
