@@ -227,6 +227,7 @@ fn a_failed_migrate_on_postgresql_is_diagnosed_from_a_rolled_back_replay() {
         "{v}"
     );
     assert_eq!(w.tree("drizzle"), before, "drizzle/ is as it was");
+    assert_eq!(v["database"], serde_json::json!({"changed": false, "migrations_recorded": 0}), "{v}");
     // The replay left nothing: the table is the hand-made one, and the migration is still not applied.
     let (_, c) = check(&w);
     assert_eq!(c["drift"], serde_json::json!([]), "{c}");
@@ -282,4 +283,20 @@ fn a_failed_migrate_on_mysql_is_never_replayed_and_says_what_may_be_left() {
     let message = v["diagnosis"]["message"].as_str().unwrap();
     assert!(message.contains("never replays on MySQL") && message.contains("has not recorded 0001_"), "{v}");
     assert_eq!(v["rolled_back"], true, "the folder is put back: {v}");
+    assert_eq!(v["database"]["changed"], false, "the first statement failed: nothing stayed: {v}");
+
+    // A migration whose first statement runs and whose second fails: MySQL keeps the first (DDL commits), and the
+    // failure says so instead of pretending the database is as it was.
+    sql_mysql(&admin, &name, "DROP TABLE posts; ALTER TABLE users ADD COLUMN age int");
+    w.write(
+        "src/schema.ts",
+        &w.read("src/schema.ts").replace(
+            "name: varchar('name', { length: 255 }),",
+            "name: varchar('name', { length: 255 }),\n  age: int('age'),",
+        ),
+    );
+    let v = push_fails(&w);
+    assert_eq!(v["database"]["changed"], true, "{v}");
+    assert_eq!(v["database"]["tables_created"], serde_json::json!(["posts"]), "{v}");
+    assert_eq!(v["rolled_back"], true, "{v}");
 }

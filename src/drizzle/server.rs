@@ -111,6 +111,94 @@ impl Server {
     }
 }
 
+/// A server database's tables and columns (`table` → `column type` lines; PostgreSQL tables as `schema.table`, every
+/// schema but the system's), and how many migrations its table records: what a failed migrate may have changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub tables: std::collections::BTreeMap<String, Vec<String>>,
+    pub migrations: usize,
+}
+
+/// What a failed migrate left in a server database, compared with its shape before (the `database` of a failed
+/// push): on MySQL, whose DDL commits as it runs, the statements before the failing one stay.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Change {
+    pub changed: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables_created: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables_dropped: Vec<String>,
+    /// `table.column type`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns_added: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns_dropped: Vec<String>,
+    /// Migrations the table recorded meanwhile.
+    #[serde(default)]
+    pub migrations_recorded: usize,
+}
+
+impl Change {
+    pub fn between(before: &Shape, after: &Shape) -> Change {
+        let mut c = Change {
+            changed: false,
+            tables_created: Vec::new(),
+            tables_dropped: Vec::new(),
+            columns_added: Vec::new(),
+            columns_dropped: Vec::new(),
+            migrations_recorded: after.migrations.saturating_sub(before.migrations),
+        };
+        for (table, columns) in &after.tables {
+            match before.tables.get(table) {
+                None => c.tables_created.push(table.clone()),
+                Some(old) => c.columns_added.extend(
+                    columns.iter().filter(|col| !old.contains(col)).map(|col| format!("{table}.{col}")),
+                ),
+            }
+        }
+        for (table, columns) in &before.tables {
+            match after.tables.get(table) {
+                None => c.tables_dropped.push(table.clone()),
+                Some(new) => c.columns_dropped.extend(
+                    columns.iter().filter(|col| !new.contains(col)).map(|col| format!("{table}.{col}")),
+                ),
+            }
+        }
+        c.changed = !(c.tables_created.is_empty()
+            && c.tables_dropped.is_empty()
+            && c.columns_added.is_empty()
+            && c.columns_dropped.is_empty()
+            && c.migrations_recorded == 0);
+        c
+    }
+}
+
+impl Server {
+    fn count(applied: &Option<Vec<Applied>>) -> usize {
+        applied.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The tables and columns of the database, read-only.
+    pub fn shape(&self) -> Result<Shape, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to read the database: {e}"))?;
+        let read = async {
+            match self.dialect {
+                Dialect::Postgres => postgres::shape(self).await,
+                Dialect::MySql => mysql::shape(self).await,
+            }
+        };
+        match runtime.block_on(async { tokio::time::timeout(READ_TIMEOUT, read).await }) {
+            Ok(result) => {
+                result.map_err(|why| format!("cannot read the database at {}: {why}", self.address))
+            }
+            Err(_) => Err(format!("cannot read the database at {}: no answer in time", self.address)),
+        }
+    }
+}
+
 /// How long a replay may take in all.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -240,6 +328,36 @@ mod postgres {
         Ok(rows)
     }
 
+    pub async fn shape(server: &Server) -> Result<Shape, String> {
+        let client = connect(server).await?;
+        client
+            .batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = 5000")
+            .await
+            .map_err(|e| said(&e))?;
+        let rows = client
+            .query(
+                "SELECT table_schema::text, table_name::text, column_name::text, data_type::text \
+                 FROM information_schema.columns \
+                 WHERE table_schema NOT IN ('pg_catalog', 'information_schema') AND table_schema NOT LIKE 'pg_toast%' \
+                 ORDER BY 1, 2, ordinal_position",
+                &[],
+            )
+            .await
+            .map_err(|e| said(&e))?;
+        let mut shape = Shape::default();
+        for r in rows {
+            let table = format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1));
+            shape.tables.entry(table).or_default().push(format!(
+                "{} {}",
+                r.get::<_, String>(2),
+                r.get::<_, String>(3)
+            ));
+        }
+        let _ = client.batch_execute("ROLLBACK").await;
+        shape.migrations = super::Server::count(&applied(server).await?);
+        Ok(shape)
+    }
+
     async fn connect(server: &Server) -> Result<tokio_postgres::Client, String> {
         let mut config: tokio_postgres::Config =
             server.url.expose().parse().map_err(
@@ -361,6 +479,29 @@ mod mysql {
         Ok(rows)
     }
 
+    pub async fn shape(server: &Server) -> Result<Shape, String> {
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, mysql_async::Conn::new(options(server)?))
+            .await
+            .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|e| said(&e))?;
+        conn.query_drop("START TRANSACTION READ ONLY").await.map_err(|e| said(&e))?;
+        let rows: Vec<(String, String, String)> = conn
+            .query(
+                "SELECT CAST(table_name AS CHAR), CAST(column_name AS CHAR), CAST(column_type AS CHAR) \
+                 FROM information_schema.columns WHERE table_schema = DATABASE() ORDER BY table_name, ordinal_position",
+            )
+            .await
+            .map_err(|e| said(&e))?;
+        let _ = conn.query_drop("ROLLBACK").await;
+        let _ = conn.disconnect().await;
+        let mut shape = Shape::default();
+        for (table, column, kind) in rows {
+            shape.tables.entry(table).or_default().push(format!("{column} {kind}"));
+        }
+        shape.migrations = super::Server::count(&applied(server).await?);
+        Ok(shape)
+    }
+
     /// Connection options from the URL, parsed here (mysql2's query parameters are not mysql_async's).
     fn options(server: &Server) -> Result<mysql_async::Opts, String> {
         let invalid =
@@ -393,6 +534,28 @@ mod mysql {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_lists_what_a_failed_migrate_left() {
+        let shape = |tables: &[(&str, &[&str])], migrations| Shape {
+            tables: tables
+                .iter()
+                .map(|(t, c)| (t.to_string(), c.iter().map(|c| c.to_string()).collect()))
+                .collect(),
+            migrations,
+        };
+        let before = shape(&[("users", &["id int", "name text"])], 1);
+        assert!(!Change::between(&before, &before).changed);
+        let after = shape(&[("users", &["id int", "name text", "age int"]), ("posts", &["id int"])], 1);
+        let c = Change::between(&before, &after);
+        assert!(c.changed);
+        assert_eq!(
+            (c.tables_created, c.columns_added),
+            (vec!["posts".to_string()], vec!["users.age int".to_string()])
+        );
+        let c = Change::between(&after, &shape(&[], 2));
+        assert_eq!((c.tables_dropped.len(), c.migrations_recorded), (2, 1));
+    }
 
     #[test]
     fn addresses_never_carry_credentials() {

@@ -92,6 +92,10 @@ pub struct PushFailure {
     /// The configuration files the settings came from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<PathBuf>,
+    /// A server database after a failed migrate: whether it changed, and how (`rolled_back` is about drizzle/ only;
+    /// there is no undo on a server, and MySQL commits DDL as it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<crate::drizzle::server::Change>,
 }
 
 impl PushReport {
@@ -171,6 +175,7 @@ fn precheck_failure(code: &str, message: String, hint: &str) -> PushReport {
         rolled_back: true,
         quarantine: None,
         settings: Vec::new(),
+        database: None,
     })
 }
 
@@ -273,6 +278,7 @@ impl Engine {
                 rolled_back: true,
                 quarantine: None,
                 settings: Vec::new(),
+                database: None,
             }));
         }
         let found = self.baseline_of(project)?;
@@ -503,13 +509,30 @@ impl Engine {
             journal.child = None;
             self.write_journal(project, &journal)?;
             let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
+            // A server database's shape before migrate, to say what a failed one left (no undo there).
+            let server = match self.database_to_check(project) {
+                Ok(database::Database::Server(server)) => Some(server),
+                _ => None,
+            };
+            let shape_before = server.as_ref().and_then(|s| s.shape().ok());
             let migrated =
                 self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
                     diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
                 })?;
             let db = copy.as_ref().map(|c| (c, false));
             if let Some(diag) = migrated {
-                return self.fail_with(project, Stage::Migrate, diag, &mut journal, &logs, db);
+                let change = match (&server, &shape_before) {
+                    (Some(server), Some(before)) => server
+                        .shape()
+                        .ok()
+                        .map(|after| crate::drizzle::server::Change::between(before, &after)),
+                    _ => None,
+                };
+                let mut report = self.fail_with(project, Stage::Migrate, diag, &mut journal, &logs, db)?;
+                if let PushReport::Failed(failure) = &mut report {
+                    failure.database = change;
+                }
+                return Ok(report);
             }
             // migrate says success even when it skipped a migration: the database must have applied every one.
             if let Some(diag) = self.verify_applied(project) {
@@ -667,6 +690,7 @@ impl Engine {
             rolled_back: false,
             quarantine: Some(quarantine),
             settings: Vec::new(),
+            database: None,
         }))
     }
 
@@ -1117,6 +1141,7 @@ impl Engine {
             rolled_back: true,
             quarantine: Some(quarantine),
             settings: Vec::new(),
+            database: None,
         }))
     }
 }
