@@ -300,3 +300,38 @@ fn a_failed_migrate_on_mysql_is_never_replayed_and_says_what_may_be_left() {
     assert_eq!(v["database"]["tables_created"], serde_json::json!(["posts"]), "{v}");
     assert_eq!(v["rolled_back"], true, "{v}");
 }
+
+#[test]
+fn rows_that_vanish_on_a_server_fail_the_push_which_keeps_the_applied_migration() {
+    let Some(admin) = admin("DREAMERD_TEST_PG") else { return };
+    let name = format!("dreamerd_pgrows_{}", std::process::id());
+    let url = fresh_database(&admin, &name);
+    let w = project("postgresql", &url);
+    w.push_ok();
+    sql_pg(&url, "INSERT INTO users (name) VALUES ('ada'), ('bob')");
+    // Something on the server deletes rows when the migration runs (here an event trigger; in real life a cascade,
+    // a trigger, a statement hand-added to the migration).
+    sql_pg(
+        &url,
+        "CREATE FUNCTION lose_bob() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN DELETE FROM public.users WHERE \
+         name = 'bob'; END $$; CREATE EVENT TRIGGER lose_bob ON ddl_command_end EXECUTE FUNCTION lose_bob();",
+    );
+    let schema = w.read("src/schema.ts");
+    w.write(
+        "src/schema.ts",
+        &format!("{schema}\nexport const posts = pgTable('posts', {{ id: serial('id').primaryKey(), title: text('title') }});\n"),
+    );
+    let v = push_fails(&w);
+    assert_eq!(v["diagnosis"]["code"], "rows-lost", "{v}");
+    let message = v["diagnosis"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("public.users lost 1 of 2 rows") && message.contains("no automatic undo"),
+        "{v}"
+    );
+    assert_eq!(v["rolled_back"], false, "drizzle/ keeps what the server applied: {v}");
+    // The push was recorded: the folder, the database and the last push agree.
+    let (code, c) = check(&w);
+    assert_eq!((code, c["drift"].clone()), (0, serde_json::json!([])), "{c}");
+    assert_eq!(c["state"], "clean", "{c}");
+    assert_eq!(w.tree("drizzle").keys().filter(|k| k.ends_with(".sql")).count(), 2);
+}

@@ -173,7 +173,29 @@ impl Change {
     }
 }
 
+/// How many tables the rows guard counts at most (a development database; beyond, it says it did not judge).
+const MAX_COUNTED_TABLES: usize = 500;
+
 impl Server {
+    /// The number of rows of every table but the migrations table (PostgreSQL: `schema.table`), read-only, each count
+    /// within the statement limit. `Err` when any cannot be counted (then the guard does not judge).
+    pub fn row_counts(&self) -> Result<std::collections::BTreeMap<String, i64>, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to read the database: {e}"))?;
+        let read = async {
+            match self.dialect {
+                Dialect::Postgres => postgres::row_counts(self).await,
+                Dialect::MySql => mysql::row_counts(self).await,
+            }
+        };
+        match runtime.block_on(async { tokio::time::timeout(REPLAY_TIMEOUT, read).await }) {
+            Ok(result) => result.map_err(|why| format!("cannot count the rows at {}: {why}", self.address)),
+            Err(_) => Err(format!("cannot count the rows at {}: not done in time", self.address)),
+        }
+    }
+
     fn count(applied: &Option<Vec<Applied>>) -> usize {
         applied.as_ref().map_or(0, Vec::len)
     }
@@ -358,6 +380,38 @@ mod postgres {
         Ok(shape)
     }
 
+    pub async fn row_counts(server: &Server) -> Result<std::collections::BTreeMap<String, i64>, String> {
+        let client = connect(server).await?;
+        client
+            .batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = 5000")
+            .await
+            .map_err(|e| said(&e))?;
+        let tables = client
+            .query(
+                "SELECT table_schema::text, table_name::text FROM information_schema.tables \
+                 WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema') \
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| said(&e))?;
+        if tables.len() > MAX_COUNTED_TABLES {
+            return Err(format!("more than {MAX_COUNTED_TABLES} tables"));
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for t in tables {
+            let (schema, table): (String, String) = (t.get(0), t.get(1));
+            if schema == server.schema && table == server.table {
+                continue;
+            }
+            let query = format!("SELECT count(*) FROM {}.{}", quoted(&schema), quoted(&table));
+            let n: i64 = client.query_one(&query, &[]).await.map_err(|e| said(&e))?.get(0);
+            counts.insert(format!("{schema}.{table}"), n);
+        }
+        let _ = client.batch_execute("ROLLBACK").await;
+        Ok(counts)
+    }
+
     async fn connect(server: &Server) -> Result<tokio_postgres::Client, String> {
         let mut config: tokio_postgres::Config =
             server.url.expose().parse().map_err(
@@ -500,6 +554,37 @@ mod mysql {
         }
         shape.migrations = super::Server::count(&applied(server).await?);
         Ok(shape)
+    }
+
+    pub async fn row_counts(server: &Server) -> Result<std::collections::BTreeMap<String, i64>, String> {
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, mysql_async::Conn::new(options(server)?))
+            .await
+            .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|e| said(&e))?;
+        let _ = conn.query_drop("SET SESSION max_statement_time = 5").await;
+        let _ = conn.query_drop("SET SESSION max_execution_time = 5000").await;
+        conn.query_drop("START TRANSACTION READ ONLY").await.map_err(|e| said(&e))?;
+        let tables: Vec<String> = conn
+            .query(
+                "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+                 WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' ORDER BY 1",
+            )
+            .await
+            .map_err(|e| said(&e))?;
+        if tables.len() > MAX_COUNTED_TABLES {
+            return Err(format!("more than {MAX_COUNTED_TABLES} tables"));
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for table in tables.into_iter().filter(|t| *t != server.table) {
+            let n: Option<i64> = conn
+                .query_first(format!("SELECT COUNT(*) FROM `{}`", table.replace('`', "``")))
+                .await
+                .map_err(|e| said(&e))?;
+            counts.insert(table, n.unwrap_or(0));
+        }
+        let _ = conn.query_drop("ROLLBACK").await;
+        let _ = conn.disconnect().await;
+        Ok(counts)
     }
 
     /// Connection options from the URL, parsed here (mysql2's query parameters are not mysql_async's).

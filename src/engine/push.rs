@@ -504,6 +504,8 @@ impl Engine {
             });
         }
 
+        // Rows a migrate on a server deleted (no undo there): the push is recorded, then reported as failed.
+        let mut server_rows_lost: Option<Diagnosis> = None;
         if mode != Mode::Up {
             journal.phase = Phase::Migrate;
             journal.child = None;
@@ -515,6 +517,11 @@ impl Engine {
                 _ => None,
             };
             let shape_before = server.as_ref().and_then(|s| s.shape().ok());
+            // ...and its rows, and the statements migrate is about to run, for the rows guard.
+            let rows_before = server.as_ref().map(|s| {
+                let newest = s.applied().ok().flatten().and_then(|a| a.iter().map(|r| r.created_at).max());
+                (s.row_counts(), database::pending_statements(&project.drizzle(), newest).unwrap_or_default())
+            });
             let migrated =
                 self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
                     diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
@@ -538,7 +545,14 @@ impl Engine {
             if let Some(diag) = self.verify_applied(project) {
                 return self.fail_with(project, Stage::Verify, diag, &mut journal, &logs, db);
             }
-            // ...and it must have kept its rows.
+            // ...and it must have kept its rows. On a server there is no undo: the push is recorded (drizzle/ keeps
+            // the migration the server applied) and then reported as failed.
+            if let (Some(server), Some((Ok(before), new_sql))) = (&server, &rows_before) {
+                let custom = open.as_ref().map(|o| o.migration.as_str());
+                server_rows_lost = guard_server_rows(server, before, new_sql, custom, sink);
+            } else if let (Some(_), Some((Err(why), _))) = (&server, &rows_before) {
+                sink.progress(&format!("the rows guard does not judge this push: {why}"));
+            }
             if let Some(c) = &copy {
                 let new_sql = self.newly_applied(project, c);
                 let custom = open.as_ref().map(|o| o.migration.as_str());
@@ -642,6 +656,19 @@ impl Engine {
             self.record_sum(project, &record, sink);
             if let Err(e) = project.record_layout() {
                 sink.progress(&format!("cannot record the layout in the project file: {e}"));
+            }
+            if let Some(mut diagnosis) = server_rows_lost {
+                diagnosis.message +=
+                    &format!(" The push was recorded as {}: drizzle/ keeps the migration.", record.id);
+                return Ok(PushReport::Failed(PushFailure {
+                    ok: false,
+                    stage: Stage::Verify,
+                    diagnosis,
+                    rolled_back: false,
+                    quarantine: None,
+                    settings: Vec::new(),
+                    database: None,
+                }));
             }
             return Ok(PushReport::Ok {
                 ok: true,
@@ -1144,6 +1171,57 @@ impl Engine {
             database: None,
         }))
     }
+}
+
+/// After a successful migrate on a server: rows that vanished from tables the new migrations did not drop.
+fn guard_server_rows(
+    server: &crate::drizzle::server::Server,
+    before: &std::collections::BTreeMap<String, i64>,
+    new_sql: &[(String, String)],
+    custom: Option<&str>,
+    sink: &dyn Sink,
+) -> Option<Diagnosis> {
+    if let Some(tag) = custom.filter(|t| new_sql.iter().any(|(tag, _)| tag == t)) {
+        sink.progress(&format!(
+            "the rows guard does not judge this push: it applies the custom migration {tag}, whose statements are yours"
+        ));
+        return None;
+    }
+    let after = match server.row_counts() {
+        Ok(after) => after,
+        Err(why) => {
+            sink.progress(&format!("the rows guard does not judge this push: {why}"));
+            return None;
+        }
+    };
+    let dropped: std::collections::BTreeSet<String> =
+        new_sql.iter().flat_map(|(_, sql)| super::dbcopy::dropped_tables(sql)).collect();
+    let mut lost = Vec::new();
+    for (table, n) in before {
+        let bare = table.rsplit('.').next().unwrap_or(table);
+        if dropped.contains(bare) {
+            continue;
+        }
+        if let Some(m) = after.get(table)
+            && m < n
+        {
+            lost.push(format!("{table} lost {} of {n} rows", n - m));
+        }
+    }
+    if lost.is_empty() {
+        return None;
+    }
+    Some(Diagnosis::new(
+        "rows-lost",
+        format!(
+            "migrate succeeded, but rows vanished from tables the migration did not drop, on the server at {}: {}. \
+             There is no automatic undo on a server: the migration stays applied.",
+            server.address,
+            lost.join("; ")
+        ),
+        "restore the lost rows from your own backup of the database; next time move the rows aside first (a custom \
+         migration: `dreamerd push --custom`), or avoid the statement that deletes them",
+    ))
 }
 
 /// A migrate on a PostgreSQL or MySQL server failed without a word (drizzle-kit 0.31 prints nothing, whatever the
