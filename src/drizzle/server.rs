@@ -136,6 +136,9 @@ pub struct Change {
     /// Migrations the table recorded meanwhile.
     #[serde(default)]
     pub migrations_recorded: usize,
+    /// The drift between the migration folder (as the failed push left it) and the database now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<crate::drizzle::Drift>,
 }
 
 impl Change {
@@ -147,6 +150,7 @@ impl Change {
             columns_added: Vec::new(),
             columns_dropped: Vec::new(),
             migrations_recorded: after.migrations.saturating_sub(before.migrations),
+            drift: Vec::new(),
         };
         for (table, columns) in &after.tables {
             match before.tables.get(table) {
@@ -219,6 +223,146 @@ impl Server {
             Err(_) => Err(format!("cannot read the database at {}: no answer in time", self.address)),
         }
     }
+}
+
+/// MySQL's DDL cannot be replayed without being applied, so the failing statement is predicted instead: the
+/// statements migrate was about to run are walked against the database's tables and columns as they were before it,
+/// for the failures a database out of step with drizzle/ gives (a table or column that exists already, or does not).
+/// `None` when none of them would fail so, or a statement is beyond what is followed here.
+pub fn predict_mysql_failure(statements: &[(String, String)], before: &Shape) -> Option<ReplayFailure> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut tables: BTreeMap<String, BTreeSet<String>> = before
+        .tables
+        .iter()
+        .map(|(t, cols)| {
+            (
+                t.to_ascii_lowercase(),
+                cols.iter().filter_map(|c| c.split(' ').next()).map(str::to_ascii_lowercase).collect(),
+            )
+        })
+        .collect();
+    let fail = |migration: &str, statement: &str, error: String| {
+        Some(ReplayFailure { migration: migration.into(), statement: statement.into(), error })
+    };
+    for (migration, statement) in statements {
+        let words = sql_words(statement);
+        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+        let at = |i: usize| upper.get(i).map(String::as_str).unwrap_or("");
+        let name = |i: usize| words.get(i).map(|w| unquoted(w)).unwrap_or_default();
+        match (at(0), at(1)) {
+            ("CREATE", "TABLE") => {
+                let (table, if_not) = if at(2) == "IF" { (name(5), true) } else { (name(2), false) };
+                if tables.contains_key(&table.to_ascii_lowercase()) && !if_not {
+                    return fail(migration, statement, format!("Table '{table}' already exists (1050)"));
+                }
+                tables.entry(table.to_ascii_lowercase()).or_default();
+            }
+            ("DROP", "TABLE") => {
+                let (table, if_exists) = if at(2) == "IF" { (name(4), true) } else { (name(2), false) };
+                if tables.remove(&table.to_ascii_lowercase()).is_none() && !if_exists {
+                    return fail(migration, statement, format!("Unknown table '{table}' (1051)"));
+                }
+            }
+            ("ALTER", "TABLE") => {
+                let table = name(2);
+                let Some(columns) = tables.get_mut(&table.to_ascii_lowercase()) else {
+                    return fail(migration, statement, format!("Table '{table}' doesn't exist (1146)"));
+                };
+                let column_at = if at(4) == "COLUMN" { 5 } else { 4 };
+                let column = name(column_at).to_ascii_lowercase();
+                match at(3) {
+                    "ADD"
+                        if !matches!(
+                            at(4),
+                            "CONSTRAINT" | "INDEX" | "KEY" | "UNIQUE" | "PRIMARY" | "FOREIGN"
+                        ) =>
+                    {
+                        if !columns.insert(column.clone()) {
+                            return fail(
+                                migration,
+                                statement,
+                                format!("Duplicate column name '{column}' (1060)"),
+                            );
+                        }
+                    }
+                    "DROP"
+                        if at(4) == "COLUMN"
+                            || !matches!(at(4), "CONSTRAINT" | "INDEX" | "KEY" | "PRIMARY" | "FOREIGN") =>
+                    {
+                        if !columns.remove(&column) {
+                            return fail(
+                                migration,
+                                statement,
+                                format!("Can't DROP COLUMN `{column}`; check that it exists (1091)"),
+                            );
+                        }
+                    }
+                    "RENAME" if at(4) == "COLUMN" => {
+                        let to = name(7).to_ascii_lowercase();
+                        if !columns.remove(&column) {
+                            return fail(
+                                migration,
+                                statement,
+                                format!("Unknown column '{column}' in '{table}' (1054)"),
+                            );
+                        }
+                        columns.insert(to);
+                    }
+                    // MODIFY, CHANGE, indexes, constraints: not followed; nothing after them is predicted either.
+                    _ => return None,
+                }
+            }
+            ("CREATE", _) | ("DROP", _) => {}
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The words of a statement: identifiers (backquoted ones whole), keywords, with comments and punctuation dropped.
+fn sql_words(statement: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut chars = statement.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '`' => {
+                let mut w = String::from('`');
+                for d in chars.by_ref() {
+                    w.push(d);
+                    if d == '`' {
+                        break;
+                    }
+                }
+                words.push(w);
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            c if c.is_alphanumeric() || c == '_' || c == '.' => {
+                let mut w = String::from(c);
+                while let Some(&d) = chars.peek() {
+                    if d.is_alphanumeric() || d == '_' || d == '.' {
+                        w.push(d);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                words.push(w);
+            }
+            _ => {}
+        }
+    }
+    words
+}
+
+fn unquoted(word: &str) -> String {
+    let word = word.rsplit('.').next().unwrap_or(word);
+    word.trim_matches('`').to_string()
 }
 
 /// How long a replay may take in all.
@@ -640,6 +784,37 @@ mod tests {
         );
         let c = Change::between(&after, &shape(&[], 2));
         assert_eq!((c.tables_dropped.len(), c.migrations_recorded), (2, 1));
+    }
+
+    #[test]
+    fn a_mysql_failure_is_predicted_from_the_tables_before_migrate() {
+        let before = Shape {
+            tables: [("users".to_string(), vec!["id int(11)".to_string(), "age int(11)".to_string()])].into(),
+            migrations: 1,
+        };
+        let run = |sql: &[&str]| {
+            let statements: Vec<(String, String)> =
+                sql.iter().map(|s| ("0001_x".to_string(), s.to_string())).collect();
+            predict_mysql_failure(&statements, &before).map(|f| (f.statement, f.error))
+        };
+        let (statement, error) =
+            run(&["CREATE TABLE `posts` (\n\t`id` int NOT NULL\n);", "ALTER TABLE `users` ADD `age` int;"])
+                .unwrap();
+        assert!(statement.starts_with("ALTER") && error == "Duplicate column name 'age' (1060)", "{error}");
+        assert_eq!(
+            run(&["CREATE TABLE `users` (`id` int);"]).unwrap().1,
+            "Table 'users' already exists (1050)"
+        );
+        assert_eq!(run(&["ALTER TABLE `nope` ADD `x` int;"]).unwrap().1, "Table 'nope' doesn't exist (1146)");
+        assert_eq!(
+            run(&["ALTER TABLE `users` RENAME COLUMN `nope` TO `x`;"]).unwrap().1,
+            "Unknown column 'nope' in 'users' (1054)"
+        );
+        assert_eq!(
+            run(&["CREATE TABLE IF NOT EXISTS `users` (`id` int);", "ALTER TABLE `users` ADD `name` text;"]),
+            None
+        );
+        assert_eq!(run(&["ALTER TABLE `users` MODIFY `age` bigint;", "CREATE TABLE `users` (x int);"]), None);
     }
 
     #[test]

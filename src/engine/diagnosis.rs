@@ -282,6 +282,8 @@ pub fn classify_database_error(text: &str, quote: Option<&str>) -> Option<Diagno
         "(1060)",
         "(1054)",
         "(1146)",
+        "(1051)",
+        "(1091)",
     ];
     for needle in out_of_sync {
         if let Some(line) = quote_line(text, needle) {

@@ -524,7 +524,8 @@ impl Engine {
             });
             let migrated =
                 self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
-                    diagnosis::judge_migrate(out, secs).map(|generic| self.explain_migrate(project, generic))
+                    diagnosis::judge_migrate(out, secs)
+                        .map(|generic| self.explain_migrate(project, generic, shape_before.as_ref()))
                 })?;
             let db = copy.as_ref().map(|c| (c, false));
             if let Some(diag) = migrated {
@@ -537,7 +538,17 @@ impl Engine {
                 };
                 let mut report = self.fail_with(project, Stage::Migrate, diag, &mut journal, &logs, db)?;
                 if let PushReport::Failed(failure) = &mut report {
-                    failure.database = change;
+                    failure.database = change.map(|mut change| {
+                        // What the database and the folder (rolled back) disagree on now.
+                        if let Some(server) = &server {
+                            change.drift = database::check(
+                                &project.drizzle(),
+                                Ok(database::Database::Server(server.clone())),
+                            )
+                            .0;
+                        }
+                        change
+                    });
                 }
                 return Ok(report);
             }
@@ -981,12 +992,17 @@ impl Engine {
 
     /// `drizzle-kit migrate` fails without a word: replay its pending migrations on an in-memory copy of the
     /// database to find the statement that fails and SQLite's message.
-    fn explain_migrate(&self, project: &Project, generic: Diagnosis) -> Diagnosis {
+    fn explain_migrate(
+        &self,
+        project: &Project,
+        generic: Diagnosis,
+        before: Option<&crate::drizzle::server::Shape>,
+    ) -> Diagnosis {
         if generic.code != "unknown" {
             return generic;
         }
         if let Ok(database::Database::Server(server)) = self.database_to_check(project) {
-            return explain_on_server(project, &server, generic);
+            return explain_on_server(project, &server, generic, before);
         }
         let db = match self.database(project) {
             Ok(db) => db,
@@ -1173,6 +1189,16 @@ impl Engine {
     }
 }
 
+/// A statement on one line, at most 160 characters.
+fn shortened(statement: &str) -> String {
+    let statement: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+    if statement.chars().count() > 160 {
+        format!("{}…", statement.chars().take(160).collect::<String>())
+    } else {
+        statement
+    }
+}
+
 /// After a successful migrate on a server: rows that vanished from tables the new migrations did not drop.
 fn guard_server_rows(
     server: &crate::drizzle::server::Server,
@@ -1232,6 +1258,7 @@ fn explain_on_server(
     project: &Project,
     server: &crate::drizzle::server::Server,
     generic: Diagnosis,
+    before: Option<&crate::drizzle::server::Shape>,
 ) -> Diagnosis {
     let applied = match server.applied() {
         Ok(applied) => applied,
@@ -1248,6 +1275,23 @@ fn explain_on_server(
         let newest = applied.unwrap_or_default().iter().map(|a| a.created_at).max();
         let pending = database::pending_statements(&project.drizzle(), newest).unwrap_or_default();
         let first = pending.first().map(|(m, _)| m.as_str()).unwrap_or("?");
+        // The statement that failed, predicted from the tables and columns before migrate.
+        if let Some(failure) = before.and_then(|b| crate::drizzle::server::predict_mysql_failure(&pending, b))
+        {
+            let statement = shortened(&failure.statement);
+            let quoted = format!(
+                "{} (predicted from the database's tables before migrate; in {}: {statement})",
+                failure.error, failure.migration
+            );
+            if let Some(mut d) = diagnosis::classify_database_error(&failure.error, Some(&quoted)) {
+                d.message += &format!(
+                    ". MySQL commits each DDL statement as it runs, so the statements of {} before this one may be \
+                     in the database now (the failure's `database` says what changed)",
+                    failure.migration
+                );
+                return d;
+            }
+        }
         return Diagnosis {
             message: format!(
                 "{}; the MySQL server at {} has not recorded {first} as applied. MySQL commits each DDL statement as \
@@ -1263,12 +1307,7 @@ fn explain_on_server(
     }
     match server.replay(&project.drizzle()) {
         Ok(Some(failure)) => {
-            let statement: String = failure.statement.split_whitespace().collect::<Vec<_>>().join(" ");
-            let statement = if statement.chars().count() > 160 {
-                format!("{}…", statement.chars().take(160).collect::<String>())
-            } else {
-                statement
-            };
+            let statement = shortened(&failure.statement);
             let quoted = format!("{} (in {}: {statement})", failure.error, failure.migration);
             diagnosis::classify_database_error(&failure.error, Some(&quoted)).unwrap_or_else(|| {
                 Diagnosis::new(
