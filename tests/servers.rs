@@ -126,6 +126,23 @@ fn a_postgresql_project_is_checked_against_its_applied_table_and_an_unreachable_
     // The status from the daemon says the same.
     let (_, s) = w.json("dreamerd", &["status"]);
     assert_eq!(s["projects"][0]["database"]["server"], server.as_str(), "{s}");
+    // Credentials given as parts (host, port, user, password, database, ssl) are read the same.
+    let config = w.read("drizzle.config.ts");
+    w.write(
+        "drizzle.config.ts",
+        &config.replace(
+            "dbCredentials: { url: process.env.DATABASE_URL! }",
+            "dbCredentials: { host: '127.0.0.1', port: Number(process.env.PGPORT), user: 'postgres', \
+             password: process.env.PGPASSWORD!, database: process.env.PGDATABASE!, ssl: false }",
+        ),
+    );
+    w.set_env("PGPORT", &admin.port().unwrap().to_string());
+    w.set_env("PGPASSWORD", admin.password().unwrap());
+    w.set_env("PGDATABASE", &name);
+    let (_, v) = check(&w);
+    assert_eq!(v["database"]["server"], server.as_str(), "{v}");
+    assert!(codes(&v).contains(&"migration-missing".into()), "read with the parts: {v}");
+    w.write("drizzle.config.ts", &config);
 
     // Servers that cannot be read: the check says why, names the server, never the password, and refuses nothing.
     sql_pg(&url, "DELETE FROM drizzle.__drizzle_migrations WHERE created_at = 1");

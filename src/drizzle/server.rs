@@ -389,6 +389,7 @@ fn address(dialect: Dialect, url: &str) -> Result<String, String> {
     } else {
         hostport.to_string()
     };
+    let database = percent_encoding::percent_decode_str(database).decode_utf8_lossy();
     Ok(format!("{with_port}/{database}"))
 }
 
@@ -402,8 +403,10 @@ pub fn url_from_parts(dialect: &str, credentials: &serde_json::Value) -> Option<
     let user = text("user").or_else(|| text("username")).unwrap_or_default();
     let password = text("password");
     let database = text("database").unwrap_or_default();
-    let encode =
-        |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    // RFC 3986's unreserved characters stay as they are.
+    const COMPONENT: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, COMPONENT).to_string();
     let auth = match (user.is_empty(), password) {
         (true, _) => String::new(),
         (false, Some(p)) => format!("{}:{}@", encode(&user), encode(&p)),
