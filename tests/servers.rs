@@ -324,6 +324,8 @@ fn a_failed_migrate_on_mysql_is_predicted_never_replayed_and_says_what_it_left()
     );
     assert_eq!(v["database"]["changed"], true, "{v}");
     assert_eq!(v["database"]["tables_created"], serde_json::json!(["posts"]), "{v}");
+    let applied = v["database"]["statements_applied"].to_string();
+    assert!(applied.contains("CREATE TABLE `posts`") && !applied.contains("ALTER TABLE"), "{v}");
     assert_eq!(v["rolled_back"], true, "{v}");
 }
 

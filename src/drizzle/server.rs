@@ -136,6 +136,9 @@ pub struct Change {
     /// Migrations the table recorded meanwhile.
     #[serde(default)]
     pub migrations_recorded: usize,
+    /// MySQL: the statements of the failed migration that ran before the one that failed (they stay: DDL commits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statements_applied: Vec<String>,
     /// The drift between the migration folder (as the failed push left it) and the database now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drift: Vec<crate::drizzle::Drift>,
@@ -151,6 +154,7 @@ impl Change {
             columns_dropped: Vec::new(),
             migrations_recorded: after.migrations.saturating_sub(before.migrations),
             drift: Vec::new(),
+            statements_applied: Vec::new(),
         };
         for (table, columns) in &after.tables {
             match before.tables.get(table) {

@@ -530,10 +530,23 @@ impl Engine {
             let db = copy.as_ref().map(|c| (c, false));
             if let Some(diag) = migrated {
                 let change = match (&server, &shape_before) {
-                    (Some(server), Some(before)) => server
-                        .shape()
-                        .ok()
-                        .map(|after| crate::drizzle::server::Change::between(before, &after)),
+                    (Some(server), Some(before)) => server.shape().ok().map(|after| {
+                        let mut change = crate::drizzle::server::Change::between(before, &after);
+                        // On MySQL the statements of the failed migration before the failing one ran, and stay.
+                        if server.dialect == crate::drizzle::server::Dialect::MySql
+                            && let Some((_, pending)) = &rows_before
+                            && let Some(failed) =
+                                crate::drizzle::server::predict_mysql_failure(pending, before)
+                        {
+                            change.statements_applied = pending
+                                .iter()
+                                .filter(|(m, _)| *m == failed.migration)
+                                .take_while(|(_, st)| *st != failed.statement)
+                                .map(|(_, st)| shortened(st))
+                                .collect();
+                        }
+                        change
+                    }),
                     _ => None,
                 };
                 let mut report = self.fail_with(project, Stage::Migrate, diag, &mut journal, &logs, db)?;
