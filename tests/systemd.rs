@@ -116,7 +116,9 @@ impl Manager {
         let modules = if reachable_by_others(&modules) && !modules.starts_with("/tmp") {
             modules
         } else {
-            let copy = home.join("fixture-modules");
+            // Named node_modules, so that node finds each package's dependencies beside it.
+            let copy = home.join("fixture/node_modules");
+            fs::create_dir_all(copy.parent().unwrap()).unwrap();
             assert_eq!(sh("cp", &["-a", modules.to_str().unwrap(), copy.to_str().unwrap()]).code, 0);
             copy
         };
