@@ -146,30 +146,7 @@ fn a_postgresql_project_is_checked_against_its_applied_table_and_an_unreachable_
 
     // Servers that cannot be read: the check says why, names the server, never the password, and refuses nothing.
     sql_pg(&url, "DELETE FROM drizzle.__drizzle_migrations WHERE created_at = 1");
-    let password = admin.password().unwrap().to_string();
-    let port = closed_port();
-    let cases = [
-        (
-            url.replace(&format!(":{}/", admin.port().unwrap()), &format!(":{port}/")),
-            format!("127.0.0.1:{port}"),
-        ),
-        (url.replace(&password, "wrong-password"), "28P01".to_string()),
-        (url.replace(&name, "no_such_database"), "3D000".to_string()),
-    ];
-    for (bad, says) in cases {
-        w.set_env("DATABASE_URL", &bad);
-        let run = w.run("dreamerd", &["check", "--json"]);
-        let v: Value = serde_json::from_str(&run.stdout).unwrap();
-        assert_eq!(v["database"]["checked"], false, "{v}");
-        let reason = v["database"]["reason"].as_str().unwrap();
-        assert!(
-            reason.contains(&says) && reason.starts_with("cannot read the database at 127.0.0.1:"),
-            "{reason}"
-        );
-        assert!(!run.stdout.contains(&password) && !run.stderr.contains(&password), "{run:?}");
-        assert!(!run.stdout.contains("wrong-password"), "{run:?}");
-        assert_eq!(run.code, 0, "the folder is clean: not reaching the server fails nothing: {run:?}");
-    }
+    unreadable_servers_are_said_so(&w, &admin, &url, &name, ["28P01", "3D000"]);
 }
 
 #[test]
@@ -193,6 +170,19 @@ fn a_mysql_project_is_checked_against_its_applied_table_and_an_unreachable_serve
     let (_, v) = check(&w);
     assert!(codes(&v).contains(&"migration-missing".into()), "{v}");
 
+    sql_mysql(&admin, &name, "DELETE FROM __drizzle_migrations WHERE created_at = 1");
+    unreadable_servers_are_said_so(&w, &admin, &url, &name, ["1045", "1049"]);
+}
+
+/// Servers that cannot be read (nothing listening, a wrong password, no such database): the check says why with the
+/// server's code, names the server, never shows the password, and refuses nothing (the folder is clean).
+fn unreadable_servers_are_said_so(
+    w: &World,
+    admin: &url::Url,
+    url: &str,
+    name: &str,
+    server_codes: [&str; 2],
+) {
     let password = admin.password().unwrap().to_string();
     let port = closed_port();
     let cases = [
@@ -200,8 +190,8 @@ fn a_mysql_project_is_checked_against_its_applied_table_and_an_unreachable_serve
             url.replace(&format!(":{}/", admin.port().unwrap()), &format!(":{port}/")),
             format!("127.0.0.1:{port}"),
         ),
-        (url.replace(&password, "wrong-password"), "1045".to_string()),
-        (url.replace(&name, "no_such_database"), "1049".to_string()),
+        (url.replace(&password, "wrong-password"), server_codes[0].to_string()),
+        (url.replace(name, "no_such_database"), server_codes[1].to_string()),
     ];
     for (bad, says) in cases {
         w.set_env("DATABASE_URL", &bad);
@@ -209,8 +199,13 @@ fn a_mysql_project_is_checked_against_its_applied_table_and_an_unreachable_serve
         let v: Value = serde_json::from_str(&run.stdout).unwrap();
         assert_eq!(v["database"]["checked"], false, "{v}");
         let reason = v["database"]["reason"].as_str().unwrap();
-        assert!(reason.contains(&says), "{reason}");
+        assert!(
+            reason.contains(&says) && reason.starts_with("cannot read the database at 127.0.0.1:"),
+            "{reason}"
+        );
         assert!(!run.stdout.contains(&password) && !run.stderr.contains(&password), "{run:?}");
+        assert!(!run.stdout.contains("wrong-password"), "{run:?}");
+        assert_eq!(run.code, 0, "the folder is clean: not reaching the server fails nothing: {run:?}");
     }
 }
 

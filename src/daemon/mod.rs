@@ -374,7 +374,8 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
                 if let Some(every) = watchdog
                     && last_ping.elapsed() >= every
                 {
-                    if daemon.healthy(every * 2) {
+                    // The scheduler beats every 500 ms: a shorter watchdog period must not read that as wedged.
+                    if daemon.healthy((every * 2).max(std::time::Duration::from_millis(1500))) {
                         let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
                         last_ping = Instant::now();
                     } else {

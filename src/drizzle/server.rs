@@ -61,25 +61,31 @@ impl Server {
     /// The applied migrations (`None`: the table does not exist, so nothing was applied). `Err` is one line that
     /// names the server and says why it could not be read.
     pub fn applied(&self) -> Result<Option<Vec<Applied>>, String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start a runtime to read the database: {e}"))?;
-        let read = async {
+        self.block_on("read the database", READ_TIMEOUT, async {
             match self.dialect {
                 Dialect::Postgres => postgres::applied(self).await,
                 Dialect::MySql => mysql::applied(self).await,
             }
-        };
-        match runtime.block_on(async { tokio::time::timeout(READ_TIMEOUT, read).await }) {
-            Ok(result) => {
-                result.map_err(|why| format!("cannot read the database at {}: {why}", self.address))
+        })
+    }
+
+    /// Runs `work` on a runtime of its own (the engine's code is blocking), within `limit`; errors say what could
+    /// not be done (`what`) and where.
+    fn block_on<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        work: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime to {what}: {e}"))?;
+        match runtime.block_on(async { tokio::time::timeout(limit, work).await }) {
+            Ok(result) => result.map_err(|why| format!("cannot {what} at {}: {why}", self.address)),
+            Err(_) => {
+                Err(format!("cannot {what} at {}: no answer within {}s", self.address, limit.as_secs()))
             }
-            Err(_) => Err(format!(
-                "cannot read the database at {}: no answer within {}s",
-                self.address,
-                READ_TIMEOUT.as_secs()
-            )),
         }
     }
 }
@@ -93,21 +99,7 @@ impl Server {
         if self.dialect != Dialect::Postgres {
             return Err("only PostgreSQL's DDL can be replayed and rolled back".into());
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start a runtime to read the database: {e}"))?;
-        let replay = postgres::replay(self, drizzle);
-        match runtime.block_on(async { tokio::time::timeout(REPLAY_TIMEOUT, replay).await }) {
-            Ok(result) => {
-                result.map_err(|why| format!("cannot replay on the database at {}: {why}", self.address))
-            }
-            Err(_) => Err(format!(
-                "cannot replay on the database at {}: not done within {}s",
-                self.address,
-                REPLAY_TIMEOUT.as_secs()
-            )),
-        }
+        self.block_on("replay on the database", REPLAY_TIMEOUT, postgres::replay(self, drizzle))
     }
 }
 
@@ -188,20 +180,12 @@ impl Server {
     /// The number of rows of every table but the migrations table (PostgreSQL: `schema.table`), read-only, each count
     /// within the statement limit. `Err` when any cannot be counted (then the guard does not judge).
     pub fn row_counts(&self) -> Result<std::collections::BTreeMap<String, i64>, String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start a runtime to read the database: {e}"))?;
-        let read = async {
+        self.block_on("count the rows", REPLAY_TIMEOUT, async {
             match self.dialect {
                 Dialect::Postgres => postgres::row_counts(self).await,
                 Dialect::MySql => mysql::row_counts(self).await,
             }
-        };
-        match runtime.block_on(async { tokio::time::timeout(REPLAY_TIMEOUT, read).await }) {
-            Ok(result) => result.map_err(|why| format!("cannot count the rows at {}: {why}", self.address)),
-            Err(_) => Err(format!("cannot count the rows at {}: not done in time", self.address)),
-        }
+        })
     }
 
     fn count(applied: &Option<Vec<Applied>>) -> usize {
@@ -210,22 +194,12 @@ impl Server {
 
     /// The tables and columns of the database, read-only.
     pub fn shape(&self) -> Result<Shape, String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start a runtime to read the database: {e}"))?;
-        let read = async {
+        self.block_on("read the database", READ_TIMEOUT, async {
             match self.dialect {
                 Dialect::Postgres => postgres::shape(self).await,
                 Dialect::MySql => mysql::shape(self).await,
             }
-        };
-        match runtime.block_on(async { tokio::time::timeout(READ_TIMEOUT, read).await }) {
-            Ok(result) => {
-                result.map_err(|why| format!("cannot read the database at {}: {why}", self.address))
-            }
-            Err(_) => Err(format!("cannot read the database at {}: no answer in time", self.address)),
-        }
+        })
     }
 }
 

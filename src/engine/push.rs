@@ -1056,24 +1056,7 @@ impl Engine {
             }
         };
         match database::replay(&project.drizzle(), &db) {
-            Ok(Some(failure)) => {
-                let statement: String = failure.statement.split_whitespace().collect::<Vec<_>>().join(" ");
-                let statement = if statement.chars().count() > 160 {
-                    format!("{}…", statement.chars().take(160).collect::<String>())
-                } else {
-                    statement
-                };
-                let quoted = format!("{} (in {}: {statement})", failure.error, failure.migration);
-                match diagnosis::classify_database_error(&failure.error, Some(&quoted)) {
-                    Some(d) => d,
-                    None => Diagnosis::new(
-                        "unknown",
-                        format!("migrate failed: {quoted}"),
-                        "fix src/schema.ts (or the data the migration trips on), then `dreamer push` again; drizzle-kit's \
-                         full output is in the quarantine folder",
-                    ),
-                }
-            }
+            Ok(Some(failure)) => replay_diagnosis(&failure),
             Ok(None) => Diagnosis {
                 message: format!(
                     "{}; the same migrations replayed cleanly on a copy of the database, as strictly as the driver \
@@ -1202,6 +1185,19 @@ impl Engine {
     }
 }
 
+/// The diagnosis of the statement a replay found failing: its code by the error's words, quoting the statement.
+fn replay_diagnosis(failure: &database::ReplayFailure) -> Diagnosis {
+    let quoted = format!("{} (in {}: {})", failure.error, failure.migration, shortened(&failure.statement));
+    diagnosis::classify_database_error(&failure.error, Some(&quoted)).unwrap_or_else(|| {
+        Diagnosis::new(
+            "unknown",
+            format!("migrate failed: {quoted}"),
+            "fix src/schema.ts (or the data the migration trips on), then `dreamer push` again; drizzle-kit's full \
+             output is in the quarantine folder",
+        )
+    })
+}
+
 /// A statement on one line, at most 160 characters.
 fn shortened(statement: &str) -> String {
     let statement: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -1319,18 +1315,7 @@ fn explain_on_server(
         };
     }
     match server.replay(&project.drizzle()) {
-        Ok(Some(failure)) => {
-            let statement = shortened(&failure.statement);
-            let quoted = format!("{} (in {}: {statement})", failure.error, failure.migration);
-            diagnosis::classify_database_error(&failure.error, Some(&quoted)).unwrap_or_else(|| {
-                Diagnosis::new(
-                    "unknown",
-                    format!("migrate failed: {quoted}"),
-                    "fix src/schema.ts (or the data the migration trips on), then `dreamer push` again; drizzle-kit's \
-                     full output is in the quarantine folder",
-                )
-            })
-        }
+        Ok(Some(failure)) => replay_diagnosis(&failure),
         Ok(None) => Diagnosis {
             message: format!(
                 "{}; the same migrations replayed cleanly on the server (in a transaction rolled back at once): the \
