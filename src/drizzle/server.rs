@@ -537,11 +537,50 @@ mod postgres {
         Ok(counts)
     }
 
+    /// The URL as tokio-postgres reads it: the query parameters it knows (node-postgres and poolers add others, such
+    /// as `pgbouncer=true` or `connection_limit`, which it would refuse), `sslmode=verify-full` and `verify-ca` as
+    /// `require` (rustls verifies the certificate against the webpki roots in every case), `ssl=true` as `require`.
+    pub(super) fn url_for_driver(url: &str) -> String {
+        const KNOWN: &[&str] = &[
+            "user",
+            "password",
+            "dbname",
+            "options",
+            "application_name",
+            "host",
+            "hostaddr",
+            "port",
+            "connect_timeout",
+            "keepalives",
+            "keepalives_idle",
+            "target_session_attrs",
+            "channel_binding",
+        ];
+        let Some((base, query)) = url.split_once('?') else { return url.to_string() };
+        let mut kept: Vec<String> = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "sslmode" => kept.push(format!(
+                    "sslmode={}",
+                    match value {
+                        "verify-full" | "verify-ca" | "require" => "require",
+                        "disable" => "disable",
+                        _ => "prefer",
+                    }
+                )),
+                "ssl" if wants_tls(&format!("?{pair}")) => kept.push("sslmode=require".into()),
+                k if KNOWN.contains(&k) => kept.push(pair.to_string()),
+                _ => {}
+            }
+        }
+        if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) }
+    }
+
     async fn connect(server: &Server) -> Result<tokio_postgres::Client, String> {
-        let mut config: tokio_postgres::Config =
-            server.url.expose().parse().map_err(
-                |_| "the database URL cannot be parsed (it is not printed: it may hold a password)",
-            )?;
+        let mut config: tokio_postgres::Config = url_for_driver(server.url.expose())
+            .parse()
+            .map_err(|_| "the database URL cannot be parsed (it is not printed: it may hold a password)")?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("dreamerd");
         if wants_tls(server.url.expose()) {
@@ -796,6 +835,27 @@ mod tests {
             None
         );
         assert_eq!(run(&["ALTER TABLE `users` MODIFY `age` bigint;", "CREATE TABLE `users` (x int);"]), None);
+    }
+
+    #[test]
+    fn postgresql_urls_keep_only_what_the_driver_reads() {
+        let url = |u: &str| postgres::url_for_driver(u);
+        assert_eq!(url("postgres://u:p@h/d"), "postgres://u:p@h/d");
+        assert_eq!(
+            url(
+                "postgres://u:p@h/d?sslmode=verify-full&pgbouncer=true&connection_limit=1&channel_binding=require"
+            ),
+            "postgres://u:p@h/d?sslmode=require&channel_binding=require"
+        );
+        assert_eq!(url("postgres://h/d?ssl=true"), "postgres://h/d?sslmode=require");
+        assert_eq!(url("postgres://h/d?schema=public"), "postgres://h/d");
+        for u in [
+            "postgres://h/d?sslmode=verify-ca&x=1",
+            "postgres://h/d?sslmode=no-verify",
+            "postgres://h/d?ssl=true",
+        ] {
+            assert!(url(u).parse::<tokio_postgres::Config>().is_ok(), "{u}");
+        }
     }
 
     #[test]
