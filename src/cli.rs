@@ -485,16 +485,13 @@ fn strict_guard(global: &Global, request: &Request, config: Option<&String>) -> 
     if !crate::service::strict_installed(&dirs) {
         return Ok(());
     }
-    // The databases the daemon knows of: those of every watched project, and this one's (its config evaluated).
+    // This project's database, as the daemon resolves its config (the drop-in keeps the other projects' paths).
     let mut databases = Vec::new();
-    for ask in
-        [Request::Status { dir: None, all: true }, Request::Status { dir: Some(root.clone()), all: false }]
-    {
-        let (mut client, settings) = client(global)?;
-        client.send_with(ask, config.cloned(), Some(std::env::vars().collect()), Some(settings))?;
-        if let Ok((_, data)) = client.finish(|_| {}) {
-            database_paths(&data, &mut databases);
-        }
+    let (mut asking, settings) = client(global)?;
+    let ask = Request::Status { dir: Some(root.clone()), all: false };
+    asking.send_with(ask, config.cloned(), Some(std::env::vars().collect()), Some(settings))?;
+    if let Ok((_, data)) = asking.finish(|_| {}) {
+        database_paths(&data, &mut databases);
     }
     let Some(added) = crate::service::strict_widen(&dirs, root, &databases)? else { return Ok(()) };
     let (mut client, _) = client(global)?;

@@ -526,8 +526,8 @@ fn read_strict(dirs: &Dirs) -> Option<Strict> {
 }
 
 /// Under the strict sandbox: makes sure `root` and `databases` are writable in it. When they are not, rewrites the
-/// drop-in with every path needed now and reloads the manager; returns the paths added (the service then needs a
-/// restart, once its running operations finish). `None` without the strict sandbox or when nothing changes.
+/// drop-in with the paths it had and those needed now, and reloads the manager; returns the paths added (the
+/// service then needs a restart, once its running operations finish). `None` without the strict sandbox or when nothing changes.
 pub fn strict_widen(dirs: &Dirs, root: &Path, databases: &[PathBuf]) -> Result<Option<Vec<PathBuf>>> {
     let Some(mut strict) = read_strict(dirs) else { return Ok(None) };
     let covered = |p: &Path| strict.writable.iter().any(|w| p.starts_with(w));
@@ -536,7 +536,11 @@ pub fn strict_widen(dirs: &Dirs, root: &Path, databases: &[PathBuf]) -> Result<O
     if needs.iter().all(|p| covered(p)) {
         return Ok(None);
     }
-    let writable = strict_paths(dirs, &[root.to_path_buf()], databases)?;
+    // Never narrowed here (a project unwatched meanwhile keeps its paths until `service install --strict` again), so
+    // the paths of other projects' databases are kept without reading them again.
+    let mut extra = strict.writable.clone();
+    extra.push(root.to_path_buf());
+    let writable = strict_paths(dirs, &extra, databases)?;
     let added: Vec<PathBuf> = writable.iter().filter(|p| !covered(p)).cloned().collect();
     strict.writable = writable;
     write_strict(dirs, &strict.dropin, &strict)?;

@@ -267,6 +267,31 @@ fn a_failed_migrate_on_postgresql_is_diagnosed_from_a_rolled_back_replay() {
     assert_eq!(v["diagnosis"]["code"], "not-null-without-default", "{v}");
     assert!(v["diagnosis"]["message"].as_str().unwrap().contains("(23502)"), "{v}");
 
+    // drizzle-kit on a machine whose clock is a day behind: its new migration's `when` is older than what the server
+    // applied, so migrate says success and skips it. The push verifies on the server that every migration was applied.
+    w.write("src/schema.ts", &schema);
+    sql_pg(&url, "DELETE FROM users");
+    let clock = w.tmp.path().join("clock-behind.cjs");
+    std::fs::write(
+        &clock,
+        "const RealDate = Date; const shift = 86400000;\n\
+         global.Date = class extends RealDate {\n\
+           constructor(...a) { if (a.length === 0) { super(RealDate.now() - shift); } else { super(...a); } }\n\
+           static now() { return RealDate.now() - shift; }\n\
+         };\n",
+    )
+    .unwrap();
+    w.set_env("NODE_OPTIONS", &format!("--require {}", clock.display()));
+    w.write(
+        "src/schema.ts",
+        &format!("{schema}\nexport const tags = pgTable('tags', {{ id: serial('id').primaryKey() }});\n"),
+    );
+    let v = push_fails(&w);
+    assert_eq!(v["stage"], "verify", "{v}");
+    assert_eq!(v["diagnosis"]["code"], "migration-skipped", "{v}");
+    w.set_env("NODE_OPTIONS", "");
+    w.write("src/schema.ts", &schema);
+
     // A server that went away meanwhile: said so, with its address.
     let port = closed_port();
     w.set_env("DATABASE_URL", &url.replace(&format!(":{}/", admin.port().unwrap()), &format!(":{port}/")));

@@ -83,28 +83,48 @@ fn completions_and_the_man_page_come_from_the_command_line_definition() {
     assert_eq!(run.code, 2);
 }
 
+/// A NOTIFY_SOCKET of the test's own: what the daemon tells systemd, accumulated as text, a message a line.
+struct Notified {
+    socket: std::path::PathBuf,
+    listener: UnixDatagram,
+    said: String,
+}
+
+impl Notified {
+    fn bind(w: &World) -> Notified {
+        let socket = w.tmp.path().join("notify.sock");
+        let listener = UnixDatagram::bind(&socket).unwrap();
+        listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        Notified { socket, listener, said: String::new() }
+    }
+
+    /// Receives until `until` holds of all said so far (30 s at most).
+    fn until(&mut self, until: impl Fn(&str) -> bool) -> &str {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 4096];
+        while !until(&self.said) && Instant::now() < deadline {
+            if let Ok(n) = self.listener.recv(&mut buf) {
+                self.said += &String::from_utf8_lossy(&buf[..n]);
+                self.said.push('\n');
+            }
+        }
+        &self.said
+    }
+}
+
 #[test]
 fn the_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_it_stops() {
     let w = World::empty();
-    let socket = w.tmp.path().join("notify.sock");
-    let listener = UnixDatagram::bind(&socket).unwrap();
-    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut notified = Notified::bind(&w);
     let mut daemon = w
         .cmd("dreamerd", &["daemon"])
-        .env("NOTIFY_SOCKET", &socket)
+        .env("NOTIFY_SOCKET", &notified.socket)
         .env("WATCHDOG_USEC", "300000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut said = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut buf = [0u8; 4096];
-    while said.matches("WATCHDOG=1").count() < 2 && Instant::now() < deadline {
-        if let Ok(n) = listener.recv(&mut buf) {
-            said += &String::from_utf8_lossy(&buf[..n]);
-        }
-    }
+    let said = notified.until(|s| s.matches("WATCHDOG=1").count() >= 2).to_string();
     assert!(said.contains("READY=1") && said.contains("STATUS=watching 0 project(s)"), "{said}");
     assert!(said.matches("WATCHDOG=1").count() >= 2, "the main loop pings the watchdog: {said}");
     assert!(said.find("READY=1") < said.find("WATCHDOG=1"), "{said}");
@@ -112,12 +132,7 @@ fn the_daemon_tells_systemd_it_is_ready_pings_the_watchdog_and_says_it_stops() {
     let (code, v) = w.json("dreamerd", &["status", "--no-spawn"]);
     assert_eq!(code, 0, "{v}");
     Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !said.contains("STOPPING=1") && Instant::now() < deadline {
-        if let Ok(n) = listener.recv(&mut buf) {
-            said += &String::from_utf8_lossy(&buf[..n]);
-        }
-    }
+    let said = notified.until(|s| s.contains("STOPPING=1"));
     assert!(said.contains("STOPPING=1"), "{said}");
     assert!(daemon.wait().unwrap().success());
 }
@@ -198,33 +213,20 @@ fn a_stalled_scan_is_reported_in_the_status_line_while_the_other_projects_are_sc
     fs::create_dir_all(other.join("src")).unwrap();
     fs::write(other.join("src/schema.ts"), "export const x = 1;\n").unwrap();
     fs::write(other.join("drizzle.config.json"), crate::support::CONFIG_JSON).unwrap();
-    let socket = w.tmp.path().join("notify.sock");
-    let listener = UnixDatagram::bind(&socket).unwrap();
-    listener.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut notified = Notified::bind(&w);
     let mut daemon = w
         .cmd("dreamerd", &["daemon"])
-        .env("NOTIFY_SOCKET", &socket)
+        .env("NOTIFY_SOCKET", &notified.socket)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut said = String::new();
-    let mut buf = [0u8; 4096];
-    let mut receive = |until: &dyn Fn(&str) -> bool, said: &mut String| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !until(said) && Instant::now() < deadline {
-            if let Ok(n) = listener.recv(&mut buf) {
-                *said += &String::from_utf8_lossy(&buf[..n]);
-                said.push('\n');
-            }
-        }
-    };
-    receive(&|s| s.contains("READY=1"), &mut said);
+    notified.until(|s| s.contains("READY=1"));
     let slow = std::thread::spawn({
         let mut cmd = w.cmd("dreamerd", &["watch", w.root.to_str().unwrap(), "--no-spawn"]);
         move || cmd.output().unwrap()
     });
-    receive(&|s| s.contains("scan(s) over 1s"), &mut said);
+    let said = notified.until(|s| s.contains("scan(s) over 1s"));
     assert!(said.contains(&format!("1 scan(s) over 1s: {}", w.root.display())), "{said}");
     // Meanwhile the other project is watched and scanned.
     let (code, v) = w.json_in(&other, "dreamerd", &["watch", ".", "--no-spawn"]);
@@ -238,7 +240,8 @@ fn a_stalled_scan_is_reported_in_the_status_line_while_the_other_projects_are_sc
     assert!(warnings.contains("takes more than 1s"), "the project's warnings say so too: {v}");
     // Once it is done, the line says so no more.
     slow.join().unwrap();
-    receive(&|s| s.rsplit("STATUS=").next().is_some_and(|last| last.starts_with("watching 2")), &mut said);
+    let said =
+        notified.until(|s| s.rsplit("STATUS=").next().is_some_and(|last| last.starts_with("watching 2")));
     assert!(said.rsplit("STATUS=").next().unwrap().starts_with("watching 2 project(s)"), "{said}");
     Command::new("kill").args(["-TERM", &daemon.id().to_string()]).status().unwrap();
     assert!(daemon.wait().unwrap().success());

@@ -384,6 +384,17 @@ fn under_a_real_user_manager_the_service_starts_by_socket_restarts_reloads_and_l
     let (_, v) = m.json(&root, &["status", "--no-spawn"]);
     assert_eq!(v["projects"][0]["state"], "violated", "still watched after the reloads: {v}");
 
+    // `dreamerd stop` with systemd's socket: the daemon exits cleanly, the command waits for the process (the socket
+    // stays systemd's), and the next command starts the service again.
+    let run = m.dreamerd(&root, &["stop"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!((m.show("ActiveState").as_str(), m.show("Result").as_str()), ("inactive", "success"));
+    assert!(!Path::new(&format!("/proc/{pid}")).exists(), "the daemon is gone when stop returns");
+    let (code, v) = m.json(&root, &["status", "--no-spawn"]);
+    assert_eq!(code, 1, "answered again, by socket activation (the project is violated): {v}");
+    let pid = m.main_pid();
+    assert_eq!(v["daemon"]["pid"], pid, "{v}");
+
     // kill -9: systemd starts it again (Restart=on-failure), and the watch list comes back with it.
     assert_eq!(sh("kill", &["-KILL", &pid.to_string()]).code, 0);
     let pid = m.wait_restarted(pid, "a restart after kill -9");
@@ -492,6 +503,21 @@ fn the_strict_sandbox_is_probed_first_then_confines_the_service_and_widens_for_n
     m.wait_restarted(pid, "the second restart");
     let (code, _) = m.json(&first, &["push"]);
     assert_eq!(code, 0, "the first project is still writable");
+    // A database outside its project (the config says `../dbs/third.db`): its folder is made writable too, and the
+    // paths added before stay.
+    let third = m.project("third");
+    let config = fs::read_to_string(third.join("drizzle.config.ts")).unwrap();
+    fs::write(third.join("drizzle.config.ts"), config.replace("'./local.db'", "'../dbs/third.db'")).unwrap();
+    fs::create_dir_all(m.home.join("dbs")).unwrap();
+    assert_eq!(sh("chown", &["-R", &m.user, m.home.join("dbs").to_str().unwrap()]).code, 0);
+    let pid = m.main_pid();
+    let run = m.dreamerd(&third, &["push"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains(&m.home.join("dbs").display().to_string()), "{run:?}");
+    m.wait_restarted(pid, "the third restart");
+    assert!(m.home.join("dbs/third.db").is_file(), "drizzle-kit wrote the database outside the project");
+    let dropin = fs::read_to_string(m.unit_dir().join("dreamerd.service.d/strict.conf")).unwrap();
+    assert!(dropin.contains(&format!("ReadWritePaths=\"-{}\"", first.display())), "{dropin}");
     let run = m.dreamerd(&first, &["service", "uninstall"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(!m.unit_dir().join("dreamerd.service.d/strict.conf").exists());

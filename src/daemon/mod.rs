@@ -337,6 +337,7 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping = Instant::now();
+    let supervised = std::env::var_os("NOTIFY_SOCKET").is_some();
 
     use tokio::signal::unix::{SignalKind, signal};
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::failed(e.to_string(), ""))?;
@@ -365,7 +366,8 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
                     }
                 }
             },
-            _ = tick.tick() => {
+            // Only under systemd (NOTIFY_SOCKET): otherwise nothing wakes an idle daemon.
+            _ = tick.tick(), if supervised => {
                 let line = daemon.status_line();
                 if line != status_line {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);

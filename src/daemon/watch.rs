@@ -219,6 +219,8 @@ impl Daemon {
         mut fs_rx: mpsc::Receiver<notify::Result<notify::Event>>,
         mut wake_rx: mpsc::UnboundedReceiver<Wake>,
     ) {
+        // The beat the watchdog checks, only under a watchdog: otherwise nothing wakes an idle daemon.
+        let watchdog = sd_notify::watchdog_enabled().is_some();
         let mut beat = tokio::time::interval(Duration::from_millis(500));
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -232,7 +234,7 @@ impl Daemon {
                 }
             };
             tokio::select! {
-                _ = beat.tick() => {}
+                _ = beat.tick(), if watchdog => {}
                 event = fs_rx.recv() => match event {
                     Some(Ok(event)) => self.on_event(&event, debounce),
                     Some(Err(e)) => {

@@ -22,7 +22,9 @@ pub fn from_url(base: &Path, url: &str) -> Result<PathBuf, String> {
     if path.is_empty() || path == ":memory:" || path.contains("://") {
         return Err("the database URL does not name a local SQLite file, so dreamerd cannot read it".into());
     }
-    Ok(base.join(path))
+    // `./local.db` and `../dbs/app.db` said as the file they are (the root is canonical): what a path is compared
+    // with (the strict sandbox's writable folders, messages) must not be fooled by `..`.
+    Ok(crate::project::layout::normalize(&base.join(path)))
 }
 
 /// The SQLite database a project migrates, and its migrations table.
@@ -70,8 +72,7 @@ impl Checked {
     }
 
     fn at(mut self, path: &Path) -> Checked {
-        // `/app/./local.db` is said `/app/local.db`.
-        self.path = Some(path.components().filter(|c| *c != std::path::Component::CurDir).collect());
+        self.path = Some(path.to_path_buf());
         self
     }
 }
@@ -460,6 +461,8 @@ mod tests {
         let root = Path::new("/p");
         assert_eq!(from_url(root, "file:data/app.db").unwrap(), Path::new("/p/data/app.db"));
         assert_eq!(from_url(root, "/abs/x.db").unwrap(), Path::new("/abs/x.db"));
+        assert_eq!(from_url(root, "./local.db").unwrap(), Path::new("/p/local.db"));
+        assert_eq!(from_url(root, "../dbs/app.db").unwrap(), Path::new("/dbs/app.db"));
         assert!(from_url(root, "libsql://remote.example").is_err());
         assert!(from_url(root, ":memory:").is_err());
     }

@@ -109,6 +109,17 @@ impl Server {
 pub struct Shape {
     pub tables: std::collections::BTreeMap<String, Vec<String>>,
     pub migrations: usize,
+    /// The newest applied migration's `created_at`: migrate runs what comes after it.
+    pub newest: Option<i64>,
+}
+
+impl Shape {
+    fn with_applied(mut self, applied: Option<Vec<Applied>>) -> Shape {
+        let applied = applied.unwrap_or_default();
+        self.migrations = applied.len();
+        self.newest = applied.iter().map(|a| a.created_at).max();
+        self
+    }
 }
 
 /// What a failed migrate left in a server database, compared with its shape before (the `database` of a failed
@@ -186,10 +197,6 @@ impl Server {
                 Dialect::MySql => mysql::row_counts(self).await,
             }
         })
-    }
-
-    fn count(applied: &Option<Vec<Applied>>) -> usize {
-        applied.as_ref().map_or(0, Vec::len)
     }
 
     /// The tables and columns of the database, read-only.
@@ -436,15 +443,31 @@ fn tls_config() -> Result<rustls::ClientConfig, String> {
 mod postgres {
     use super::*;
 
-    pub async fn applied(server: &Server) -> Result<Option<Vec<Applied>>, String> {
+    /// A connection in a read-only transaction (the server refuses any write in it, whatever is sent), with
+    /// statement and lock time limits.
+    async fn read_only(server: &Server) -> Result<tokio_postgres::Client, String> {
         let client = connect(server).await?;
-        // Read-only: the server refuses any write in this transaction, whatever is sent.
         client
             .batch_execute(
                 "BEGIN READ ONLY; SET LOCAL statement_timeout = 5000; SET LOCAL lock_timeout = 2000",
             )
             .await
             .map_err(|e| said(&e))?;
+        Ok(client)
+    }
+
+    pub async fn applied(server: &Server) -> Result<Option<Vec<Applied>>, String> {
+        let client = read_only(server).await?;
+        let rows = applied_on(server, &client).await;
+        let _ = client.batch_execute("ROLLBACK").await;
+        rows
+    }
+
+    /// The migrations table's rows on an open connection (`None`: no table).
+    async fn applied_on(
+        server: &Server,
+        client: &tokio_postgres::Client,
+    ) -> Result<Option<Vec<Applied>>, String> {
         let exists = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
@@ -453,34 +476,27 @@ mod postgres {
             .await
             .map_err(|e| said(&e))?
             .get::<_, bool>(0);
-        let rows = if exists {
-            let query = format!(
-                "SELECT hash::text, created_at::bigint FROM {}.{} ORDER BY created_at",
-                quoted(&server.schema),
-                quoted(&server.table)
-            );
-            let rows = client.query(&query, &[]).await.map_err(|e| said(&e))?;
-            let applied = rows
-                .iter()
+        if !exists {
+            return Ok(None);
+        }
+        let query = format!(
+            "SELECT hash::text, created_at::bigint FROM {}.{} ORDER BY created_at",
+            quoted(&server.schema),
+            quoted(&server.table)
+        );
+        let rows = client.query(&query, &[]).await.map_err(|e| said(&e))?;
+        Ok(Some(
+            rows.iter()
                 .map(|r| Applied {
                     hash: r.get::<_, Option<String>>(0).unwrap_or_default(),
                     created_at: r.get(1),
                 })
-                .collect();
-            Some(applied)
-        } else {
-            None
-        };
-        let _ = client.batch_execute("ROLLBACK").await;
-        Ok(rows)
+                .collect(),
+        ))
     }
 
     pub async fn shape(server: &Server) -> Result<Shape, String> {
-        let client = connect(server).await?;
-        client
-            .batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = 5000")
-            .await
-            .map_err(|e| said(&e))?;
+        let client = read_only(server).await?;
         let rows = client
             .query(
                 "SELECT table_schema::text, table_name::text, column_name::text, data_type::text \
@@ -500,17 +516,13 @@ mod postgres {
                 r.get::<_, String>(3)
             ));
         }
+        let applied = applied_on(server, &client).await?;
         let _ = client.batch_execute("ROLLBACK").await;
-        shape.migrations = super::Server::count(&applied(server).await?);
-        Ok(shape)
+        Ok(shape.with_applied(applied))
     }
 
     pub async fn row_counts(server: &Server) -> Result<std::collections::BTreeMap<String, i64>, String> {
-        let client = connect(server).await?;
-        client
-            .batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = 5000")
-            .await
-            .map_err(|e| said(&e))?;
+        let client = read_only(server).await?;
         let tables = client
             .query(
                 "SELECT table_schema::text, table_name::text FROM information_schema.tables \
@@ -612,24 +624,8 @@ mod postgres {
         client: &tokio_postgres::Client,
         drizzle: &std::path::Path,
     ) -> Result<Option<ReplayFailure>, String> {
-        let exists = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = $2)",
-                &[&server.schema, &server.table],
-            )
-            .await
-            .map_err(|e| said(&e))?
-            .get::<_, bool>(0);
-        let newest = if exists {
-            let query = format!(
-                "SELECT max(created_at)::bigint FROM {}.{}",
-                quoted(&server.schema),
-                quoted(&server.table)
-            );
-            client.query_one(&query, &[]).await.map_err(|e| said(&e))?.get::<_, Option<i64>>(0)
-        } else {
-            None
-        };
+        let applied = applied_on(server, client).await?.unwrap_or_default();
+        let newest = applied.iter().map(|a| a.created_at).max();
         for (migration, statement) in crate::drizzle::database::pending_statements(drizzle, newest)? {
             if let Err(e) = client.batch_execute(&statement).await {
                 return Ok(Some(ReplayFailure { migration, statement, error: said(&e) }));
@@ -661,16 +657,36 @@ mod mysql {
     use super::*;
     use mysql_async::prelude::Queryable;
 
-    pub async fn applied(server: &Server) -> Result<Option<Vec<Applied>>, String> {
-        let opts = options(server)?;
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, mysql_async::Conn::new(opts))
+    /// A connection in a read-only transaction, with the server's statement limits where it knows them (MariaDB:
+    /// max_statement_time; MySQL: max_execution_time).
+    async fn read_only(server: &Server) -> Result<mysql_async::Conn, String> {
+        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, mysql_async::Conn::new(options(server)?))
             .await
             .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
             .map_err(|e| said(&e))?;
-        // Server-side limits where the server knows them (MariaDB: max_statement_time; MySQL: max_execution_time).
         let _ = conn.query_drop("SET SESSION max_statement_time = 5").await;
         let _ = conn.query_drop("SET SESSION max_execution_time = 5000").await;
         conn.query_drop("START TRANSACTION READ ONLY").await.map_err(|e| said(&e))?;
+        Ok(conn)
+    }
+
+    async fn close(mut conn: mysql_async::Conn) {
+        let _ = conn.query_drop("ROLLBACK").await;
+        let _ = conn.disconnect().await;
+    }
+
+    pub async fn applied(server: &Server) -> Result<Option<Vec<Applied>>, String> {
+        let mut conn = read_only(server).await?;
+        let rows = applied_on(server, &mut conn).await;
+        close(conn).await;
+        rows
+    }
+
+    /// The migrations table's rows on an open connection (`None`: no table).
+    async fn applied_on(
+        server: &Server,
+        conn: &mut mysql_async::Conn,
+    ) -> Result<Option<Vec<Applied>>, String> {
         let exists: Option<i64> = conn
             .exec_first(
                 "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
@@ -678,56 +694,50 @@ mod mysql {
             )
             .await
             .map_err(|e| said(&e))?;
-        let rows = if exists.unwrap_or(0) > 0 {
-            let query = format!(
-                "SELECT CAST(hash AS CHAR), CAST(created_at AS SIGNED) FROM `{}` ORDER BY created_at",
-                server.table.replace('`', "``")
-            );
-            let rows: Vec<(Option<String>, Option<i64>)> = conn.query(query).await.map_err(|e| said(&e))?;
-            Some(
-                rows.into_iter()
-                    .map(|(hash, at)| Applied { hash: hash.unwrap_or_default(), created_at: at.unwrap_or(0) })
-                    .collect(),
-            )
-        } else {
-            None
-        };
-        let _ = conn.query_drop("ROLLBACK").await;
-        let _ = conn.disconnect().await;
-        Ok(rows)
+        if exists.unwrap_or(0) == 0 {
+            return Ok(None);
+        }
+        let query = format!(
+            "SELECT CAST(hash AS CHAR), CAST(created_at AS SIGNED) FROM `{}` ORDER BY created_at",
+            server.table.replace('`', "``")
+        );
+        let rows: Vec<(Option<String>, Option<i64>)> = conn.query(query).await.map_err(|e| said(&e))?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|(hash, at)| Applied { hash: hash.unwrap_or_default(), created_at: at.unwrap_or(0) })
+                .collect(),
+        ))
     }
 
     pub async fn shape(server: &Server) -> Result<Shape, String> {
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, mysql_async::Conn::new(options(server)?))
-            .await
-            .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
-            .map_err(|e| said(&e))?;
-        conn.query_drop("START TRANSACTION READ ONLY").await.map_err(|e| said(&e))?;
-        let rows: Vec<(String, String, String)> = conn
+        let mut conn = read_only(server).await?;
+        let rows: Result<Vec<(String, String, String)>, String> = conn
             .query(
                 "SELECT CAST(table_name AS CHAR), CAST(column_name AS CHAR), CAST(column_type AS CHAR) \
                  FROM information_schema.columns WHERE table_schema = DATABASE() ORDER BY table_name, ordinal_position",
             )
             .await
-            .map_err(|e| said(&e))?;
-        let _ = conn.query_drop("ROLLBACK").await;
-        let _ = conn.disconnect().await;
+            .map_err(|e| said(&e));
+        let applied = applied_on(server, &mut conn).await;
+        close(conn).await;
         let mut shape = Shape::default();
-        for (table, column, kind) in rows {
+        for (table, column, kind) in rows? {
             shape.tables.entry(table).or_default().push(format!("{column} {kind}"));
         }
-        shape.migrations = super::Server::count(&applied(server).await?);
-        Ok(shape)
+        Ok(shape.with_applied(applied?))
     }
 
     pub async fn row_counts(server: &Server) -> Result<std::collections::BTreeMap<String, i64>, String> {
-        let mut conn = tokio::time::timeout(CONNECT_TIMEOUT, mysql_async::Conn::new(options(server)?))
-            .await
-            .map_err(|_| format!("no connection within {}s", CONNECT_TIMEOUT.as_secs()))?
-            .map_err(|e| said(&e))?;
-        let _ = conn.query_drop("SET SESSION max_statement_time = 5").await;
-        let _ = conn.query_drop("SET SESSION max_execution_time = 5000").await;
-        conn.query_drop("START TRANSACTION READ ONLY").await.map_err(|e| said(&e))?;
+        let mut conn = read_only(server).await?;
+        let counts = count_rows(server, &mut conn).await;
+        close(conn).await;
+        counts
+    }
+
+    async fn count_rows(
+        server: &Server,
+        conn: &mut mysql_async::Conn,
+    ) -> Result<std::collections::BTreeMap<String, i64>, String> {
         let tables: Vec<String> = conn
             .query(
                 "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
@@ -746,8 +756,6 @@ mod mysql {
                 .map_err(|e| said(&e))?;
             counts.insert(table, n.unwrap_or(0));
         }
-        let _ = conn.query_drop("ROLLBACK").await;
-        let _ = conn.disconnect().await;
         Ok(counts)
     }
 
@@ -792,6 +800,7 @@ mod tests {
                 .map(|(t, c)| (t.to_string(), c.iter().map(|c| c.to_string()).collect()))
                 .collect(),
             migrations,
+            newest: None,
         };
         let before = shape(&[("users", &["id int", "name text"])], 1);
         assert!(!Change::between(&before, &before).changed);
@@ -811,6 +820,7 @@ mod tests {
         let before = Shape {
             tables: [("users".to_string(), vec!["id int(11)".to_string(), "age int(11)".to_string()])].into(),
             migrations: 1,
+            newest: Some(1),
         };
         let run = |sql: &[&str]| {
             let statements: Vec<(String, String)> =

@@ -180,6 +180,44 @@ pub fn dropped_tables(sql: &str) -> BTreeSet<String> {
     out
 }
 
+/// Whether the rows guard judges a push: not one that applies the custom migration `custom`, whose statements are
+/// the user's (said on `sink`).
+pub(crate) fn judges_rows(custom: Option<&str>, new_sql: &[(String, String)], sink: &dyn Sink) -> bool {
+    match custom.filter(|t| new_sql.iter().any(|(tag, _)| tag == t)) {
+        Some(tag) => {
+            sink.progress(&format!(
+                "the rows guard does not judge this push: it applies the custom migration {tag}, whose statements are yours"
+            ));
+            false
+        }
+        None => true,
+    }
+}
+
+/// The tables that have fewer rows `after` than `before` (`table lost 3 of 5 rows`), but those the new statements
+/// drop and the migrations table. A table counted as `schema.table` is matched by its name.
+pub(crate) fn rows_lost(
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+    new_sql: &[(String, String)],
+    migrations_table: &str,
+) -> Vec<String> {
+    let dropped: BTreeSet<String> = new_sql.iter().flat_map(|(_, sql)| dropped_tables(sql)).collect();
+    let mut lost = Vec::new();
+    for (table, n) in before {
+        let name = table.rsplit('.').next().unwrap_or(table);
+        if dropped.contains(name) || name == migrations_table {
+            continue;
+        }
+        if let Some(m) = after.get(table)
+            && m < n
+        {
+            lost.push(format!("{table} lost {} of {n} rows", n - m));
+        }
+    }
+    lost
+}
+
 impl Engine {
     fn copies_dir(&self, project: &Project) -> PathBuf {
         self.dirs.state.join("databases").join(project.local_key())
@@ -364,28 +402,14 @@ impl Engine {
         custom: Option<&str>,
         sink: &dyn Sink,
     ) -> Option<Diagnosis> {
-        if let Some(tag) = custom.filter(|t| new_sql.iter().any(|(tag, _)| tag == t)) {
-            sink.progress(&format!(
-                "the rows guard does not judge this push: it applies the custom migration {tag}, whose statements are yours"
-            ));
+        if !judges_rows(custom, new_sql, sink) {
             return None;
         }
         let (target, file) = self.database_file(project).ok()?;
         let wait = Duration::from_secs(self.config.database.copy_wait_secs);
         let before = shape(&open_ro(&copy.path, wait).ok()?, &target.table).ok()?;
         let after = shape(&open_ro(&file, wait).ok()?, &target.table).ok()?;
-        let dropped: BTreeSet<String> = new_sql.iter().flat_map(|(_, sql)| dropped_tables(sql)).collect();
-        let mut lost = Vec::new();
-        for (table, n) in &before.rows {
-            if dropped.contains(table) || *table == target.table {
-                continue;
-            }
-            if let Some(m) = after.rows.get(table)
-                && m < n
-            {
-                lost.push(format!("{table} lost {} of {n} rows", n - m));
-            }
-        }
+        let mut lost = rows_lost(&before.rows, &after.rows, new_sql, &target.table);
         for (table, n) in &after.fk_violations {
             let had = before.fk_violations.get(table).copied().unwrap_or(0);
             if *n > had {

@@ -511,42 +511,22 @@ impl Engine {
             journal.child = None;
             self.write_journal(project, &journal)?;
             let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
-            // A server database's shape before migrate, to say what a failed one left (no undo there).
+            // A server database as it was before migrate (no undo there): what a failed migrate left, and the rows
+            // guard's counts.
             let server = match self.database_to_check(project) {
                 Ok(database::Database::Server(server)) => Some(server),
                 _ => None,
             };
-            let shape_before = server.as_ref().and_then(|s| s.shape().ok());
-            // ...and its rows, and the statements migrate is about to run, for the rows guard.
-            let rows_before = server.as_ref().map(|s| {
-                let newest = s.applied().ok().flatten().and_then(|a| a.iter().map(|r| r.created_at).max());
-                (s.row_counts(), database::pending_statements(&project.drizzle(), newest).unwrap_or_default())
-            });
+            let before = server.as_ref().map(|s| ServerBefore::read(s, &project.drizzle()));
             let migrated =
                 self.run_stage("migrate", &self.config.push.migrate, project, sink, &mut stage, |out| {
                     diagnosis::judge_migrate(out, secs)
-                        .map(|generic| self.explain_migrate(project, generic, shape_before.as_ref()))
+                        .map(|generic| self.explain_migrate(project, generic, before.as_ref()))
                 })?;
             let db = copy.as_ref().map(|c| (c, false));
             if let Some(diag) = migrated {
-                let change = match (&server, &shape_before) {
-                    (Some(server), Some(before)) => server.shape().ok().map(|after| {
-                        let mut change = crate::drizzle::server::Change::between(before, &after);
-                        // On MySQL the statements of the failed migration before the failing one ran, and stay.
-                        if server.dialect == crate::drizzle::server::Dialect::MySql
-                            && let Some((_, pending)) = &rows_before
-                            && let Some(failed) =
-                                crate::drizzle::server::predict_mysql_failure(pending, before)
-                        {
-                            change.statements_applied = pending
-                                .iter()
-                                .filter(|(m, _)| *m == failed.migration)
-                                .take_while(|(_, st)| *st != failed.statement)
-                                .map(|(_, st)| shortened(st))
-                                .collect();
-                        }
-                        change
-                    }),
+                let change = match (&server, &before) {
+                    (Some(server), Some(before)) => before.change(server),
                     _ => None,
                 };
                 let mut report = self.fail_with(project, Stage::Migrate, diag, &mut journal, &logs, db)?;
@@ -571,11 +551,17 @@ impl Engine {
             }
             // ...and it must have kept its rows. On a server there is no undo: the push is recorded (drizzle/ keeps
             // the migration the server applied) and then reported as failed.
-            if let (Some(server), Some((Ok(before), new_sql))) = (&server, &rows_before) {
-                let custom = open.as_ref().map(|o| o.migration.as_str());
-                server_rows_lost = guard_server_rows(server, before, new_sql, custom, sink);
-            } else if let (Some(_), Some((Err(why), _))) = (&server, &rows_before) {
-                sink.progress(&format!("the rows guard does not judge this push: {why}"));
+            if let (Some(server), Some(before)) = (&server, &before) {
+                match &before.rows {
+                    Some(Ok(rows)) => {
+                        let custom = open.as_ref().map(|o| o.migration.as_str());
+                        server_rows_lost = guard_server_rows(server, rows, &before.pending, custom, sink);
+                    }
+                    Some(Err(why)) => {
+                        sink.progress(&format!("the rows guard does not judge this push: {why}"))
+                    }
+                    None => {}
+                }
             }
             if let Some(c) = &copy {
                 let new_sql = self.newly_applied(project, c);
@@ -1009,7 +995,7 @@ impl Engine {
         &self,
         project: &Project,
         generic: Diagnosis,
-        before: Option<&crate::drizzle::server::Shape>,
+        before: Option<&ServerBefore>,
     ) -> Diagnosis {
         if generic.code != "unknown" {
             return generic;
@@ -1020,7 +1006,8 @@ impl Engine {
         let db = match self.database(project) {
             Ok(db) => db,
             Err(_) if matches!(project.layout.dialect.as_str(), "postgresql" | "mysql" | "singlestore") => {
-                // drizzle-kit 0.31 hides why it could not connect: try the server's address ourselves.
+                // A server dreamerd has no reader for (SingleStore), or whose credentials it could not make out:
+                // drizzle-kit 0.31 hides why it could not connect, so at least try the server's address.
                 if let Some(url) = &project.db_url
                     && let Some((host, port)) = server_address(url.expose(), &project.layout.dialect)
                     && let Err(e) = connect(&host, port)
@@ -1208,6 +1195,52 @@ fn shortened(statement: &str) -> String {
     }
 }
 
+/// A server database as it was before migrate.
+struct ServerBefore {
+    /// Its tables, columns and applied migrations (`None` when they could not be read).
+    shape: Option<crate::drizzle::server::Shape>,
+    /// The statements migrate is about to run, each with its migration's tag.
+    pending: Vec<(String, String)>,
+    /// Rows per table, for the rows guard; not counted when nothing is pending.
+    rows: Option<std::result::Result<std::collections::BTreeMap<String, i64>, String>>,
+}
+
+impl ServerBefore {
+    fn read(server: &crate::drizzle::server::Server, drizzle: &std::path::Path) -> ServerBefore {
+        let shape = server.shape().ok();
+        let pending = match &shape {
+            Some(shape) => database::pending_statements(drizzle, shape.newest).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let rows = (!pending.is_empty()).then(|| server.row_counts());
+        ServerBefore { shape, pending, rows }
+    }
+
+    /// MySQL: the pending statement predicted to fail, from the tables and columns before migrate.
+    fn predicted(&self) -> Option<database::ReplayFailure> {
+        crate::drizzle::server::predict_mysql_failure(&self.pending, self.shape.as_ref()?)
+    }
+
+    /// What a failed migrate left in the database: the shape now against the shape before, and on MySQL the
+    /// statements of the failed migration that ran before the one predicted to fail (DDL commits there).
+    fn change(&self, server: &crate::drizzle::server::Server) -> Option<crate::drizzle::server::Change> {
+        let after = server.shape().ok()?;
+        let mut change = crate::drizzle::server::Change::between(self.shape.as_ref()?, &after);
+        if server.dialect == crate::drizzle::server::Dialect::MySql
+            && let Some(failed) = self.predicted()
+        {
+            change.statements_applied = self
+                .pending
+                .iter()
+                .filter(|(m, _)| *m == failed.migration)
+                .take_while(|(_, st)| *st != failed.statement)
+                .map(|(_, st)| shortened(st))
+                .collect();
+        }
+        Some(change)
+    }
+}
+
 /// After a successful migrate on a server: rows that vanished from tables the new migrations did not drop.
 fn guard_server_rows(
     server: &crate::drizzle::server::Server,
@@ -1216,10 +1249,7 @@ fn guard_server_rows(
     custom: Option<&str>,
     sink: &dyn Sink,
 ) -> Option<Diagnosis> {
-    if let Some(tag) = custom.filter(|t| new_sql.iter().any(|(tag, _)| tag == t)) {
-        sink.progress(&format!(
-            "the rows guard does not judge this push: it applies the custom migration {tag}, whose statements are yours"
-        ));
+    if !super::dbcopy::judges_rows(custom, new_sql, sink) {
         return None;
     }
     let after = match server.row_counts() {
@@ -1229,20 +1259,7 @@ fn guard_server_rows(
             return None;
         }
     };
-    let dropped: std::collections::BTreeSet<String> =
-        new_sql.iter().flat_map(|(_, sql)| super::dbcopy::dropped_tables(sql)).collect();
-    let mut lost = Vec::new();
-    for (table, n) in before {
-        let bare = table.rsplit('.').next().unwrap_or(table);
-        if dropped.contains(bare) {
-            continue;
-        }
-        if let Some(m) = after.get(table)
-            && m < n
-        {
-            lost.push(format!("{table} lost {} of {n} rows", n - m));
-        }
-    }
+    let lost = super::dbcopy::rows_lost(before, &after, new_sql, &server.table);
     if lost.is_empty() {
         return None;
     }
@@ -1267,7 +1284,7 @@ fn explain_on_server(
     project: &Project,
     server: &crate::drizzle::server::Server,
     generic: Diagnosis,
-    before: Option<&crate::drizzle::server::Shape>,
+    before: Option<&ServerBefore>,
 ) -> Diagnosis {
     let applied = match server.applied() {
         Ok(applied) => applied,
@@ -1285,8 +1302,7 @@ fn explain_on_server(
         let pending = database::pending_statements(&project.drizzle(), newest).unwrap_or_default();
         let first = pending.first().map(|(m, _)| m.as_str()).unwrap_or("?");
         // The statement that failed, predicted from the tables and columns before migrate.
-        if let Some(failure) = before.and_then(|b| crate::drizzle::server::predict_mysql_failure(&pending, b))
-        {
+        if let Some(failure) = before.and_then(ServerBefore::predicted) {
             let statement = shortened(&failure.statement);
             let quoted = format!(
                 "{} (predicted from the database's tables before migrate; in {}: {statement})",
