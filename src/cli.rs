@@ -86,8 +86,10 @@ enum DreamerdCommand {
     Unwatch(RequiredDir),
     /// Run drizzle-kit generate and migrate, then back up drizzle/. Rolls back on any failure.
     Push(PushArgs),
-    /// Upgrade snapshots of an outdated version with drizzle-kit's `up` (only meta/ may change), recorded as a push.
-    Up(DirArg),
+    /// Upgrade snapshots of an outdated version with drizzle-kit's `up`, recorded as a push; with drizzle-kit 1.0
+    /// installed, convert a 0.x journal to 1.0's layout, guarded (folder and database backed up, every migration's
+    /// SQL kept, the migrations table upgraded by migrate), rolled back on any failure.
+    Up(UpArgs),
     /// Put drizzle/ back to the last successful push (or --push ID), keeping what it replaces.
     Restore(RestoreArgs),
     /// List the successful pushes of a project, newest first.
@@ -226,8 +228,46 @@ struct PushArgs {
     dir: Option<PathBuf>,
     /// Open a custom migration (`drizzle-kit generate --custom --name=NAME`) for you to write, data migrations
     /// for instance; the next `dreamer push` applies and records it. Nothing is migrated now.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["rename", "create"])]
     custom: Option<String>,
+    #[command(flatten)]
+    answers: AnswerArgs,
+}
+
+/// Answers to drizzle-kit 1.0's questions, which it asks only on a terminal (passed to it as `--hints-file`).
+#[derive(Debug, Args)]
+struct AnswerArgs {
+    /// NEW was renamed from OLD: a table (`--rename posts=articles`) or a column (`--rename users.email=users.mail`,
+    /// or `users.email=mail`); a schema may lead (`auth.users.email=mail`). Repeatable. drizzle-kit 1.0 only.
+    #[arg(long, value_name = "OLD=NEW")]
+    rename: Vec<String>,
+    /// NAME (`articles`, `users.mail`) is new, not renamed from what was dropped. Repeatable. drizzle-kit 1.0 only.
+    #[arg(long, value_name = "NAME")]
+    create: Vec<String>,
+}
+
+impl AnswerArgs {
+    fn options(self) -> crate::engine::PushOptions {
+        crate::engine::PushOptions { renames: self.rename, creates: self.create, backed_up: false }
+    }
+}
+
+#[derive(Debug, Args)]
+struct DreamerPushArgs {
+    /// The project directory (default: the current directory, or its nearest ancestor that is a project).
+    dir: Option<PathBuf>,
+    #[command(flatten)]
+    answers: AnswerArgs,
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// The project directory (default: the current directory, or its nearest ancestor that is a project).
+    dir: Option<PathBuf>,
+    /// You have your own backup of the server database (pg_dump, mysqldump, a snapshot): the conversion to drizzle-kit
+    /// 1.0's layout upgrades its migrations table, and dreamerd copies only SQLite files.
+    #[arg(long)]
+    backed_up: bool,
 }
 
 #[derive(Debug, Args)]
@@ -262,7 +302,7 @@ struct DreamerCli {
 #[derive(Debug, Subcommand)]
 enum DreamerCommand {
     /// Same as `dreamerd push`.
-    Push(DirArg),
+    Push(DreamerPushArgs),
     /// Database commands.
     Database {
         #[command(subcommand)]
@@ -284,8 +324,8 @@ enum Action {
     Check(Option<PathBuf>),
     Watch(PathBuf),
     Unwatch(PathBuf),
-    Push(Option<PathBuf>, Option<String>),
-    Up(Option<PathBuf>),
+    Push(Option<PathBuf>, Option<String>, crate::engine::PushOptions),
+    Up(Option<PathBuf>, bool),
     Restore(RestoreArgs),
     History(Option<PathBuf>),
     Events(bool),
@@ -314,8 +354,8 @@ pub fn main(flavor: Flavor) -> i32 {
                 DreamerdCommand::Events(e) => Action::Events(e.follow),
                 DreamerdCommand::Stop => Action::Stop,
                 DreamerdCommand::Check(d) => Action::Check(d.dir),
-                DreamerdCommand::Push(d) => Action::Push(d.dir, d.custom),
-                DreamerdCommand::Up(d) => Action::Up(d.dir),
+                DreamerdCommand::Push(d) => Action::Push(d.dir, d.custom, d.answers.options()),
+                DreamerdCommand::Up(d) => Action::Up(d.dir, d.backed_up),
                 DreamerdCommand::Store { command: StoreCommand::Check(d) } => Action::StoreCheck(d.dir),
                 DreamerdCommand::Service { command: ServiceCommand::Install(i) } => {
                     Action::ServiceInstall(crate::service::InstallOptions {
@@ -340,7 +380,7 @@ pub fn main(flavor: Flavor) -> i32 {
         Flavor::Dreamer => {
             let cli = DreamerCli::parse();
             let action = match cli.command {
-                DreamerCommand::Push(d) => Action::Push(d.dir, None),
+                DreamerCommand::Push(d) => Action::Push(d.dir, None, d.answers.options()),
                 DreamerCommand::Database { command: DatabaseCommand::Restore(r) } => Action::Restore(r),
             };
             (cli.global, action)
@@ -477,7 +517,7 @@ fn strict_guard(global: &Global, request: &Request, config: Option<&String>) -> 
     let root = match request {
         Request::Watch { dir }
         | Request::Push { dir, .. }
-        | Request::Up { dir }
+        | Request::Up { dir, .. }
         | Request::Restore { dir, .. } => dir,
         _ => return Ok(()),
     };
@@ -727,7 +767,7 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             })?;
             Ok(exit)
         }
-        Action::Push(dir, custom) => {
+        Action::Push(dir, custom, options) => {
             if let Ok(running) = std::env::var(daemon::RUNNING_PUSH) {
                 return Err(Error::failed(
                     format!("this command runs inside a push of {running}; pushes do not nest"),
@@ -736,13 +776,13 @@ fn run(global: &Global, action: Action) -> Result<i32> {
                 ));
             }
             let (root, config) = locate(global, dir.as_deref())?;
-            let (exit, data) = call_for(global, Request::Push { dir: root, custom }, config)?;
+            let (exit, data) = call_for(global, Request::Push { dir: root, custom, options }, config)?;
             print_raw(global, &data, || Ok(human_push(&typed(&data)?)))?;
             Ok(exit)
         }
-        Action::Up(dir) => {
+        Action::Up(dir, backed_up) => {
             let (root, config) = locate(global, dir.as_deref())?;
-            let (exit, data) = call_for(global, Request::Up { dir: root }, config)?;
+            let (exit, data) = call_for(global, Request::Up { dir: root, backed_up }, config)?;
             print_raw(global, &data, || Ok(human_push(&typed(&data)?)))?;
             Ok(exit)
         }

@@ -22,8 +22,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 
 /// The protocol version; a CLI that finds another one restarts the daemon. 2: requests carry the drizzle config
-/// and the environment of the command that asked; 3: `push` carries `custom`, `restore` carries `with_database`, and `up`.
-pub const PROTOCOL: u32 = 4;
+/// and the environment of the command that asked; 3: `push` carries `custom`, `restore` carries `with_database`, and `up`;
+/// 4: `restart`; 5: `push` carries `options` (answers to drizzle-kit 1.0's questions), `up` carries `backed_up`.
+pub const PROTOCOL: u32 = 5;
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a client waits for the daemon's hello.
@@ -69,10 +70,16 @@ pub enum Request {
         /// `push --custom NAME` (protocol 3).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         custom: Option<String>,
+        /// `--rename`, `--create` (protocol 5).
+        #[serde(default)]
+        options: crate::engine::PushOptions,
     },
     /// `dreamerd up` (protocol 3).
     Up {
         dir: PathBuf,
+        /// `up --backed-up` (protocol 5).
+        #[serde(default)]
+        backed_up: bool,
     },
     Restore {
         dir: PathBuf,

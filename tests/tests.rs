@@ -5,6 +5,7 @@ mod daemon;
 mod database_safety;
 mod diagnosis_e2e;
 mod drizzle_e2e;
+mod drizzle_v1;
 mod layouts;
 mod push_restore;
 mod s3;

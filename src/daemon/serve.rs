@@ -191,8 +191,10 @@ impl Daemon {
     async fn dispatch(self: Arc<Self>, request: Request, context: super::Context, tx: mpsc::Sender<Reply>) {
         // Directories come from a client: each must be a project root, whatever the client resolved.
         let request = match request {
-            Request::Push { dir, custom } => resolve(&dir).map(|dir| Request::Push { dir, custom }),
-            Request::Up { dir } => resolve(&dir).map(|dir| Request::Up { dir }),
+            Request::Push { dir, custom, options } => {
+                resolve(&dir).map(|dir| Request::Push { dir, custom, options })
+            }
+            Request::Up { dir, backed_up } => resolve(&dir).map(|dir| Request::Up { dir, backed_up }),
             Request::Restore { dir, push, dry_run, with_database } => {
                 resolve(&dir).map(|dir| Request::Restore { dir, push, dry_run, with_database })
             }
@@ -211,7 +213,7 @@ impl Daemon {
         // rescans it by itself later (in memory only).
         let dir = match &request {
             Request::Push { dir, .. }
-            | Request::Up { dir }
+            | Request::Up { dir, .. }
             | Request::Restore { dir, .. }
             | Request::History { dir }
             | Request::Watch { dir }
@@ -221,7 +223,7 @@ impl Daemon {
         if let Some(dir) = &dir {
             self.remember(dir, context.clone());
         }
-        if let (Request::Push { dir, .. } | Request::Up { dir }, Some(env)) = (&request, &context.env)
+        if let (Request::Push { dir, .. } | Request::Up { dir, .. }, Some(env)) = (&request, &context.env)
             && let Some(running) = env.get(RUNNING_PUSH)
         {
             let e = Error::failed(
@@ -284,9 +286,11 @@ impl Daemon {
                 .unwrap_or_else(|e| Err(Error::failed(format!("history panicked: {e}"), "")))
             }
             Request::Push { .. } | Request::Up { .. } => {
-                let (dir, custom, up) = match request {
-                    Request::Push { dir, custom } => (dir, custom, false),
-                    Request::Up { dir } => (dir, None, true),
+                let (dir, custom, up, options) = match request {
+                    Request::Push { dir, custom, options } => (dir, custom, false, options),
+                    Request::Up { dir, backed_up } => {
+                        (dir, None, true, crate::engine::PushOptions { backed_up, ..Default::default() })
+                    }
                     _ => unreachable!("matched above"),
                 };
                 let this = self.clone();
@@ -296,9 +300,9 @@ impl Daemon {
                     let project = spec.resolve()?;
                     let engine = this.engine_for(&spec, &project)?;
                     match (custom, up) {
-                        (_, true) => engine.up(&project, &sink),
+                        (_, true) => engine.up(&project, &options, &sink),
                         (Some(name), _) => engine.push_custom(&project, &name, &sink),
-                        (None, _) => engine.push(&project, &sink),
+                        (None, _) => engine.push_answered(&project, &options, &sink),
                     }
                 };
                 let report = self.run_op(&dir, op).await;

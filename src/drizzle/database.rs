@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
 use super::Drift;
-use super::journal::{self, Entry};
+use super::journal::{self, Entry, Layout};
 use crate::safefs::{self, Folder};
 
 /// How long a read waits for a writer's lock before giving up; reads never hold the lock longer than a SELECT.
@@ -83,10 +83,61 @@ fn quoted(name: &str) -> String {
 }
 
 /// One row of the migrations table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Applied {
     pub hash: String,
     pub created_at: i64,
+    /// The migration folder's name, in a table drizzle-kit 1.0's migrator made or upgraded; `None` in a 0.x table
+    /// (no such column) and in rows 1.0 has not named yet.
+    pub name: Option<String>,
+}
+
+/// The applied rows matched with the local migrations, as the migrator of the folder's layout matches them.
+pub struct Matching<'a> {
+    /// Each row, with the migration it is (`None`: drizzle/ does not have it).
+    pub rows: Vec<(&'a Applied, Option<&'a Entry>)>,
+    /// The migrations no row is: what migrate applies (0.x: only those after the newest applied).
+    pub unapplied: Vec<&'a Entry>,
+}
+
+/// Matches rows and migrations. 0.x's migrator knows a migration only by `created_at` = the journal's `when`. 1.0's
+/// by name; a row without one (a table 1.0 has not upgraded yet) the way 1.0's upgrade does: by its time in whole
+/// seconds when one folder has that time, else by hash.
+pub fn matching<'a>(layout: Layout, entries: &'a [Entry], applied: &'a [Applied]) -> Matching<'a> {
+    let mut rows = Vec::new();
+    let mut taken: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for row in applied {
+        let found = match (layout, &row.name) {
+            (Layout::Journal, _) => entries.iter().find(|e| e.when == row.created_at),
+            (Layout::Folders, Some(name)) => entries.iter().find(|e| &e.tag == name),
+            (Layout::Folders, None) => {
+                let second = row.created_at.div_euclid(1000) * 1000;
+                let same: Vec<&Entry> = entries.iter().filter(|e| e.when == second).collect();
+                match same.as_slice() {
+                    [one] => Some(*one),
+                    [] => entries.iter().find(|e| e.hash.as_deref() == Some(row.hash.as_str())),
+                    many => many.iter().find(|e| e.hash.as_deref() == Some(row.hash.as_str())).copied(),
+                }
+            }
+        };
+        if let Some(e) = found {
+            taken.insert(&e.tag);
+        }
+        rows.push((row, found));
+    }
+    let unapplied = entries.iter().filter(|e| !taken.contains(e.tag.as_str())).collect();
+    Matching { rows, unapplied }
+}
+
+/// Sets every entry's `hash` (sha256 of its SQL, what the migrator stores): 1.0's upgrade matches by it.
+pub fn with_hashes(folder: &Folder, entries: &mut [Entry]) {
+    for e in entries {
+        if e.hash.is_none()
+            && let Ok(Some(text)) = journal::sql(folder, e)
+        {
+            e.hash = Some(sql_hash(&text));
+        }
+    }
 }
 
 /// The database file as SQLite may open it: its folder canonical, the file itself a regular file and not a link
@@ -133,8 +184,16 @@ fn applied_in(conn: &Connection, table: &str) -> Result<Option<Vec<Applied>>, St
     if !exists {
         return Ok(None);
     }
+    // 1.0's migrator adds `name` (and `applied_at`) to the table.
+    let named: bool = conn
+        .query_row("SELECT count(*) FROM pragma_table_info(?1) WHERE name = 'name'", [table], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|n| n > 0)
+        .map_err(|e| format!("cannot read {table}: {e}"))?;
+    let name = if named { "name" } else { "NULL" };
     let mut stmt = conn
-        .prepare(&format!("SELECT hash, created_at FROM {}", quoted(table)))
+        .prepare(&format!("SELECT hash, created_at, {name} FROM {}", quoted(table)))
         .map_err(|e| format!("cannot read {table}: {e}"))?;
     let rows = stmt
         .query_map([], |r| {
@@ -144,7 +203,11 @@ fn applied_in(conn: &Connection, table: &str) -> Result<Option<Vec<Applied>>, St
                 rusqlite::types::Value::Text(t) => t.trim().parse().unwrap_or(-1),
                 _ => -1,
             };
-            Ok(Applied { hash: r.get(0)?, created_at })
+            let name = match r.get::<_, rusqlite::types::Value>(2)? {
+                rusqlite::types::Value::Text(t) => Some(t),
+                _ => None,
+            };
+            Ok(Applied { hash: r.get(0)?, created_at, name })
         })
         .map_err(|e| format!("cannot read {table}: {e}"))?;
     rows.collect::<Result<Vec<_>, _>>().map(Some).map_err(|e| format!("cannot read {table}: {e}"))
@@ -176,42 +239,62 @@ pub fn sql_hash(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Disagreements between the journal and what the database applied. The migrator matches nothing but
-/// `created_at` against `when`, so neither does this.
-pub fn drift(drizzle: Option<&Folder>, entries: &[Entry], applied: &[Applied]) -> Vec<Drift> {
+/// Disagreements between the migration folder and what the database applied, as the folder's migrator sees them:
+/// 0.x's matches nothing but `created_at` against `when`, 1.0's matches names.
+pub fn drift(layout: Layout, drizzle: Option<&Folder>, entries: &[Entry], applied: &[Applied]) -> Vec<Drift> {
     let mut out = Vec::new();
     let newest = applied.iter().map(|a| a.created_at).max();
-    for row in applied {
-        match entries.iter().find(|e| e.when == row.created_at) {
-            None => out.push(Drift::new(
-                "migration-missing",
-                format!(
-                    "the database applied a migration (created_at {}, sha256 {}…) that drizzle/ does not have",
-                    row.created_at,
-                    row.hash.chars().take(12).collect::<String>()
-                ),
-                None,
-            )),
+    if layout == Layout::Journal && applied.iter().any(|a| a.name.is_some()) {
+        out.push(Drift::new(
+            "layout-mismatch",
+            "the database was migrated by drizzle-kit 1.0 (its migrations table names each migration), but drizzle/ \
+             is in drizzle-kit 0.x's journal layout: 0.x's migrator reads that table by time only, and 1.0's refuses \
+             a journal",
+            None,
+        ));
+    }
+    let mut entries = entries.to_vec();
+    if layout == Layout::Folders
+        && let Some(folder) = drizzle
+    {
+        with_hashes(folder, &mut entries);
+    }
+    let matched = matching(layout, &entries, applied);
+    for (row, found) in &matched.rows {
+        match found {
+            None => {
+                let what = match &row.name {
+                    Some(name) => format!("the database applied {name}, which drizzle/ does not have"),
+                    None => format!(
+                        "the database applied a migration (created_at {}, sha256 {}…) that drizzle/ does not have",
+                        row.created_at,
+                        row.hash.chars().take(12).collect::<String>()
+                    ),
+                };
+                let more = if layout == Layout::Folders && row.name.is_none() {
+                    ": drizzle-kit 1.0's migrator stops on it when it upgrades its table"
+                } else {
+                    ""
+                };
+                out.push(Drift::new("migration-missing", format!("{what}{more}"), row.name.as_deref()));
+            }
             Some(e) => {
                 if let Some(folder) = drizzle
-                    && let Ok(Some(text)) = journal::sql(folder, &e.tag)
+                    && let Ok(Some(text)) = journal::sql(folder, e)
                     && sql_hash(&text) != row.hash
                 {
                     out.push(Drift::new(
                         "migration-edited",
-                        format!("{}.sql was changed after the database applied it", e.tag),
+                        format!("{} was changed after the database applied it", e.file),
                         Some(&e.tag),
                     ));
                 }
             }
         }
     }
-    for e in entries {
-        if applied.iter().any(|a| a.created_at == e.when) {
-            continue;
-        }
+    for e in matched.unapplied {
         match newest {
-            Some(n) if e.when <= n => out.push(Drift::new(
+            Some(n) if layout == Layout::Journal && e.when <= n => out.push(Drift::new(
                 "migration-skipped",
                 format!(
                     "{} is not applied, and the migrator will never apply it: its when ({}) is not after the newest \
@@ -240,6 +323,7 @@ pub fn check(drizzle: &Path, db: Result<Database, String>) -> (Vec<Drift>, Check
         Ok(e) => e.flatten().unwrap_or_default(),
         Err(_) => return (out, Checked::no("the journal cannot be read")), // already reported
     };
+    let layout = folder.as_ref().and_then(journal::layout_in).unwrap_or(Layout::Journal);
     let db = match db {
         Ok(Database::File(db)) => db,
         Ok(Database::Server(server)) => {
@@ -247,7 +331,7 @@ pub fn check(drizzle: &Path, db: Result<Database, String>) -> (Vec<Drift>, Check
             // folder, and nothing that does not need the database is refused).
             let checked = match server.applied() {
                 Ok(rows) => {
-                    out.extend(drift(folder.as_ref(), &entries, &rows.unwrap_or_default()));
+                    out.extend(drift(layout, folder.as_ref(), &entries, &rows.unwrap_or_default()));
                     Checked::yes()
                 }
                 Err(why) => Checked::no(why),
@@ -263,7 +347,7 @@ pub fn check(drizzle: &Path, db: Result<Database, String>) -> (Vec<Drift>, Check
     });
     let checked = match rows {
         Ok(Some(rows)) => {
-            out.extend(drift(folder.as_ref(), &entries, &rows));
+            out.extend(drift(layout, folder.as_ref(), &entries, &rows));
             Checked::yes()
         }
         // No database yet: the first migrate creates it.
@@ -284,15 +368,27 @@ pub struct ReplayFailure {
     pub error: String,
 }
 
-/// The statements migrate would run after the migration applied at `newest` (`None`: nothing applied yet), in
-/// order, each with its migration's tag.
-pub fn pending_statements(drizzle: &Path, newest: Option<i64>) -> Result<Vec<(String, String)>, String> {
+/// The migrations migrate would run on a database that applied `applied`, in order: 0.x's migrator runs those after
+/// the newest applied, 1.0's every one the database does not hold.
+pub fn to_run(folder: &Folder, applied: &[Applied]) -> Result<Vec<Entry>, String> {
+    let mut entries = journal::read_in(folder)?.unwrap_or_default();
+    let layout = journal::layout_in(folder).unwrap_or(Layout::Journal);
+    if layout == Layout::Journal {
+        let newest = applied.iter().map(|a| a.created_at).max();
+        return Ok(entries.into_iter().filter(|e| newest.is_none_or(|n| e.when > n)).collect());
+    }
+    with_hashes(folder, &mut entries);
+    let run: Vec<Entry> = matching(layout, &entries, applied).unapplied.into_iter().cloned().collect();
+    Ok(run)
+}
+
+/// The statements migrate would run on a database that applied `applied`, in order, each with its migration's tag.
+pub fn pending_statements(drizzle: &Path, applied: &[Applied]) -> Result<Vec<(String, String)>, String> {
     let folder = Folder::open(drizzle).map_err(|e| e.to_string())?.ok_or("the migration folder is gone")?;
-    let entries = journal::read_in(&folder)?.unwrap_or_default();
     let mut out = Vec::new();
-    for e in entries.iter().filter(|e| newest.is_none_or(|n| e.when > n)) {
-        let text = journal::sql(&folder, &e.tag)?.ok_or_else(|| format!("{}.sql is missing", e.tag))?;
-        let text = String::from_utf8(text).map_err(|_| format!("{}.sql is not UTF-8 text", e.tag))?;
+    for e in to_run(&folder, applied)? {
+        let text = journal::sql(&folder, &e)?.ok_or_else(|| format!("{} is missing", e.file))?;
+        let text = String::from_utf8(text).map_err(|_| format!("{} is not UTF-8 text", e.file))?;
         for statement in statements(&text).into_iter().filter(|s| !holds_no_sql(s)) {
             out.push((e.tag.clone(), statement.trim().to_string()));
         }
@@ -373,13 +469,13 @@ pub fn replay(drizzle: &Path, db: &Target) -> Result<Option<ReplayFailure>, Stri
             .run_to_completion(256, Duration::from_millis(10), None)
             .map_err(|e| format!("cannot copy the database: {e}"))?;
     }
-    let newest = applied_in(&copy, &db.table)?.unwrap_or_default().iter().map(|a| a.created_at).max();
+    let applied = applied_in(&copy, &db.table)?.unwrap_or_default();
     let folder = Folder::open(drizzle).map_err(|e| e.to_string())?.ok_or("the migration folder is gone")?;
-    let entries = journal::read_in(&folder)?.unwrap_or_default();
+    let entries = to_run(&folder, &applied)?;
     let tx = copy.transaction().map_err(|e| e.to_string())?;
-    for e in entries.iter().filter(|e| newest.is_none_or(|n| e.when > n)) {
-        let text = journal::sql(&folder, &e.tag)?.ok_or_else(|| format!("{}.sql is missing", e.tag))?;
-        let text = String::from_utf8(text).map_err(|_| format!("{}.sql is not UTF-8 text", e.tag))?;
+    for e in &entries {
+        let text = journal::sql(&folder, e)?.ok_or_else(|| format!("{} is missing", e.file))?;
+        let text = String::from_utf8(text).map_err(|_| format!("{} is not UTF-8 text", e.file))?;
         for statement in statements(&text) {
             let failed = if holds_no_sql(statement) {
                 Some("the statement holds no SQL, only comments or whitespace: the driver refuses it (libsql: \
@@ -404,6 +500,10 @@ pub fn replay(drizzle: &Path, db: &Target) -> Result<Option<ReplayFailure>, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(idx: i64, when: i64, tag: &str) -> Entry {
+        Entry { idx, when, tag: tag.into(), file: format!("{tag}.sql"), hash: None }
+    }
 
     /// A migration folder with the given migrations (tag, sql), all pending.
     fn folder_with(dir: &Path, migrations: &[(&str, &str)]) -> PathBuf {
@@ -483,14 +583,11 @@ mod tests {
         )
         .unwrap();
         conn.execute("INSERT INTO __drizzle_migrations (hash, created_at) VALUES ('x', 30)", []).unwrap();
-        let entries = vec![
-            Entry { idx: 0, when: 10, tag: "0000_a".into() },
-            Entry { idx: 1, when: 20, tag: "0001_b".into() },
-            Entry { idx: 2, when: 40, tag: "0002_c".into() },
-        ];
+        let entries = vec![entry(0, 10, "0000_a"), entry(1, 20, "0001_b"), entry(2, 40, "0002_c")];
         let rows = applied(&Target::new(db.clone())).unwrap().unwrap();
         let folder = Folder::open(&drizzle).unwrap().unwrap();
-        let mut codes: Vec<_> = drift(Some(&folder), &entries, &rows).into_iter().map(|d| d.code).collect();
+        let mut codes: Vec<_> =
+            drift(Layout::Journal, Some(&folder), &entries, &rows).into_iter().map(|d| d.code).collect();
         codes.sort();
         assert_eq!(
             codes,
@@ -499,15 +596,52 @@ mod tests {
     }
 
     #[test]
+    fn drift_by_name_in_the_folder_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, sql) in [("20240102030405_a", "A"), ("20240102030406_b", "B"), ("20240102030407_c", "C")] {
+            fs::create_dir_all(dir.path().join(name)).unwrap();
+            fs::write(dir.path().join(name).join("migration.sql"), sql).unwrap();
+        }
+        let folder = Folder::open(dir.path()).unwrap().unwrap();
+        let entries = journal::read_in(&folder).unwrap().unwrap();
+        let named =
+            |name: &str, hash: &str| Applied { hash: hash.into(), created_at: 0, name: Some(name.into()) };
+        // a applied; b applied and edited since; an applied migration drizzle/ lacks; c pending (never "skipped",
+        // though older rows exist: 1.0 runs it).
+        let rows = vec![
+            named("20240102030405_a", &sql_hash(b"A")),
+            named("20240102030406_b", "other"),
+            named("20230101000000_gone", "x"),
+        ];
+        let mut codes: Vec<_> =
+            drift(Layout::Folders, Some(&folder), &entries, &rows).into_iter().map(|d| d.code).collect();
+        codes.sort();
+        assert_eq!(codes, ["migration-edited", "migration-missing", "migration-pending"]);
+        // A table 1.0 has not upgraded: rows matched by their second, else by hash, as 1.0's upgrade does.
+        let old = |at: i64, hash: &[u8]| Applied { hash: sql_hash(hash), created_at: at, name: None };
+        let rows = vec![old(1_704_164_645_123, b"A"), old(1, b"B"), old(2, b"nothing")];
+        let mut hashed = entries.clone();
+        with_hashes(&folder, &mut hashed);
+        let m = matching(Layout::Folders, &hashed, &rows);
+        let tags: Vec<Option<&str>> = m.rows.iter().map(|(_, e)| e.map(|e| e.tag.as_str())).collect();
+        assert_eq!(tags, [Some("20240102030405_a"), Some("20240102030406_b"), None]);
+        assert_eq!(m.unapplied.iter().map(|e| e.tag.as_str()).collect::<Vec<_>>(), ["20240102030407_c"]);
+        // A journal layout beside a table 1.0 named: a mismatch.
+        let codes: Vec<_> =
+            drift(Layout::Journal, None, &[], &[named("x", "y")]).into_iter().map(|d| d.code).collect();
+        assert!(codes.contains(&"layout-mismatch".to_string()), "{codes:?}");
+    }
+
+    #[test]
     fn short_or_non_ascii_hashes_in_the_database_do_not_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let entries = vec![Entry { idx: 0, when: 10, tag: "0000_a".into() }];
+        let entries = vec![entry(0, 10, "0000_a")];
         let rows = vec![
-            Applied { hash: "é".repeat(20), created_at: 99 },
-            Applied { hash: "ab".into(), created_at: 98 },
+            Applied { hash: "é".repeat(20), created_at: 99, name: None },
+            Applied { hash: "ab".into(), created_at: 98, name: None },
         ];
         let folder = Folder::open(dir.path()).unwrap().unwrap();
-        let drift = drift(Some(&folder), &entries, &rows);
+        let drift = drift(Layout::Journal, Some(&folder), &entries, &rows);
         assert!(drift.iter().any(|d| d.message.contains("éééééééééééé…")), "{drift:?}");
         assert!(drift.iter().any(|d| d.message.contains("ab…")), "{drift:?}");
     }

@@ -12,14 +12,79 @@ use crate::safefs::{self, Folder, SpecialKind};
 /// The largest journal, snapshot or migration read (real ones are kilobytes; a 1,000-migration journal is 150 KB).
 pub const MAX_FILE: u64 = 64 << 20;
 
-/// One journal entry.
+/// How a migration folder is laid out: by drizzle-kit 0.x or by drizzle-kit 1.0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// drizzle-kit 0.x: `meta/_journal.json`, `NNNN_name.sql`, `meta/NNNN_snapshot.json`; migrate applies what is
+    /// newer than the newest applied `created_at`.
+    Journal,
+    /// drizzle-kit 1.0: one folder per migration, `<YYYYMMDDHHMMSS>_<name>/{migration.sql,snapshot.json}`; migrate
+    /// applies every folder whose name the database does not hold.
+    Folders,
+}
+
+impl Layout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Journal => "journal",
+            Layout::Folders => "folders",
+        }
+    }
+
+    /// Said to people.
+    pub fn described(self) -> &'static str {
+        match self {
+            Layout::Journal => "drizzle-kit 0.x's journal layout (meta/_journal.json)",
+            Layout::Folders => "drizzle-kit 1.0's folder-per-migration layout",
+        }
+    }
+
+    /// The layout of a push, from the paths of its files: `None` for an empty folder.
+    pub fn of_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Layout> {
+        let mut found = None;
+        for p in paths {
+            if p == "meta/_journal.json" {
+                return Some(Layout::Journal);
+            }
+            if p.ends_with("/migration.sql") && p.matches('/').count() == 1 {
+                found = Some(Layout::Folders);
+            }
+        }
+        found
+    }
+
+    /// The layout a drizzle-kit version writes and reads (`1.0.0-rc.5`: folders; `0.31.11`: journal).
+    pub fn of_kit(version: &str) -> Option<Layout> {
+        match version.split(['.', '-']).next()?.parse::<u32>().ok()? {
+            0 => Some(Layout::Journal),
+            _ => Some(Layout::Folders),
+        }
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One migration: a journal entry (0.x), or a migration folder (1.0) read as one.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Entry {
+    /// The journal's idx; for a migration folder, its place in name order.
     pub idx: i64,
-    /// ms since the epoch; `created_at` in the database once applied.
+    /// ms since the epoch; `created_at` in the database once applied. A migration folder's is the time its name
+    /// starts with (whole seconds), as 1.0's migrator computes it; -1 when the name starts with no time.
     pub when: i64,
-    /// The .sql file's name without `.sql`.
+    /// The .sql file's name without `.sql`; a migration folder's name (what 1.0's migrator stores as `name`).
     pub tag: String,
+    /// Its SQL, relative to the migration folder: `NNNN_name.sql` or `<folder>/migration.sql`.
+    #[serde(skip)]
+    pub file: String,
+    /// sha256 of its SQL, once read (matching rows of a table 1.0 has not upgraded needs it).
+    #[serde(skip)]
+    pub hash: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -37,15 +102,32 @@ pub fn read(drizzle: &Path) -> Result<Option<Vec<Entry>>, String> {
     }
 }
 
-/// The journal of an open migration folder. Every tag is checked to be a plain file name before it is used as a
-/// path: a tag like `../x` makes the journal unreadable rather than a way out of the folder.
+/// The layout of an open migration folder: `None` when it holds no migration of either kind (never generated).
+pub fn layout_in(folder: &Folder) -> Option<Layout> {
+    if folder.kind("meta/_journal.json").ok().flatten().is_some() {
+        Some(Layout::Journal)
+    } else if !super::folders::migration_folders(folder).is_empty() {
+        Some(Layout::Folders)
+    } else {
+        None
+    }
+}
+
+/// [`layout_in`] of the folder at `drizzle`.
+pub fn layout(drizzle: &Path) -> Option<Layout> {
+    Folder::open(drizzle).ok().flatten().as_ref().and_then(layout_in)
+}
+
+/// The migrations of an open migration folder, in the order its migrator reads them: the journal's entries, or the
+/// migration folders by name. Every tag is checked to be a plain file name before it is used as a path: a tag like
+/// `../x` makes the journal unreadable rather than a way out of the folder.
 pub fn read_in(folder: &Folder) -> Result<Option<Vec<Entry>>, String> {
     let text = match folder.read("meta/_journal.json", MAX_FILE) {
         Ok(Some(t)) => t,
-        Ok(None) => return Ok(None),
+        Ok(None) => return Ok(super::folders::entries(folder)),
         Err(e) => return Err(format!("meta/_journal.json cannot be read: {e}")),
     };
-    let entries = serde_json::from_slice::<JournalFile>(&text)
+    let mut entries = serde_json::from_slice::<JournalFile>(&text)
         .map(|j| j.entries)
         .map_err(|e| format!("meta/_journal.json is not a drizzle journal: {e}"))?;
     if let Some(bad) = entries.iter().find(|e| !safefs::plain_name(&e.tag)) {
@@ -54,15 +136,18 @@ pub fn read_in(folder: &Folder) -> Result<Option<Vec<Entry>>, String> {
             bad.idx, bad.tag
         ));
     }
+    for e in &mut entries {
+        e.file = format!("{}.sql", e.tag);
+    }
     Ok(Some(entries))
 }
 
-/// The text of a migration's `.sql`, as the migrator reads it.
-pub fn sql(folder: &Folder, tag: &str) -> Result<Option<Vec<u8>>, String> {
-    if !safefs::plain_name(tag) {
-        return Err(format!("{tag:?} is not a migration name"));
+/// The text of a migration's SQL, as the migrator reads it.
+pub fn sql(folder: &Folder, entry: &Entry) -> Result<Option<Vec<u8>>, String> {
+    if !safefs::plain_name(&entry.tag) {
+        return Err(format!("{:?} is not a migration name", entry.tag));
     }
-    folder.read(&format!("{tag}.sql"), MAX_FILE).map_err(|e| e.to_string())
+    folder.read(&entry.file, MAX_FILE).map_err(|e| e.to_string())
 }
 
 /// The `NNNN` number prefix of a tag or file name.
@@ -81,8 +166,32 @@ pub fn faults(drizzle: &Path) -> Vec<Drift> {
     }
 }
 
-/// [`faults`] of an open migration folder.
+/// [`faults`] of an open migration folder, of either layout.
 pub fn faults_in(drizzle: &Folder) -> Vec<Drift> {
+    if drizzle.kind("meta/_journal.json").ok().flatten().is_none()
+        && let Some(faults) = super::folders::faults(drizzle)
+    {
+        return faults;
+    }
+    let mut out = journal_faults(drizzle);
+    let folders = super::folders::migration_folders(drizzle);
+    if let Some(first) = folders.first() {
+        out.push(Drift::new(
+            "layout-mixed",
+            format!(
+                "meta/_journal.json and {} drizzle-kit 1.0 migration folder(s) (from {first}) are side by side: \
+                 drizzle-kit 0.x ignores the folders, and 1.0's migrator refuses to run while meta/_journal.json \
+                 exists",
+                folders.len()
+            ),
+            Some(first),
+        ));
+    }
+    out
+}
+
+/// The faults of a folder in the journal layout.
+fn journal_faults(drizzle: &Folder) -> Vec<Drift> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

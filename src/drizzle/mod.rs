@@ -2,6 +2,8 @@
 //! what it has applied, and the drift between the two.
 
 pub mod database;
+pub mod folders;
+pub mod hints;
 pub mod journal;
 pub mod server;
 
@@ -25,7 +27,8 @@ impl Drift {
     /// Whether a push must be refused because of it. A migration that is merely not applied yet is what migrate
     /// is for; everything else makes the next migrate wrong.
     pub fn blocks_push(&self) -> bool {
-        !matches!(self.code.as_str(), "migration-pending" | "database-unreadable")
+        // drizzle-kit 1.0's generate joins unmerged branches itself (a merge migration), or says why it cannot.
+        !matches!(self.code.as_str(), "migration-pending" | "database-unreadable" | "branches-unmerged")
     }
 
     /// Whether the first push of a project may accept it as a known fault of its history: migrate tolerates it and
@@ -33,9 +36,15 @@ impl Drift {
     /// `last_snapshot` is the number of the snapshot whose name sorts last in `meta/`.
     pub fn adoptable(&self, latest: Option<&str>, last_snapshot: Option<&str>) -> bool {
         match self.code.as_str() {
-            "sql-not-in-journal" | "journal-order" | "journal-duplicate" | "snapshot-chain" => true,
+            "sql-not-in-journal"
+            | "journal-order"
+            | "journal-duplicate"
+            | "snapshot-chain"
+            | "sql-not-in-migration"
+            | "folder-missing-sql"
+            | "folder-name" => true,
             // An old snapshot is never read again; the newest is what the next generate diffs against.
-            "journal-missing-snapshot" => self.migration.as_deref() != latest,
+            "journal-missing-snapshot" | "folder-missing-snapshot" => self.migration.as_deref() != latest,
             // A stray snapshot is harmless unless generate takes it for the newest.
             "snapshot-not-in-journal" => self.migration.as_deref() != last_snapshot,
             _ => false,
@@ -71,6 +80,10 @@ impl Drift {
                 "that entry was generated on a machine whose clock was ahead, so migrations generated before its \
                  time are skipped: if no shared database applied it yet, take it out with git and generate it again; \
                  otherwise push new changes only after that time"
+            }
+            "layout-mixed" => {
+                "drizzle/ holds both layouts: if the project runs drizzle-kit 1.0, run `dreamerd up` with the journal's \
+                 migrations only (take the 1.0 folders out with git); if it runs 0.x, take the 1.0 folders out"
             }
             "journal-unreadable" | "snapshot-invalid" => {
                 "a file drizzle-kit needs cannot be read: take it back from git (`git log -- drizzle/meta/`), then \
@@ -126,6 +139,27 @@ impl Drift {
             }
             "database-unreadable" => {
                 "check that the database file is readable and not locked, and database.url"
+            }
+            "branches-unmerged" => {
+                "run `dreamer push`: drizzle-kit 1.0 writes the merge migration that joins the branches (it refuses, \
+                 naming the conflict, when both changed the same thing: then restore the push of the branch merged \
+                 into and push the merged schema)"
+            }
+            "layout-mixed" => {
+                "a journal and 1.0 migration folders side by side: run `dreamer database restore` (the last push has one \
+                 layout), then `dreamer push`"
+            }
+            "layout-mismatch" => {
+                "drizzle/ and the database (or the installed drizzle-kit) are of different drizzle-kit generations: \
+                 restore the push of the current layout (`dreamer database restore`), or install the drizzle-kit the \
+                 folder is laid out for; `dreamerd up` converts a 0.x folder to 1.0's layout"
+            }
+            "layout-kit-mismatch" => {
+                "install the drizzle-kit the folder is laid out for, or run `dreamerd up` to convert a 0.x folder for \
+                 drizzle-kit 1.0 (it backs up the folder and the database first)"
+            }
+            "folder-missing-sql" | "folder-missing-snapshot" | "folder-name" | "sql-not-in-migration" => {
+                "a migration folder was changed by hand: run `dreamer database restore`, then `dreamer push`"
             }
             _ => "drizzle/ is inconsistent: run `dreamer database restore`, then `dreamer push`",
         }

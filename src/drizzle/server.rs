@@ -109,8 +109,10 @@ impl Server {
 pub struct Shape {
     pub tables: std::collections::BTreeMap<String, Vec<String>>,
     pub migrations: usize,
-    /// The newest applied migration's `created_at`: migrate runs what comes after it.
+    /// The newest applied migration's `created_at`: 0.x's migrate runs what comes after it.
     pub newest: Option<i64>,
+    /// The rows of the migrations table: 1.0's migrate runs what they do not name.
+    pub applied: Vec<Applied>,
 }
 
 impl Shape {
@@ -118,6 +120,7 @@ impl Shape {
         let applied = applied.unwrap_or_default();
         self.migrations = applied.len();
         self.newest = applied.iter().map(|a| a.created_at).max();
+        self.applied = applied;
         self
     }
 }
@@ -479,8 +482,19 @@ mod postgres {
         if !exists {
             return Ok(None);
         }
+        // drizzle-kit 1.0's migrator adds `name` to the table.
+        let named = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 \
+                 AND column_name = 'name')",
+                &[&server.schema, &server.table],
+            )
+            .await
+            .map_err(|e| said(&e))?
+            .get::<_, bool>(0);
         let query = format!(
-            "SELECT hash::text, created_at::bigint FROM {}.{} ORDER BY created_at",
+            "SELECT hash::text, created_at::bigint, {} FROM {}.{} ORDER BY created_at",
+            if named { "name::text" } else { "NULL::text" },
             quoted(&server.schema),
             quoted(&server.table)
         );
@@ -489,7 +503,8 @@ mod postgres {
             rows.iter()
                 .map(|r| Applied {
                     hash: r.get::<_, Option<String>>(0).unwrap_or_default(),
-                    created_at: r.get(1),
+                    created_at: r.get::<_, Option<i64>>(1).unwrap_or(0),
+                    name: r.get(2),
                 })
                 .collect(),
         ))
@@ -625,8 +640,7 @@ mod postgres {
         drizzle: &std::path::Path,
     ) -> Result<Option<ReplayFailure>, String> {
         let applied = applied_on(server, client).await?.unwrap_or_default();
-        let newest = applied.iter().map(|a| a.created_at).max();
-        for (migration, statement) in crate::drizzle::database::pending_statements(drizzle, newest)? {
+        for (migration, statement) in crate::drizzle::database::pending_statements(drizzle, &applied)? {
             if let Err(e) = client.batch_execute(&statement).await {
                 return Ok(Some(ReplayFailure { migration, statement, error: said(&e) }));
             }
@@ -697,14 +711,29 @@ mod mysql {
         if exists.unwrap_or(0) == 0 {
             return Ok(None);
         }
+        // drizzle-kit 1.0's migrator adds `name` to the table.
+        let named: Option<i64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? \
+                 AND column_name = 'name'",
+                (server.table.as_str(),),
+            )
+            .await
+            .map_err(|e| said(&e))?;
         let query = format!(
-            "SELECT CAST(hash AS CHAR), CAST(created_at AS SIGNED) FROM `{}` ORDER BY created_at",
+            "SELECT CAST(hash AS CHAR), CAST(created_at AS SIGNED), {} FROM `{}` ORDER BY created_at",
+            if named.unwrap_or(0) > 0 { "CAST(name AS CHAR)" } else { "NULL" },
             server.table.replace('`', "``")
         );
-        let rows: Vec<(Option<String>, Option<i64>)> = conn.query(query).await.map_err(|e| said(&e))?;
+        let rows: Vec<(Option<String>, Option<i64>, Option<String>)> =
+            conn.query(query).await.map_err(|e| said(&e))?;
         Ok(Some(
             rows.into_iter()
-                .map(|(hash, at)| Applied { hash: hash.unwrap_or_default(), created_at: at.unwrap_or(0) })
+                .map(|(hash, at, name)| Applied {
+                    hash: hash.unwrap_or_default(),
+                    created_at: at.unwrap_or(0),
+                    name,
+                })
                 .collect(),
         ))
     }
@@ -801,6 +830,7 @@ mod tests {
                 .collect(),
             migrations,
             newest: None,
+            applied: Vec::new(),
         };
         let before = shape(&[("users", &["id int", "name text"])], 1);
         assert!(!Change::between(&before, &before).changed);
@@ -821,6 +851,7 @@ mod tests {
             tables: [("users".to_string(), vec!["id int(11)".to_string(), "age int(11)".to_string()])].into(),
             migrations: 1,
             newest: Some(1),
+            applied: Vec::new(),
         };
         let run = |sql: &[&str]| {
             let statements: Vec<(String, String)> =

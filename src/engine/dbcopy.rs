@@ -232,6 +232,11 @@ impl Engine {
         }
     }
 
+    /// Whether the project's SQLite database file exists (there is something to copy).
+    pub(crate) fn has_database(&self, project: &Project) -> bool {
+        self.database_file(project).is_ok()
+    }
+
     /// Copies the database before migrate. `Err` (a diagnosis) only when another process keeps it locked past
     /// `database.copy_wait_secs`: then nothing has run yet.
     pub(crate) fn copy_database(

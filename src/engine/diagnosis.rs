@@ -75,6 +75,9 @@ fn quote_line<'a>(text: &'a str, needle: &str) -> Option<&'a str> {
 
 /// Failures both stages share: a timeout, or a program that is not there (exit 127 from the shell or env).
 fn common(stage: &str, out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
+    if let Some(d) = refused_by_one_zero(stage, out) {
+        return Some(d);
+    }
     if out.timed_out {
         return Some(Diagnosis::new(
             "timeout",
@@ -94,6 +97,36 @@ fn common(stage: &str, out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> 
     None
 }
 
+/// What drizzle-kit 1.0's generate, migrate and check refuse before they do anything: a 0.x journal, and branches
+/// whose migrations change the same thing.
+fn refused_by_one_zero(stage: &str, out: &RunOutput) -> Option<Diagnosis> {
+    let all = out.combined();
+    if let Some(line) = quote_line(&all, "migrations folder format is outdated") {
+        return Some(Diagnosis::new(
+            "layout-kit-mismatch",
+            format!("drizzle-kit {stage} refuses drizzle/: {line}"),
+            "the project installs drizzle-kit 1.0 and drizzle/ is still a 0.x journal: run `dreamerd up`, which \
+             converts it guarded (the folder and the database backed up, every migration's SQL checked, the \
+             migrations table upgraded and verified); drizzle/ is as it was",
+        ));
+    }
+    if all.contains("Conflicting migrations detected") {
+        let conflicts: Vec<&str> = all.lines().map(str::trim).filter(|l| l.contains('⚠')).collect();
+        let found = quote_line(&all, "Found ").unwrap_or("Conflicting migrations detected");
+        return Some(Diagnosis::new(
+            "branches-conflict",
+            format!(
+                "drizzle-kit {stage} stops: branches merged into drizzle/ change the same thing ({found}{})",
+                if conflicts.is_empty() { String::new() } else { format!(": {}", conflicts.join("; ")) }
+            ),
+            "keep the migrations of the branch merged into: `dreamer database restore --push ID` with its push \
+             (`dreamerd history`), then `dreamer push` with the merged schema, so the other branch's changes become \
+             one new migration; drizzle/ is as it was",
+        ));
+    }
+    None
+}
+
 /// Whether generate said the schema holds no change that needs SQL (`No schema changes, nothing to migrate`).
 pub fn said_nothing_to_migrate(out: &RunOutput) -> bool {
     out.success() && out.combined().contains("nothing to migrate")
@@ -105,6 +138,10 @@ pub fn judge_generate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
         return Some(d);
     }
     let all = out.combined();
+    // drizzle-kit 1.0 without a terminal: exit 2 and the questions, each with its answer.
+    if all.contains("missing_hints") {
+        return Some(unanswered(&crate::drizzle::hints::questions(&all), false));
+    }
     if let Some(line) = quote_line(&all, "Interactive prompts require a TTY")
         .or_else(|| quote_line(&all, "created or renamed from another"))
     {
@@ -195,6 +232,33 @@ pub fn judge_generate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
     None
 }
 
+/// drizzle-kit 1.0's questions that the push's `--rename` and `--create` do not answer (`answered`: it was given
+/// some).
+pub fn unanswered(questions: &[crate::drizzle::hints::Question], answered: bool) -> Diagnosis {
+    let asked: Vec<String> = questions.iter().map(|q| q.asked()).collect();
+    let flags: Vec<String> = questions.iter().map(|q| format!("for {}: {}", q.shown(), q.flags())).collect();
+    Diagnosis::new(
+        "ambiguous-change",
+        format!(
+            "drizzle-kit cannot tell a rename from a delete plus an add, and asks{}: {}",
+            if answered { " what --rename and --create do not answer" } else { "" },
+            if asked.is_empty() {
+                "(its questions are in generate.log)".to_string()
+            } else {
+                asked.join("; ")
+            }
+        ),
+        format!(
+            "answer on the command line, `dreamer push` with {}; nothing was changed",
+            if flags.is_empty() {
+                "`--rename OLD=NEW` or `--create NAME`".to_string()
+            } else {
+                flags.join("; ")
+            }
+        ),
+    )
+}
+
 /// Judges `drizzle-kit up` by its exit status.
 pub fn judge_up(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
     if let Some(d) = common("up", out, timeout_secs) {
@@ -251,8 +315,22 @@ pub fn judge_migrate(out: &RunOutput, timeout_secs: u64) -> Option<Diagnosis> {
              drizzle/ is as it was",
         ));
     }
-    if let Some(d) = classify_database_error(&all, None) {
+    // drizzle-kit 1.0 says why: `[✗] Error during migration:` and the driver's message on the next line.
+    let said = all
+        .lines()
+        .skip_while(|l| !l.contains("Error during migration"))
+        .skip(1)
+        .map(str::trim)
+        .find(|l| !l.is_empty());
+    if let Some(d) = classify_database_error(said.unwrap_or(&all), None) {
         return Some(d);
+    }
+    if let Some(line) = said {
+        return Some(Diagnosis::new(
+            "unknown",
+            format!("drizzle-kit migrate failed: {line}"),
+            format!("the database was not changed (pending migrations run in one transaction); {RECOVER}"),
+        ));
     }
     Some(Diagnosis::new(
         "unknown",

@@ -45,7 +45,7 @@ const MAX_ARCHIVE: u64 = 2 << 30;
 
 pub use checkout::{Baseline, Checkout, History, HistoryEntry, Relation, Source, Via};
 pub use prune::{PruneReport, Pruned};
-pub use push::{PushFailure, PushReport, RUNNING_PUSH, Stage};
+pub use push::{PushFailure, PushOptions, PushReport, RUNNING_PUSH, Stage};
 pub use restore::{RestoreReport, StoreMigrateReport};
 pub use status::{Interrupted, LastPush, ProjectState, ProjectStatus};
 pub use sum::Sum;
@@ -310,7 +310,8 @@ impl Engine {
         &self,
         project: &Project,
     ) -> (Vec<crate::drizzle::Drift>, database::Checked, usize) {
-        let (drift, checked) = database::check(&project.drizzle(), self.database_to_check(project));
+        let (mut drift, checked) = database::check(&project.drizzle(), self.database_to_check(project));
+        drift.extend(kit_mismatch(project));
         let (mut drift, left_out) = self.new_faults(project, drift);
         if let Ok(Some(open)) = self.checkout(project).map(|c| c.and_then(|c| c.open)) {
             drift.retain(|d| {
@@ -625,4 +626,37 @@ pub fn shown_paths(paths: &[String], max: usize) -> String {
         s.push_str(&format!(" and {} more", paths.len() - max));
     }
     s
+}
+
+/// The layout of the project's migration folder, when it holds migrations.
+pub fn migration_layout(project: &Project) -> Option<crate::drizzle::journal::Layout> {
+    crate::drizzle::journal::layout(&project.drizzle())
+}
+
+/// A migration folder of one drizzle-kit generation in a project that installs the other: 1.0 refuses a journal
+/// ("run drizzle-kit up"), and 0.x would start a new journal beside 1.0's folders.
+pub(crate) fn kit_mismatch(project: &Project) -> Option<crate::drizzle::Drift> {
+    use crate::drizzle::journal::Layout;
+    let layout = migration_layout(project)?;
+    let version = crate::project::layout::drizzle_kit_version(&project.workdir())?;
+    let kit = Layout::of_kit(&version)?;
+    if kit == layout {
+        return None;
+    }
+    let message = match kit {
+        Layout::Folders => format!(
+            "{} is in {}, but the project installs drizzle-kit {version}, whose migrate refuses a journal and whose \
+             generate needs the folder converted: run `dreamerd up` (it backs up the folder and the database, runs \
+             drizzle-kit up, and checks every migration kept its SQL)",
+            project.out_shown(),
+            layout.described()
+        ),
+        Layout::Journal => format!(
+            "{} is in {}, but the project installs drizzle-kit {version}, which neither reads nor writes it (it would \
+             start a new journal beside the folders): install drizzle-kit 1.0 again",
+            project.out_shown(),
+            layout.described()
+        ),
+    };
+    Some(crate::drizzle::Drift::new("layout-kit-mismatch", message, None))
 }

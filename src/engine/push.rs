@@ -12,6 +12,7 @@ use super::runner::{self, RunOutput};
 use super::swap::{Journal, Op, Phase};
 use super::{Engine, Sink, compact_timestamp, host_name, rfc3339, shown_paths};
 use crate::archive::{self, Packed};
+use crate::drizzle::journal::Layout;
 use crate::drizzle::{Drift, database};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
@@ -156,8 +157,30 @@ enum Mode<'a> {
     Push,
     /// `push --custom NAME`: generate --custom only; the migration stays open.
     Custom(&'a str),
-    /// `dreamerd up`: drizzle-kit up, then backup.
+    /// `dreamerd up`: drizzle-kit up, then backup (and for the 1.0 conversion, a migrate that upgrades the
+    /// migrations table, between copies of the database).
     Up,
+}
+
+/// What the user said for a push beyond the project: answers to drizzle-kit 1.0's questions, and for the 1.0
+/// conversion, that a server database is backed up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushOptions {
+    /// `--rename OLD=NEW`: NEW (`table`, or `table.column`, as in the schema) was renamed from OLD.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub renames: Vec<String>,
+    /// `--create NAME`: NAME is new, not renamed from anything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub creates: Vec<String>,
+    /// `up --backed-up`: the user has their own backup of the server database the conversion upgrades.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backed_up: bool,
+}
+
+impl PushOptions {
+    fn answers(&self) -> bool {
+        !(self.renames.is_empty() && self.creates.is_empty())
+    }
 }
 
 /// What one drizzle-kit stage of a push works with.
@@ -182,7 +205,17 @@ fn precheck_failure(code: &str, message: String, hint: &str) -> PushReport {
 impl Engine {
     /// Runs a whole push on `project`.
     pub fn push(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
-        self.push_with(project, Mode::Push, sink)
+        self.push_with(project, Mode::Push, &PushOptions::default(), sink)
+    }
+
+    /// [`Engine::push`] with answers to drizzle-kit 1.0's questions (`--rename`, `--create`).
+    pub fn push_answered(
+        &self,
+        project: &Project,
+        options: &PushOptions,
+        sink: &dyn Sink,
+    ) -> Result<PushReport> {
+        self.push_with(project, Mode::Push, options, sink)
     }
 
     /// `push --custom NAME`: runs generate with `--custom --name=NAME` only, and leaves the new, empty migration
@@ -196,19 +229,29 @@ impl Engine {
                 "{name:?} is not a migration name: use letters, digits, '_' and '-' (at most 64)"
             )));
         }
-        self.push_with(project, Mode::Custom(name), sink)
+        self.push_with(project, Mode::Custom(name), &PushOptions::default(), sink)
     }
 
     /// `dreamerd up`: runs drizzle-kit's `up` on a folder whose snapshots are of an outdated version, checks that
     /// nothing but snapshots changed (or rolls back), and records the result as a push. Nothing is migrated: the SQL
     /// does not change.
-    pub fn up(&self, project: &Project, sink: &dyn Sink) -> Result<PushReport> {
-        self.push_with(project, Mode::Up, sink)
+    /// For a project that installs drizzle-kit 1.0 and still has a 0.x journal, `up` is the conversion to 1.0's
+    /// layout, guarded: the folder and the database are copied first (a server database needs `backed_up`, the
+    /// user's own backup), every migration must keep its SQL, every row of the migrations table must match a
+    /// converted migration, and then migrate upgrades the table; any failure puts both back.
+    pub fn up(&self, project: &Project, options: &PushOptions, sink: &dyn Sink) -> Result<PushReport> {
+        self.push_with(project, Mode::Up, options, sink)
     }
 
-    fn push_with(&self, project: &Project, mode: Mode<'_>, sink: &dyn Sink) -> Result<PushReport> {
+    fn push_with(
+        &self,
+        project: &Project,
+        mode: Mode<'_>,
+        options: &PushOptions,
+        sink: &dyn Sink,
+    ) -> Result<PushReport> {
         let never_pushed = self.baseline(project).ok().flatten().is_none();
-        let mut report = self.push_locked(project, mode, sink)?;
+        let mut report = self.push_locked(project, mode, options, sink)?;
         if let PushReport::Failed(f) = &mut report
             && never_pushed
         {
@@ -231,7 +274,13 @@ impl Engine {
         Ok(report)
     }
 
-    fn push_locked(&self, project: &Project, mode: Mode<'_>, sink: &dyn Sink) -> Result<PushReport> {
+    fn push_locked(
+        &self,
+        project: &Project,
+        mode: Mode<'_>,
+        options: &PushOptions,
+        sink: &dyn Sink,
+    ) -> Result<PushReport> {
         let custom = match mode {
             Mode::Custom(name) => Some(name),
             _ => None,
@@ -292,6 +341,10 @@ impl Engine {
         let baseline = match found.map(|b| b.record) {
             Some(base) if !violations.is_empty() => {
                 match self.matching_push(project, &tree, Some(&base.id)) {
+                    Some((other, _)) if other.layout().is_some() && other.layout() != base.layout() => {
+                        let drift = super::status::layout_mismatch(project, &other, &base);
+                        return Ok(precheck_failure("layout-mismatch", drift.message.clone(), drift.hint()));
+                    }
                     Some((other, relation)) => {
                         arrived = Some((base.id.clone(), relation));
                         Some(other)
@@ -337,8 +390,37 @@ impl Engine {
             .drift(project)
             .into_iter()
             .filter(Drift::blocks_push)
-            .filter(|d| !(mode == Mode::Up && d.code == "snapshot-outdated"))
+            .filter(|d| {
+                !(mode == Mode::Up && matches!(d.code.as_str(), "snapshot-outdated" | "layout-kit-mismatch"))
+            })
             .collect();
+        // `up` with drizzle-kit 1.0 installed and a 0.x journal here: the conversion.
+        let converting = mode == Mode::Up
+            && super::migration_layout(project) == Some(Layout::Journal)
+            && crate::project::layout::drizzle_kit_version(&project.workdir())
+                .as_deref()
+                .and_then(Layout::of_kit)
+                == Some(Layout::Folders);
+        let kit_layout = crate::project::layout::drizzle_kit_version(&project.workdir())
+            .as_deref()
+            .and_then(Layout::of_kit);
+        if let Err(why) = crate::drizzle::hints::check(&options.renames, &options.creates) {
+            return Err(Error::Usage(why));
+        }
+        if options.answers() && mode == Mode::Push && kit_layout != Some(Layout::Folders) {
+            return Ok(precheck_failure(
+                "answers-unsupported",
+                format!(
+                    "--rename and --create answer drizzle-kit 1.0's questions, but this project \
+                     installs drizzle-kit {}, which asks them only on a terminal",
+                    crate::project::layout::drizzle_kit_version(&project.workdir())
+                        .unwrap_or_else(|| "?".into())
+                ),
+                "with drizzle-kit 0.x, rename in two pushes: first add the new column or table (and copy the data \
+                 in a custom migration), then drop the old one; or upgrade to drizzle-kit 1.0 with `dreamerd up`; \
+                 nothing was changed",
+            ));
+        }
         // The first push of a project with a history accepts the faults migrate tolerates (recorded as known once
         // it succeeded); what would make the next migrate fail or skip is refused with a way out that needs no
         // earlier push.
@@ -382,10 +464,39 @@ impl Engine {
                 first.hint(),
             ));
         }
+        // A server database is not copied: the conversion rewrites its migrations table, so it wants the user's own
+        // backup first.
+        let server = matches!(self.database_to_check(project), Ok(database::Database::Server(_)));
+        if converting && server && !options.backed_up {
+            return Ok(precheck_failure(
+                "backup-first",
+                format!(
+                    "converting {} to drizzle-kit 1.0's layout upgrades the migrations table of the server database \
+                     (drizzle-kit 1.0's first migrate adds and fills `name` and `applied_at`), and dreamerd does not \
+                     copy server databases",
+                    project.out_shown()
+                ),
+                "take your own backup of the database first (pg_dump, mysqldump, or your host's snapshot), then run \
+                 `dreamerd up --backed-up`; nothing was changed",
+            ));
+        }
         // The database before anything runs: a copy to put back if the push damages it.
-        let copy = if mode == Mode::Push {
+        let copy = if mode == Mode::Push || converting {
             match self.copy_database(project, baseline.as_ref().map(|b| b.id.as_str()), sink)? {
                 Ok(super::dbcopy::Copied::Yes(c)) => Some(c),
+                Ok(super::dbcopy::Copied::No(why))
+                    if converting && !options.backed_up && self.has_database(project) =>
+                {
+                    return Ok(precheck_failure(
+                        "backup-first",
+                        format!(
+                            "the conversion to drizzle-kit 1.0's layout upgrades the database's migrations table, \
+                             and dreamerd cannot copy the database first: {why}"
+                        ),
+                        "turn database.copy on (or free space for the copy), or take your own copy of the database \
+                         and run `dreamerd up --backed-up`; nothing was changed",
+                    ));
+                }
                 Ok(super::dbcopy::Copied::No(why)) => {
                     tracing::debug!(project = %project.root.display(), "no database copy: {why}");
                     None
@@ -432,7 +543,13 @@ impl Engine {
         }
         if mode == Mode::Up {
             let upgraded = self.run_stage("up", &self.config.push.up, project, sink, &mut stage, |out| {
-                diagnosis::judge_up(out, secs).or_else(|| self.judge_upgraded(project, &before.files))
+                diagnosis::judge_up(out, secs).or_else(|| {
+                    if converting {
+                        self.judge_converted(project, &before.files, &entries_before)
+                    } else {
+                        self.judge_upgraded(project, &before.files)
+                    }
+                })
             })?;
             if let Some(diag) = upgraded {
                 return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
@@ -452,19 +569,51 @@ impl Engine {
             }
         }
         let mut nothing_to_migrate = false;
-        let generated = if mode == Mode::Up {
-            None
-        } else {
-            self.run_stage("generate", &generate, project, sink, &mut stage, |out| {
-                nothing_to_migrate = diagnosis::said_nothing_to_migrate(out);
+        let judge_generate = |out: &RunOutput| {
+            let verdict =
                 diagnosis::judge_generate(out, secs).or_else(|| self.judge_written(project)).or_else(|| {
                     if custom.is_some() {
                         self.judge_custom(project, &entries_before).err()
                     } else {
                         self.judge_generated(project, &before.files, base_schema.clone(), out)
                     }
-                })
-            })?
+                });
+            (verdict, diagnosis::said_nothing_to_migrate(out))
+        };
+        let generated = if mode == Mode::Up {
+            None
+        } else {
+            let mut verdict = self.run_stage("generate", &generate, project, sink, &mut stage, |out| {
+                let (verdict, nothing) = judge_generate(out);
+                nothing_to_migrate = nothing;
+                verdict
+            })?;
+            // drizzle-kit 1.0 stopped for questions (it wrote nothing): answer them from --rename and --create.
+            if verdict.as_ref().is_some_and(|d| d.code == "ambiguous-change") && options.answers() {
+                let said = stage.logs.last().map(|(_, out)| out.combined()).unwrap_or_default();
+                let questions = crate::drizzle::hints::questions(&said);
+                match crate::drizzle::hints::answer(&questions, &options.renames, &options.creates) {
+                    Ok(answers) if !questions.is_empty() => {
+                        let file = self.hints_file(project, &answers)?;
+                        let mut argv = generate.clone();
+                        argv.push(format!("--hints-file={}", file.display()));
+                        let shown: Vec<String> = questions.iter().map(|q| q.shown()).collect();
+                        sink.progress(&format!(
+                            "answering drizzle-kit's questions about {}",
+                            shown.join(", ")
+                        ));
+                        verdict = self.run_stage("generate", &argv, project, sink, &mut stage, |out| {
+                            let (verdict, nothing) = judge_generate(out);
+                            nothing_to_migrate = nothing;
+                            verdict
+                        })?;
+                        let _ = fs::remove_file(&file);
+                    }
+                    Err(open) => verdict = Some(diagnosis::unanswered(&open, true)),
+                    Ok(_) => {}
+                }
+            }
+            verdict
         };
         if let Some(diag) = generated {
             return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
@@ -481,7 +630,7 @@ impl Engine {
                     &logs,
                 );
             };
-            let file = format!("{}.sql", entry.tag);
+            let file = entry.file.clone();
             let open = super::checkout::OpenCustom {
                 migration: entry.tag.clone(),
                 file: file.clone(),
@@ -506,7 +655,7 @@ impl Engine {
 
         // Rows a migrate on a server deleted (no undo there): the push is recorded, then reported as failed.
         let mut server_rows_lost: Option<Diagnosis> = None;
-        if mode != Mode::Up {
+        if mode != Mode::Up || converting {
             journal.phase = Phase::Migrate;
             journal.child = None;
             self.write_journal(project, &journal)?;
@@ -546,7 +695,10 @@ impl Engine {
                 return Ok(report);
             }
             // migrate says success even when it skipped a migration: the database must have applied every one.
-            if let Some(diag) = self.verify_applied(project) {
+            if let Some(diag) = self
+                .verify_applied(project)
+                .or_else(|| if converting { self.verify_converted(project) } else { None })
+            {
                 return self.fail_with(project, Stage::Verify, diag, &mut journal, &logs, db);
             }
             // ...and it must have kept its rows. On a server there is no undo: the push is recorded (drizzle/ keeps
@@ -820,10 +972,13 @@ impl Engine {
                 "remove it, then push again",
             ));
         }
-        // A journal it cannot read, or one naming a .sql that is not there, means generate did not finish.
+        // A journal it cannot read, or one naming a .sql that is not there, or a journal beside migration folders,
+        // means generate did not finish (or is not the drizzle-kit the folder is laid out for).
         crate::drizzle::journal::faults(&drizzle)
             .into_iter()
-            .find(|f| matches!(f.code.as_str(), "journal-unreadable" | "journal-missing-sql"))
+            .find(|f| {
+                matches!(f.code.as_str(), "journal-unreadable" | "journal-missing-sql" | "layout-mixed")
+            })
             .map(|f| {
                 Diagnosis::new(
                     "unknown",
@@ -867,12 +1022,11 @@ impl Engine {
             .unwrap_or_default();
         let drizzle = project.drizzle();
         let Ok(Some(folder)) = crate::safefs::Folder::open(&drizzle) else { return Vec::new() };
-        let entries = crate::drizzle::journal::read_in(&folder).ok().flatten().unwrap_or_default();
-        entries
+        database::to_run(&folder, &before)
+            .unwrap_or_default()
             .into_iter()
-            .filter(|e| !before.iter().any(|a| a.created_at == e.when))
             .map(|e| {
-                let sql = crate::drizzle::journal::sql(&folder, &e.tag).ok().flatten().unwrap_or_default();
+                let sql = crate::drizzle::journal::sql(&folder, &e).ok().flatten().unwrap_or_default();
                 (e.tag, String::from_utf8_lossy(&sql).into_owned())
             })
             .collect()
@@ -902,6 +1056,174 @@ impl Engine {
         ))
     }
 
+    /// After a converting `up`: the folder is in 1.0's layout, every migration of the journal is one migration
+    /// folder with exactly its SQL (the hashes the database stores must still match), and every row of the database's
+    /// migrations table matches a migration folder the way 1.0's first migrate matches it (else it throws).
+    fn judge_converted(
+        &self,
+        project: &Project,
+        before: &[manifest::FileEntry],
+        entries: &[crate::drizzle::journal::Entry],
+    ) -> Option<Diagnosis> {
+        let drizzle = project.drizzle();
+        let rolled_back = "drizzle/ was put back as it was (nothing was migrated); up.log in the quarantine folder \
+                           has drizzle-kit's output";
+        let tree = match self.scan_out(project) {
+            Ok(t) => t,
+            Err(e) => {
+                return Some(Diagnosis::new("unknown", format!("cannot read drizzle/: {e}"), "try again"));
+            }
+        };
+        let folder = crate::safefs::Folder::open(&drizzle).ok().flatten();
+        let layout = folder.as_ref().and_then(crate::drizzle::journal::layout_in);
+        if layout != Some(Layout::Folders) {
+            return Some(Diagnosis::new(
+                "up-not-converted",
+                format!(
+                    "drizzle-kit up did not convert drizzle/ to 1.0's layout (it is {} now)",
+                    layout.map(|l| l.described()).unwrap_or("empty")
+                ),
+                format!("{rolled_back}; check that push.up runs the project's drizzle-kit 1.0 `up`"),
+            ));
+        }
+        let folder = folder?;
+        let mut after = crate::drizzle::journal::read_in(&folder).ok().flatten().unwrap_or_default();
+        database::with_hashes(&folder, &mut after);
+        let files = tree.files();
+        let blake = |list: &[manifest::FileEntry], path: &str| {
+            list.iter().find(|f| f.path == path).map(|f| f.blake3.clone())
+        };
+        let mut lost = Vec::new();
+        for e in entries {
+            let old = blake(before, &e.file);
+            let kept = old.is_some()
+                && after.iter().any(|a| {
+                    blake(&files, &a.file) == old
+                        && a.tag.ends_with(&e.tag[e.tag.find('_').map_or(0, |i| i + 1)..])
+                });
+            if !kept {
+                lost.push(e.file.clone());
+            }
+        }
+        if !lost.is_empty() || after.len() != entries.len() {
+            return Some(Diagnosis::new(
+                "up-changed-sql",
+                format!(
+                    "drizzle-kit up did not keep every migration's SQL byte for byte ({} migrations before, {} after{})",
+                    entries.len(),
+                    after.len(),
+                    if lost.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; not kept: {}", shown_paths(&lost, 5))
+                    }
+                ),
+                rolled_back,
+            ));
+        }
+        let missing_snapshot: Vec<String> = after
+            .iter()
+            .filter(|a| blake(&files, &format!("{}/snapshot.json", a.tag)).is_none())
+            .map(|a| a.tag.clone())
+            .collect();
+        if !missing_snapshot.is_empty() {
+            return Some(Diagnosis::new(
+                "up-changed-sql",
+                format!(
+                    "drizzle-kit up left migration folders without snapshot.json: {}",
+                    shown_paths(&missing_snapshot, 5)
+                ),
+                rolled_back,
+            ));
+        }
+        // The table's upgrade, predicted on what the database holds now.
+        let rows = match self.database_to_check(project) {
+            Ok(database::Database::File(target)) => database::applied(&target),
+            Ok(database::Database::Server(server)) => server.applied(),
+            Err(_) => Ok(None),
+        };
+        let rows = match rows {
+            Ok(rows) => rows.unwrap_or_default(),
+            Err(why) => {
+                return Some(Diagnosis::new(
+                    "database-unreadable",
+                    format!("the migrations table cannot be read to check its upgrade: {why}"),
+                    rolled_back,
+                ));
+            }
+        };
+        let matched = database::matching(Layout::Folders, &after, &rows);
+        let mut problems = Vec::new();
+        for (row, found) in &matched.rows {
+            match found {
+                None => problems.push(format!(
+                    "the row created_at {} (sha256 {}…) matches no migration folder",
+                    row.created_at,
+                    row.hash.chars().take(12).collect::<String>()
+                )),
+                Some(e) if e.hash.as_deref() != Some(row.hash.as_str()) => problems.push(format!(
+                    "the row created_at {} would be taken for {}, whose SQL is another",
+                    row.created_at, e.tag
+                )),
+                Some(_) => {}
+            }
+        }
+        if !problems.is_empty() {
+            return Some(Diagnosis::new(
+                "up-unmatched",
+                format!(
+                    "drizzle-kit 1.0's first migrate would not upgrade the migrations table cleanly: {}",
+                    shown_paths(&problems, 5)
+                ),
+                format!(
+                    "{rolled_back}. The database applied migrations this folder lacks, or two migrations share a \
+                     second: `dreamerd check` lists the drift; fix it (restore, or reset your development database), \
+                     then `dreamerd up` again"
+                ),
+            ));
+        }
+        None
+    }
+
+    /// After the conversion's migrate: the migrations table is upgraded (every row names its migration folder) and
+    /// every hash it stores is still the SQL's.
+    fn verify_converted(&self, project: &Project) -> Option<Diagnosis> {
+        let rows = match self.database_to_check(project).ok()? {
+            database::Database::File(target) => database::applied(&target).ok()??,
+            database::Database::Server(server) => server.applied().ok()??,
+        };
+        let unnamed = rows.iter().filter(|r| r.name.is_none()).count();
+        let drift: Vec<Drift> = database::check(&project.drizzle(), self.database_to_check(project))
+            .0
+            .into_iter()
+            .filter(|d| matches!(d.code.as_str(), "migration-missing" | "migration-edited"))
+            .collect();
+        if unnamed == 0 && drift.is_empty() {
+            return None;
+        }
+        let all: Vec<String> = drift.iter().map(|d| format!("[{}] {}", d.code, d.message)).collect();
+        Some(Diagnosis::new(
+            "up-unmatched",
+            format!(
+                "after drizzle-kit 1.0's migrate, {unnamed} row(s) of the migrations table name no migration{}",
+                if all.is_empty() { String::new() } else { format!("; {}", all.join("; ")) }
+            ),
+            "drizzle/ and the database were put back as they were before `dreamerd up`; migrate.log in the \
+             quarantine folder has drizzle-kit's output",
+        ))
+    }
+
+    /// Writes drizzle-kit 1.0's answers (`--hints-file`) in the state folder, readable by the user only.
+    fn hints_file(&self, project: &Project, answers: &[serde_json::Value]) -> Result<PathBuf> {
+        self.prepare_state()?;
+        let dir = self.dirs.state.join("hints");
+        fsutil::create_private_dir(&dir).ctx("create", &dir)?;
+        let path = dir.join(format!("{}-{}.json", project.local_key(), std::process::id()));
+        let body = serde_json::to_vec(answers).expect("JSON values serialise");
+        fsutil::atomic_write(&path, &body).ctx("write", &path)?;
+        Ok(path)
+    }
+
     /// After `generate --custom`: exactly one new journal entry, with its `.sql`.
     fn judge_custom(
         &self,
@@ -911,7 +1233,7 @@ impl Engine {
         let after = crate::drizzle::journal::read(&project.drizzle()).ok().flatten().unwrap_or_default();
         let new: Vec<_> = after.into_iter().filter(|e| !before.iter().any(|b| b.tag == e.tag)).collect();
         match new.as_slice() {
-            [one] if project.drizzle().join(format!("{}.sql", one.tag)).is_file() => Ok(one.clone()),
+            [one] if crate::safefs::is_regular_file(&project.drizzle().join(&one.file)) => Ok(one.clone()),
             _ => Err(Diagnosis::new(
                 "unknown",
                 format!(
@@ -964,15 +1286,31 @@ impl Engine {
             database::Database::File(target) => database::applied(&target).ok()??,
             database::Database::Server(server) => server.applied().ok()??,
         };
-        let entries = crate::drizzle::journal::read(&project.drizzle()).ok()??;
+        let folder = crate::safefs::Folder::open(&project.drizzle()).ok()??;
+        let mut entries = crate::drizzle::journal::read_in(&folder).ok()??;
+        let layout = crate::drizzle::journal::layout_in(&folder)?;
+        database::with_hashes(&folder, &mut entries);
         let known = project.known_faults().unwrap_or_default();
         let newest = rows.iter().map(|r| r.created_at).max().unwrap_or(0);
-        let missing: Vec<&crate::drizzle::journal::Entry> = entries
-            .iter()
-            .filter(|e| !rows.iter().any(|r| r.created_at == e.when))
+        let missing: Vec<&crate::drizzle::journal::Entry> = database::matching(layout, &entries, &rows)
+            .unapplied
+            .into_iter()
             .filter(|e| !known.iter().any(|k| k.migration.as_deref() == Some(e.tag.as_str())))
             .collect();
         let first = missing.first()?;
+        if layout == crate::drizzle::journal::Layout::Folders {
+            let all: Vec<&str> = missing.iter().map(|e| e.tag.as_str()).collect();
+            return Some(Diagnosis::new(
+                "migration-skipped",
+                format!(
+                    "migrate reported success, but the database does not name {} in its migrations table",
+                    all.join(", ")
+                ),
+                "drizzle/ and the database are as they were before the push. The migrate command may not be \
+                 drizzle-kit 1.0's, or it migrated another database than the config names: check push.migrate and \
+                 the config's dbCredentials, then `dreamer push` again",
+            ));
+        }
         let all: Vec<String> = missing.iter().map(|e| format!("{} (when {})", e.tag, e.when)).collect();
         Some(Diagnosis::new(
             "migration-skipped",
@@ -1209,7 +1547,7 @@ impl ServerBefore {
     fn read(server: &crate::drizzle::server::Server, drizzle: &std::path::Path) -> ServerBefore {
         let shape = server.shape().ok();
         let pending = match &shape {
-            Some(shape) => database::pending_statements(drizzle, shape.newest).unwrap_or_default(),
+            Some(shape) => database::pending_statements(drizzle, &shape.applied).unwrap_or_default(),
             None => Vec::new(),
         };
         let rows = (!pending.is_empty()).then(|| server.row_counts());
@@ -1298,8 +1636,8 @@ fn explain_on_server(
         }
     };
     if server.dialect == crate::drizzle::server::Dialect::MySql {
-        let newest = applied.unwrap_or_default().iter().map(|a| a.created_at).max();
-        let pending = database::pending_statements(&project.drizzle(), newest).unwrap_or_default();
+        let pending = database::pending_statements(&project.drizzle(), &applied.unwrap_or_default())
+            .unwrap_or_default();
         let first = pending.first().map(|(m, _)| m.as_str()).unwrap_or("?");
         // The statement that failed, predicted from the tables and columns before migrate.
         if let Some(failure) = before.and_then(ServerBefore::predicted) {

@@ -110,6 +110,31 @@ impl Engine {
                 (record, archive)
             }
         };
+        // Across the drizzle-kit 1.0 upgrade only together with the database of that time: the upgrade rewrote the
+        // migrations table, and the installed drizzle-kit reads one layout only.
+        if !with_database
+            && let Some(current) = self.baseline_of(project)?.map(|b| b.record)
+            && let (Some(from), Some(to)) = (current.layout(), record.layout())
+            && from != to
+        {
+            return Err(Error::failed(
+                format!(
+                    "push {} is in {}, but this checkout's last push {} is in {}: the drizzle-kit 1.0 upgrade between \
+                     them rewrote the database's migrations table, so that folder alone would not match the database \
+                     nor the installed drizzle-kit; nothing was changed",
+                    record.id,
+                    to.described(),
+                    current.id,
+                    from.described()
+                ),
+                format!(
+                    "`dreamerd restore --push {} --with-database` puts the folder back together with the database copy \
+                     taken before the push after it (`dreamerd history` marks the pushes with one), and then install \
+                     the drizzle-kit of that layout; or restore a push of the current layout",
+                    record.id
+                ),
+            ));
+        }
         let drizzle = project.drizzle();
         let tree = self.scan_out(project)?;
         let changes = manifest::diff(&record.files, &tree);

@@ -132,6 +132,10 @@ pub struct ProjectStatus {
     /// The version of the drizzle-kit installed for the project (absent when none is found).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drizzle_kit: Option<String>,
+    /// How the migration folder is laid out: `journal` (drizzle-kit 0.x) or `folders` (1.0); absent when it holds no
+    /// migration. A layout the installed drizzle-kit does not use is the drift `layout-kit-mismatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_layout: Option<crate::drizzle::journal::Layout>,
     /// How many faults of the folder's history were left out of `drift` because the project file records them as
     /// known (accepted by the first push).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -224,6 +228,7 @@ impl Engine {
             custom: None,
             backup_waiting: self.backup_waiting(project),
             drizzle_kit: crate::project::layout::drizzle_kit_version(&project.workdir()),
+            migration_layout: super::migration_layout(project),
         };
         if project.unresolved() {
             status.state = ProjectState::Unresolved;
@@ -246,7 +251,17 @@ impl Engine {
             let base = found.record;
             status.schema_pending = schema != base.schema_blake3;
             if !status.violations.is_empty() {
-                if let Some((other, relation)) = self.matching_push(project, &tree, Some(&base.id)) {
+                let arrived = self.matching_push(project, &tree, Some(&base.id));
+                // A push from before the drizzle-kit 1.0 upgrade that came back (git, a copy) is no longer a state
+                // the project can be in: never clean.
+                let arrived = match arrived {
+                    Some((other, _)) if other.layout().is_some() && other.layout() != base.layout() => {
+                        status.drift.push(layout_mismatch(project, &other, &base));
+                        None
+                    }
+                    other => other,
+                };
+                if let Some((other, relation)) = arrived {
                     status.violations.clear();
                     status.schema_pending = schema != other.schema_blake3;
                     status.matches = Some(other.id.clone());
@@ -290,4 +305,26 @@ impl Engine {
         }
         Ok(status)
     }
+}
+
+/// The drift of a folder that holds a known push of another layout than the checkout's last push.
+pub(crate) fn layout_mismatch(
+    project: &Project,
+    held: &crate::store::PushRecord,
+    base: &crate::store::PushRecord,
+) -> Drift {
+    let shown = |l: Option<crate::drizzle::journal::Layout>| l.map(|l| l.described()).unwrap_or("no layout");
+    Drift::new(
+        "layout-mismatch",
+        format!(
+            "{} holds push {} ({}), but this checkout's last push {} is in {}: the folder went back across the \
+             drizzle-kit 1.0 upgrade (a git checkout of an older commit?), and the database does not match it",
+            project.out_shown(),
+            held.id,
+            shown(held.layout()),
+            base.id,
+            shown(base.layout())
+        ),
+        None,
+    )
 }

@@ -479,7 +479,9 @@ impl Engine {
         let folder = safefs::Folder::open(&project.drizzle()).ok()??;
         let entries = crate::drizzle::journal::read_in(&folder).ok()?.unwrap_or_default();
         let applied = crate::drizzle::database::applied_after_crash(&db).ok()?.unwrap_or_default();
-        let drift = crate::drizzle::database::drift(Some(&folder), &entries, &applied);
+        let layout =
+            crate::drizzle::journal::layout_in(&folder).unwrap_or(crate::drizzle::journal::Layout::Journal);
+        let drift = crate::drizzle::database::drift(layout, Some(&folder), &entries, &applied);
         Some(!drift.iter().any(|d| d.code == "migration-pending"))
     }
 

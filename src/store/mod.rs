@@ -125,6 +125,11 @@ pub struct PushRecord {
 }
 
 impl PushRecord {
+    /// How the push's migration folder is laid out (from its files: a journal, or migration folders).
+    pub fn layout(&self) -> Option<crate::drizzle::journal::Layout> {
+        crate::drizzle::journal::Layout::of_paths(self.files.iter().map(|f| f.path.as_str()))
+    }
+
     /// Refuses archive bytes that are not exactly the ones this record describes; `place` says where they came from.
     pub fn check_archive(&self, bytes: &[u8], place: &str) -> Result<()> {
         let got = blake3::hash(bytes).to_hex().to_string();

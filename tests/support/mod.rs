@@ -16,6 +16,11 @@ pub fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture")
 }
 
+/// The second drizzle fixture: drizzle-kit and drizzle-orm 1.0 (1.0.0-rc.5).
+pub fn fixture_v1_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixture-1.0")
+}
+
 /// One test's world: a project folder and its own XDG directories.
 pub struct World {
     pub tmp: tempfile::TempDir,
@@ -38,6 +43,28 @@ impl World {
         }
         std::os::unix::fs::symlink(&modules, world.root.join("node_modules")).unwrap();
         world
+    }
+
+    /// A project with the real drizzle-kit 1.0 (the second fixture's node_modules linked in).
+    pub fn drizzle_v1() -> World {
+        let world = World::drizzle();
+        world.install_kit_v1();
+        world
+    }
+
+    /// Installs drizzle-kit 1.0 in the project in place of 0.31 (its node_modules and package.json), as a team
+    /// upgrading does.
+    pub fn install_kit_v1(&self) {
+        let modules = fixture_v1_dir().join("node_modules");
+        assert!(
+            modules.join(".bin/drizzle-kit").exists(),
+            "the drizzle 1.0 fixture is not installed: run scripts/test (it runs npm ci in tests/fixture-1.0)"
+        );
+        fs::remove_file(self.root.join("node_modules")).unwrap();
+        std::os::unix::fs::symlink(&modules, self.root.join("node_modules")).unwrap();
+        self.write("package.json", &fs::read_to_string(fixture_v1_dir().join("package.json")).unwrap());
+        // drizzle-kit 1.0 loads the config with jiti, which caches it in node_modules/.cache: the shared fixture's.
+        self.set_env("JITI_FS_CACHE", "false");
     }
 
     /// A project folder with only src/schema.ts and no drizzle-kit; configure stand-ins with `config`.
