@@ -383,3 +383,73 @@ fn rows_that_vanish_on_a_server_fail_the_push_which_keeps_the_applied_migration(
     assert_eq!(c["state"], "clean", "{c}");
     assert_eq!(w.tree("drizzle").keys().filter(|k| k.ends_with(".sql")).count(), 2);
 }
+
+/// The applied rows' names on PostgreSQL (`None` in a table drizzle-kit 1.0 has not upgraded yet).
+fn pg_names(url: &str) -> Vec<String> {
+    let out = Command::new("psql")
+        .args([
+            url,
+            "-At",
+            "-c",
+            "SELECT coalesce(name, '-') FROM drizzle.__drizzle_migrations ORDER BY created_at",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
+}
+
+#[test]
+fn a_postgresql_project_is_converted_to_drizzle_kit_1_0_only_after_its_own_backup() {
+    let Some(admin) = admin("DREAMERD_TEST_PG") else { return };
+    let name = format!("dreamerd_pg1_{}", std::process::id());
+    let url = fresh_database(&admin, &name);
+    let w = project("postgresql", &url);
+    w.push_ok();
+    sql_pg(&url, "INSERT INTO users (name) VALUES ('ann')");
+    let before = w.tree("drizzle");
+    w.install_kit_v1();
+    // The server's table is upgraded by the conversion, and dreamerd copies no server: the user's backup first.
+    let (code, v) = w.json("dreamerd", &["up"]);
+    assert_eq!((code, v["diagnosis"]["code"].as_str()), (1, Some("backup-first")), "{v}");
+    assert!(v["diagnosis"]["hint"].as_str().unwrap().contains("--backed-up"), "{v}");
+    assert_eq!(w.tree("drizzle"), before);
+    let (code, v) = w.json("dreamerd", &["up", "--backed-up"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = check(&w);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["migration_layout"], "folders");
+    let names = pg_names(&url);
+    assert_eq!(names.len(), 1);
+    assert!(w.path(&format!("drizzle/{}/migration.sql", names[0])).is_file(), "{names:?}");
+    // Drift by name on the server: a row drizzle/ lacks, named as 1.0 names it.
+    sql_pg(
+        &url,
+        "INSERT INTO drizzle.__drizzle_migrations (hash, created_at, name) VALUES ('x', 1, '20200101000000_gone')",
+    );
+    let (code, v) = check(&w);
+    assert_eq!(code, 1);
+    let missing = v["drift"].as_array().unwrap().iter().find(|d| d["code"] == "migration-missing").cloned();
+    assert_eq!(missing.map(|d| d["migration"].clone()), Some(Value::from("20200101000000_gone")), "{v}");
+}
+
+#[test]
+fn a_mysql_project_on_drizzle_kit_1_0_pushes_and_is_checked_by_name() {
+    let Some(admin) = admin("DREAMERD_TEST_MYSQL") else { return };
+    let name = format!("dreamerd_my1_{}", std::process::id());
+    let url = fresh_database(&admin, &name);
+    let w = project("mysql", &url);
+    w.install_kit_v1();
+    w.push_ok();
+    let (code, v) = check(&w);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["migration_layout"], "folders");
+    // The row of the applied migration renamed: by name, the migration is pending and the row is missing.
+    sql_mysql(&admin, &name, "UPDATE __drizzle_migrations SET name = '20200101000000_other'");
+    let (code, v) = check(&w);
+    assert_eq!(code, 1);
+    let found = codes(&v);
+    assert!(
+        found.contains(&"migration-missing".into()) && found.contains(&"migration-pending".into()),
+        "{v}"
+    );
+}

@@ -466,14 +466,22 @@ impl Engine {
         }
         // A server database is not copied: the conversion rewrites its migrations table, so it wants the user's own
         // backup first.
-        let server = matches!(self.database_to_check(project), Ok(database::Database::Server(_)));
-        if converting && server && !options.backed_up {
+        let uncopied = match self.database_to_check(project) {
+            Ok(database::Database::File(_)) => None,
+            Ok(database::Database::Server(server)) => {
+                Some(format!("dreamerd does not copy server databases ({})", server.address))
+            }
+            Err(why) => Some(format!("dreamerd cannot tell which database the project migrates ({why})")),
+        };
+        if converting
+            && !options.backed_up
+            && let Some(why) = uncopied
+        {
             return Ok(precheck_failure(
                 "backup-first",
                 format!(
-                    "converting {} to drizzle-kit 1.0's layout upgrades the migrations table of the server database \
-                     (drizzle-kit 1.0's first migrate adds and fills `name` and `applied_at`), and dreamerd does not \
-                     copy server databases",
+                    "converting {} to drizzle-kit 1.0's layout upgrades the database's migrations table \
+                     (drizzle-kit 1.0's first migrate adds and fills `name` and `applied_at`), and {why}",
                     project.out_shown()
                 ),
                 "take your own backup of the database first (pg_dump, mysqldump, or your host's snapshot), then run \
@@ -553,6 +561,10 @@ impl Engine {
             })?;
             if let Some(diag) = upgraded {
                 return self.fail(project, Stage::Generate, diag, &mut journal, &logs);
+            }
+            if converting && let Some(warning) = order_changed(&project.drizzle(), &entries_before) {
+                sink.progress(&warning);
+                tracing::warn!(project = %project.root.display(), "{warning}");
             }
             if self.scan_out(project)?.files() == before.files {
                 self.clear_journal(project)?;
@@ -1519,6 +1531,29 @@ fn replay_diagnosis(failure: &database::ReplayFailure) -> Diagnosis {
             format!("migrate failed: {quoted}"),
             "fix src/schema.ts (or the data the migration trips on), then `dreamer push` again; drizzle-kit's full \
              output is in the quarantine folder",
+        )
+    })
+}
+
+/// drizzle-kit up names each migration folder by its journal entry's second: entries made within one second get
+/// one time, and then 1.0's migrator orders them by name, which may not be the journal's order. A database that
+/// applied them already is not concerned; a fresh one runs them in the new order.
+fn order_changed(drizzle: &Path, before: &[crate::drizzle::journal::Entry]) -> Option<String> {
+    let folder = crate::safefs::Folder::open(drizzle).ok()??;
+    let after = crate::drizzle::journal::read_in(&folder).ok()??;
+    let name = |tag: &str| tag.split_once('_').map(|(_, rest)| rest.to_string()).unwrap_or_default();
+    let idx: Vec<(i64, &str)> = after
+        .iter()
+        .filter_map(|a| before.iter().find(|b| name(&b.tag) == name(&a.tag)).map(|b| (b.idx, a.tag.as_str())))
+        .collect();
+    let swapped: Vec<String> =
+        idx.windows(2).filter(|w| w[1].0 < w[0].0).map(|w| format!("{} before {}", w[0].1, w[1].1)).collect();
+    (!swapped.is_empty()).then(|| {
+        format!(
+            "warning: migrations generated within one second got one folder time, so a database that has not \
+             applied them yet (a fresh one, a teammate's) runs {} (against the journal's order); if the later one \
+             needs the earlier, such a database fails on it",
+            swapped.join(", ")
         )
     })
 }

@@ -2,10 +2,29 @@ const path = require('path');
 const [configPath, kitDir] = process.argv.slice(1);
 let api = null;
 try { api = require(require.resolve('tsx/cjs/api', { paths: [kitDir] })); } catch (e) {}
+// drizzle-kit 1.0 has no tsx: it loads a TypeScript config with the jiti bundled in its bin.cjs. The same jiti is
+// taken from there (the file compiled without its last line, which runs the CLI), its disk cache off: nothing is
+// written into the project.
+function kitJiti() {
+  const fs = require('fs');
+  const Module = require('module');
+  const bin = path.join(kitDir, 'bin.cjs');
+  let src = fs.readFileSync(bin, 'utf8');
+  const end = src.lastIndexOf('\nmain();');
+  if (end < 0 || !src.includes('var require_jiti =')) return null;
+  src = src.slice(0, end) + '\nmodule.exports = { createJiti: require_jiti().createJiti };\n';
+  const m = new Module(bin, null);
+  m.filename = bin;
+  m.paths = Module._nodeModulePaths(kitDir);
+  m._compile(src, bin);
+  return m.exports.createJiti(path.dirname(configPath), { interopDefault: true, fsCache: false });
+}
 (async () => {
   let unregister = null;
   if (api) { unregister = api.register(); }
-  let required = require(configPath);
+  let jiti = null;
+  if (!api && typeof Bun === 'undefined' && /\.[cm]?ts$/.test(configPath)) { try { jiti = kitJiti(); } catch (e) {} }
+  let required = jiti ? await jiti.import(configPath) : require(configPath);
   let config = required && required.default !== undefined ? required.default : required;
   if (config && typeof config.then === 'function') config = await config;
   const loaded = Object.keys(require.cache).filter((f) => !f.split(path.sep).includes('node_modules'));
