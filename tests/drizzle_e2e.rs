@@ -33,7 +33,7 @@ fn first_push_backs_up_and_check_is_clean() {
                "last_push": {"id": id, "at": at, "files": 3, "source": "checkout", "via": "push"}, "drift": [],
                "config": "drizzle.config.ts", "out": "drizzle", "schema": ["src/schema.ts"], "dialect": "sqlite",
                "layout": "evaluated", "database": {"checked": true, "path": w.root.join("local.db")},
-               "drizzle_kit": "0.31.11"})
+               "drizzle_kit": "0.31.11", "migration_layout": "journal"})
     );
     // The archive, its manifest and its generation are in the local store under $XDG_DATA_HOME.
     let project_id = w.read(".dreamerd.toml");
