@@ -989,7 +989,10 @@ impl Engine {
         crate::drizzle::journal::faults(&drizzle)
             .into_iter()
             .find(|f| {
-                matches!(f.code.as_str(), "journal-unreadable" | "journal-missing-sql" | "layout-mixed")
+                matches!(
+                    f.code.as_str(),
+                    "journal-unreadable" | "journal-missing-sql" | "layout-mixed" | "folder-missing-sql"
+                )
             })
             .map(|f| {
                 Diagnosis::new(
