@@ -1054,9 +1054,10 @@ impl Engine {
         let other: Vec<String> = manifest::diff(before, &tree)
             .into_iter()
             .filter(|v| {
-                !(v.kind == manifest::ViolationKind::Modified
-                    && v.path.starts_with("meta/")
-                    && v.path.ends_with("_snapshot.json"))
+                // 0.x snapshots in meta/, or 1.0's in their migration folders.
+                let snapshot = (v.path.starts_with("meta/") && v.path.ends_with("_snapshot.json"))
+                    || (v.path.ends_with("/snapshot.json") && v.path.matches('/').count() == 1);
+                !(v.kind == manifest::ViolationKind::Modified && snapshot)
             })
             .map(|v| format!("{} {}", v.kind, v.path))
             .collect();
