@@ -191,11 +191,18 @@ pub struct Violation {
     /// Set when the entry at `path` is not a regular file (a symlink, fifo, directory...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_type: Option<SpecialKind>,
+    /// `git` when git wrote the change (a checkout, pull, merge, rebase or stash the daemon saw holding git's index
+    /// lock), not a person; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// With `source: git`: the commit HEAD named once git was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 impl Violation {
     fn new(kind: ViolationKind, path: &str) -> Violation {
-        Violation { kind, path: path.to_string(), from: None, file_type: None }
+        Violation { kind, path: path.to_string(), from: None, file_type: None, source: None, commit: None }
     }
 
     /// One human line: `modified  meta/_journal.json`.

@@ -74,6 +74,14 @@ struct Watched {
     paths: Option<watch::WatchPaths>,
     /// When the scan running now started.
     scanning_since: Option<Instant>,
+    /// git's index lock of the checkout (`<git dir>/index.lock`), asked of git once; `Some(None)`: not in git.
+    git_lock: Option<Option<PathBuf>>,
+    /// Since when git holds that lock (it writes the working tree meanwhile): warnings wait for it.
+    git_since: Option<Instant>,
+    /// The migration folder changed while git held its lock: the next scan's new violations are git's.
+    git_touched: bool,
+    /// The violations git brought (as JSON text, without the source), with the commit.
+    from_git: BTreeMap<String, String>,
 }
 
 /// Per-project watch details added to status by the daemon (an addition to the contract).

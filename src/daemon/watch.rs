@@ -21,6 +21,41 @@ use crate::project::Project;
 /// A project is rescanned at the latest this many quiet periods after its first pending event, even if events
 /// keep coming.
 const MAX_DELAY_FACTOR: u32 = 10;
+/// How long warnings wait for git to let go of its index lock: longer, it is a lock a crashed git left.
+const GIT_HOLD_MAX: Duration = Duration::from_secs(30);
+
+/// git's index lock of the checkout at `root` (a worktree's own), asked of git itself; `None` outside git.
+fn git_index_lock(root: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--absolute-git-dir"])
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !dir.is_empty()).then(|| PathBuf::from(dir).join("index.lock"))
+}
+
+/// A violation as the daemon remembers it: what changed, not who.
+fn violation_key(v: &crate::manifest::Violation) -> String {
+    let mut v = v.clone();
+    (v.source, v.commit) = (None, None);
+    serde_json::to_string(&v).expect("serialises")
+}
+
+/// The commit HEAD names in the checkout at `root`.
+pub(crate) fn git_head(root: &Path) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "-q", "HEAD"])
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let sha = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && sha.len() >= 40 && sha.bytes().all(|b| b.is_ascii_hexdigit())).then_some(sha)
+}
 
 /// Where a project's files are, as the daemon watches them: the migration folder recursively; the root, the
 /// config's folder and the schema's folders without their subfolders (a glob with `**` recursively from its
@@ -148,6 +183,21 @@ impl Daemon {
         let root = &project.root;
         let paths = WatchPaths::of(project);
         let mut want = paths.wanted();
+        // git's folder, for its index lock: asked of git once per project.
+        let known = self.state.lock().expect("state").projects.get(root).and_then(|w| w.git_lock.clone());
+        let lock = match known {
+            Some(lock) => lock,
+            None => {
+                let lock = git_index_lock(root);
+                if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
+                    w.git_lock = Some(lock.clone());
+                }
+                lock
+            }
+        };
+        if let Some(dir) = lock.as_ref().and_then(|l| l.parent()) {
+            want.push((dir.to_path_buf(), RecursiveMode::NonRecursive));
+        }
         if !is_dir(root)
             && let Some(parent) = root.parent()
         {
@@ -278,6 +328,26 @@ impl Daemon {
         }
         let now = Instant::now();
         let mut state = self.state.lock().expect("state");
+        // git taking or letting go of its index lock: what changes meanwhile is git's doing.
+        let mut git_done = Vec::new();
+        for (root, w) in state.projects.iter_mut() {
+            let Some(Some(lock)) = &w.git_lock else { continue };
+            if !event.paths.contains(lock) {
+                continue;
+            }
+            match event.kind {
+                EventKind::Create(_) => w.git_since = Some(now),
+                EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
+                    if w.git_since.take().is_some() {
+                        git_done.push(root.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        for root in git_done {
+            state.pending.insert(root, (now, now + debounce));
+        }
         let roots: Vec<PathBuf> = state
             .projects
             .iter()
@@ -300,6 +370,12 @@ impl Daemon {
                 && event.paths.iter().any(|p| w.watches.contains(p))
             {
                 w.rewatch = true;
+            }
+            if let Some(w) = state.projects.get_mut(&root)
+                && w.git_since.is_some()
+                && w.paths.as_ref().is_some_and(|p| event.paths.iter().any(|e| e.starts_with(&p.out)))
+            {
+                w.git_touched = true;
             }
             let entry = state.pending.entry(root).or_insert((now, now));
             let cap = entry.0 + debounce * MAX_DELAY_FACTOR;
@@ -341,6 +417,15 @@ impl Daemon {
         };
         let _scan = lock.lock().await;
         let spec = self.spec(root);
+        // While git writes the working tree (it holds its index lock), nothing is judged: look again after it.
+        let git_busy = self.state.lock().expect("state").projects.get(root).is_some_and(|w| {
+            w.git_since.is_some_and(|since| since.elapsed() < GIT_HOLD_MAX)
+                && w.git_lock.as_ref().and_then(|l| l.as_ref()).is_some_and(|l| l.exists())
+        });
+        if git_busy {
+            self.mark(root, Instant::now() + Duration::from_millis(50));
+            return;
+        }
         let busy = self.state.lock().expect("state").ops.get(root).copied().unwrap_or(0) > 0;
         if busy {
             // Our own writes (or another process's push) are not violations; look again once it is done.
@@ -384,7 +469,21 @@ impl Daemon {
                 return;
             }
         };
-        self.record(root, status);
+        // Changes git made: the commit it left HEAD at.
+        let by_git = self
+            .state
+            .lock()
+            .expect("state")
+            .projects
+            .get_mut(root)
+            .is_some_and(|w| std::mem::take(&mut w.git_touched));
+        let commit = if by_git {
+            let root = root.to_path_buf();
+            tokio::task::spawn_blocking(move || git_head(&root)).await.ok().flatten().or(Some(String::new()))
+        } else {
+            None
+        };
+        self.record(root, status, commit);
     }
 
     /// Awaits `work` on `root` (a scan, or the recovery before the first one), reporting it past the time limit:
@@ -438,18 +537,31 @@ impl Daemon {
 
     /// Updates the cached status and warns about what is new: each violation once, in the log and in one
     /// desktop notification per project and rescan.
-    fn record(self: &Arc<Self>, root: &Path, status: ProjectStatus) {
-        let now: BTreeSet<String> =
-            status.violations.iter().map(|v| serde_json::to_string(v).expect("serialises")).collect();
+    fn record(self: &Arc<Self>, root: &Path, mut status: ProjectStatus, git: Option<String>) {
+        let now: BTreeSet<String> = status.violations.iter().map(violation_key).collect();
         let (new, cleared, schema_changed, arrived) = {
             let mut state = self.state.lock().expect("state");
             let Some(w): Option<&mut Watched> = state.projects.get_mut(root) else { return };
+            // Violations that came with a git operation keep saying so while they last.
+            w.from_git.retain(|key, _| now.contains(key));
+            if let Some(commit) = &git {
+                for key in now.iter().filter(|k| !w.reported.contains(*k)) {
+                    w.from_git.insert(key.clone(), commit.clone());
+                }
+            }
+            for v in &mut status.violations {
+                let key = violation_key(v);
+                if let Some(commit) = w.from_git.get(&key) {
+                    v.source = Some("git".into());
+                    v.commit = (!commit.is_empty()).then(|| commit.clone());
+                }
+            }
             w.rescans += 1;
             w.warnings.retain(|warning| !warning.starts_with("cannot scan"));
             let new: Vec<_> = status
                 .violations
                 .iter()
-                .filter(|v| !w.reported.contains(&serde_json::to_string(v).expect("serialises")))
+                .filter(|v| !w.reported.contains(&violation_key(v)))
                 .cloned()
                 .collect();
             let cleared = now.is_empty() && !w.reported.is_empty();
@@ -466,7 +578,26 @@ impl Daemon {
         let any_new = !new.is_empty();
         let shown = shown(root);
         let out_dir = if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) };
-        if !new.is_empty() {
+        let by_git = new.iter().any(|v| v.source.is_some());
+        if by_git {
+            // git brought a folder no push made: said as such, with the commit; never undone automatically.
+            let commit = new.iter().find_map(|v| v.commit.clone()).unwrap_or_default();
+            let short: String = commit.chars().take(12).collect();
+            tracing::warn!(
+                project = %shown,
+                commit = %commit,
+                changes = new.len(),
+                "a git operation (checkout, pull, merge, rebase, stash) left {out_dir} as no push made it (HEAD at \
+                 {short}): its migrations were not made by `dreamer push` here or on a machine sharing the store. If \
+                 two branches that each pushed were merged, restore the push of the branch merged into and push the \
+                 merged schema; `dreamer database restore` puts back this checkout's last push"
+            );
+            self.emit(json!({"type": "violation", "root": root, "violations": new, "source": "git", "commit": commit}));
+            self.desktop.notify(
+                format!("git changed {out_dir} in {} to a state no push made", project_name(root)),
+                format!("{}\n\nHEAD is at {short}. `dreamerd status` in {shown} says more.", list_violations(&new)),
+            );
+        } else if !new.is_empty() {
             // The first change at once; the rest of a burst is one line (every file is in status and events).
             let first = &new[0];
             match &first.from {

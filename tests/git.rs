@@ -1,0 +1,127 @@
+//! Knowing git (issue 16): with real git and the real drizzle-kit, a checkout that brings a known push is accepted
+//! silently, and one that brings a tree no push made is a violation that says git brought it, with the commit, and is
+//! never undone by the automatic restore.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::World;
+
+/// Runs git in `dir` (as a throwaway author) and returns its stdout; panics on failure.
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn git(w: &World, args: &[&str]) -> String {
+    git_in(&w.root, args)
+}
+
+/// A git repository around a real drizzle project, the database and node_modules left out.
+fn repository() -> World {
+    let w = World::drizzle();
+    w.write(".gitignore", "node_modules\nlocal.db\n");
+    git(&w, &["init", "-q", "-b", "main"]);
+    w
+}
+
+fn commit(w: &World, message: &str) {
+    git(w, &["add", "-A"]);
+    git(w, &["commit", "-q", "-m", message]);
+}
+
+fn events(w: &World) -> Vec<Value> {
+    let run = w.run("dreamerd", &["events", "--json"]);
+    run.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+#[test]
+fn a_checkout_of_a_known_push_is_silent_and_of_an_unknown_tree_is_git_s_and_never_undone() {
+    let w = repository();
+    // The automatic restore is on: it must still never undo what git did.
+    w.config("[watch]\non_violation = \"restore\"\n");
+    let first = w.push_ok(); // spawns the daemon, which watches the project from then on
+    commit(&w, "users");
+    git(&w, &["checkout", "-q", "-b", "posts"]);
+    let schema = w.read("src/schema.ts");
+    w.write(
+        "src/schema.ts",
+        &format!("{schema}\nexport const posts = sqliteTable('posts', {{ id: integer('id').primaryKey() }});\n"),
+    );
+    let second = w.push_ok();
+    commit(&w, "posts");
+
+    // Back and forth between two known pushes: accepted as they are, no violation, nothing restored.
+    for (branch, push) in [("main", &first), ("posts", &second), ("main", &first)] {
+        git(&w, &["checkout", "-q", branch]);
+        w.wait_for(&format!("{branch}'s push accepted"), || {
+            let s = w.status();
+            s["state"] == "clean" && s["last_push"]["id"] == push.as_str()
+        });
+    }
+    assert!(!events(&w).iter().any(|e| e["type"] == "violation" || e["type"] == "restore"), "{:?}", events(&w));
+
+    // A branch whose migration no push made: drizzle-kit run directly in another clone, fetched here.
+    let other = w.tmp.path().join("other");
+    git_in(w.tmp.path(), &["clone", "-q", w.root.to_str().unwrap(), other.to_str().unwrap()]);
+    std::os::unix::fs::symlink(w.root.join("node_modules"), other.join("node_modules")).unwrap();
+    fs::write(
+        other.join("src/schema.ts"),
+        format!("{schema}\nexport const tags = sqliteTable('tags', {{ id: integer('id').primaryKey() }});\n"),
+    )
+    .unwrap();
+    let generated = Command::new("./node_modules/.bin/drizzle-kit")
+        .arg("generate")
+        .current_dir(&other)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    git_in(&other, &["checkout", "-q", "-b", "tags"]);
+    git_in(&other, &["add", "-A"]);
+    git_in(
+        &other,
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "tags, by drizzle-kit directly",
+        ],
+    );
+    git(&w, &["fetch", "-q", other.to_str().unwrap(), "tags:tags"]);
+    git(&w, &["checkout", "-q", "tags"]);
+    let head = git(&w, &["rev-parse", "HEAD"]);
+    w.wait_for("git's violations", || !w.status()["violations"].as_array().is_none_or(Vec::is_empty));
+    let status = w.status();
+    let violations = status["violations"].as_array().unwrap();
+    assert!(
+        violations.iter().all(|v| v["source"] == "git" && v["commit"] == head.as_str()),
+        "every change is git's, at {head}: {status}"
+    );
+    assert!(violations.iter().any(|v| v["kind"] == "created"), "{status}");
+    // Never undone: the folder stays as git left it, and no restore ran.
+    let tracked = git(&w, &["status", "--porcelain", "--", "drizzle"]);
+    assert_eq!(tracked, "", "the folder is exactly the commit's");
+    assert!(!events(&w).iter().any(|e| e["type"] == "restore"), "{:?}", events(&w));
+    let said = events(&w).into_iter().find(|e| e["type"] == "violation").expect("a violation event");
+    assert_eq!((said["source"].as_str(), said["commit"].as_str()), (Some("git"), Some(head.as_str())));
+    assert!(w.daemon_log().contains("a git operation"), "{}", w.daemon_log());
+}
