@@ -967,12 +967,17 @@ fn human_status(s: &ProjectStatus) -> String {
         }
     }
     if !s.drift.is_empty() {
-        out += &format!(
-            "DRIFT: {} problem(s) between {out_dir}, its journal and the database:\n",
-            s.drift.len()
-        );
+        let history = match s.migration_layout {
+            Some(crate::drizzle::journal::Layout::Folders) => "its migration folders",
+            _ => "its journal",
+        };
+        out +=
+            &format!("DRIFT: {} problem(s) between {out_dir}, {history} and the database:\n", s.drift.len());
+        // A project never pushed has nothing to restore: its hints say so.
+        let never_pushed = s.last_push.is_none() && s.matches.is_none();
         for d in &s.drift {
-            out += &format!("  [{}] {}\n    hint: {}\n", d.code, escaped(&d.message), d.hint());
+            let hint = if never_pushed { d.first_push_hint() } else { d.hint() };
+            out += &format!("  [{}] {}\n    hint: {hint}\n", d.code, escaped(&d.message));
         }
     }
     if let Some(w) = &s.backup_waiting {

@@ -60,7 +60,9 @@ fn a_checkout_of_a_known_push_is_silent_and_of_an_unknown_tree_is_git_s_and_neve
     let schema = w.read("src/schema.ts");
     w.write(
         "src/schema.ts",
-        &format!("{schema}\nexport const posts = sqliteTable('posts', {{ id: integer('id').primaryKey() }});\n"),
+        &format!(
+            "{schema}\nexport const posts = sqliteTable('posts', {{ id: integer('id').primaryKey() }});\n"
+        ),
     );
     let second = w.push_ok();
     commit(&w, "posts");
@@ -73,7 +75,11 @@ fn a_checkout_of_a_known_push_is_silent_and_of_an_unknown_tree_is_git_s_and_neve
             s["state"] == "clean" && s["last_push"]["id"] == push.as_str()
         });
     }
-    assert!(!events(&w).iter().any(|e| e["type"] == "violation" || e["type"] == "restore"), "{:?}", events(&w));
+    assert!(
+        !events(&w).iter().any(|e| e["type"] == "violation" || e["type"] == "restore"),
+        "{:?}",
+        events(&w)
+    );
 
     // A branch whose migration no push made: drizzle-kit run directly in another clone, fetched here.
     let other = w.tmp.path().join("other");
@@ -124,4 +130,53 @@ fn a_checkout_of_a_known_push_is_silent_and_of_an_unknown_tree_is_git_s_and_neve
     let said = events(&w).into_iter().find(|e| e["type"] == "violation").expect("a violation event");
     assert_eq!((said["source"].as_str(), said["commit"].as_str()), (Some("git"), Some(head.as_str())));
     assert!(w.daemon_log().contains("a git operation"), "{}", w.daemon_log());
+}
+
+#[test]
+fn switching_branches_with_one_database_names_the_push_each_is_at_and_its_copy_puts_it_back() {
+    let w = repository();
+    let first = w.push_ok();
+    rusqlite::Connection::open(w.path("local.db"))
+        .unwrap()
+        .execute_batch("INSERT INTO users (id, name) VALUES (1, 'ann')")
+        .unwrap();
+    commit(&w, "users");
+    git(&w, &["checkout", "-q", "-b", "posts"]);
+    let schema = w.read("src/schema.ts");
+    w.write(
+        "src/schema.ts",
+        &format!(
+            "{schema}\nexport const posts = sqliteTable('posts', {{ id: integer('id').primaryKey() }});\n"
+        ),
+    );
+    let second = w.push_ok();
+    commit(&w, "posts");
+    // Back on main, with the database posts migrated.
+    git(&w, &["checkout", "-q", "main"]);
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["drift"][0]["code"], "database-other-push", "{v}");
+    assert_eq!(v["database_push"], second.as_str(), "{v}");
+    let folder_push = v["matches"].as_str().or(v["last_push"]["id"].as_str()).unwrap().to_string();
+    assert_eq!(folder_push, first);
+    let message = v["drift"][0]["message"].as_str().unwrap();
+    let offered = format!("dreamerd restore --push {first} --with-database");
+    assert!(message.contains(&offered), "{message}");
+    // The offered way back makes check clean, and the row from before the switch is there.
+    let (code, v) = w.json("dreamerd", &["restore", "--push", &first, "--with-database"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{v}");
+    let name: String = rusqlite::Connection::open(w.path("local.db"))
+        .unwrap()
+        .query_row("SELECT name FROM users WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, "ann");
+    // And switching back to posts: the folder is ahead of the database, which a push brings up to date.
+    git(&w, &["checkout", "-q", "posts"]);
+    let (_, v) = w.json("dreamerd", &["check"]);
+    assert!(v["drift"].as_array().unwrap().iter().all(|d| d["code"] == "migration-pending"), "{v}");
+    let (code, v) = w.json("dreamer", &["push"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(w.json("dreamerd", &["check"]).0, 0);
 }

@@ -595,7 +595,10 @@ impl Daemon {
             self.emit(json!({"type": "violation", "root": root, "violations": new, "source": "git", "commit": commit}));
             self.desktop.notify(
                 format!("git changed {out_dir} in {} to a state no push made", project_name(root)),
-                format!("{}\n\nHEAD is at {short}. `dreamerd status` in {shown} says more.", list_violations(&new)),
+                format!(
+                    "{}\n\nHEAD is at {short}. `dreamerd status` in {shown} says more.",
+                    list_violations(&new)
+                ),
             );
         } else if !new.is_empty() {
             // The first change at once; the rest of a burst is one line (every file is in status and events).

@@ -85,6 +85,14 @@ impl Drift {
                 "drizzle/ holds both layouts: if the project runs drizzle-kit 1.0, run `dreamerd up` with the journal's \
                  migrations only (take the 1.0 folders out with git); if it runs 0.x, take the 1.0 folders out"
             }
+            "folder-missing-snapshot" => {
+                "a migration folder has no snapshot.json: take it back from git (`git log -- drizzle/`); if the \
+                 newest lacks it, the next generate repeats its changes. Then `dreamer push`"
+            }
+            "folder-missing-sql" | "folder-name" | "sql-not-in-migration" => {
+                "drizzle/ holds something drizzle-kit 1.0's migrator skips or ignores: take the folder's files back \
+                 from git (`git log -- drizzle/`), or remove what no database applied; then `dreamer push`"
+            }
             "journal-unreadable" | "snapshot-invalid" => {
                 "a file drizzle-kit needs cannot be read: take it back from git (`git log -- drizzle/meta/`), then \
                  `dreamer push`"
@@ -139,6 +147,11 @@ impl Drift {
             }
             "database-unreadable" => {
                 "check that the database file is readable and not locked, and database.url"
+            }
+            "database-other-push" => {
+                "the database is at another push than drizzle/ (one development database across branches): `dreamerd \
+                 restore --push ID --with-database` with the folder's push puts the database back from its copy; or \
+                 reset the development database and `dreamer push`"
             }
             "branches-unmerged" => {
                 "run `dreamer push`: drizzle-kit 1.0 writes the merge migration that joins the branches (it refuses, \

@@ -363,6 +363,69 @@ impl Engine {
         best
     }
 
+    /// The push whose migrations are exactly what the database applied (by time or name, and hash): after a switch
+    /// of branches with one development database, the push the database is at. Pushes are read newest first, at
+    /// most [`DATABASE_PUSHES`]; each one's migrations are read once from its archive and kept (a push never
+    /// changes).
+    pub(crate) fn database_push(
+        &self,
+        project: &Project,
+        rows: &[crate::drizzle::database::Applied],
+    ) -> Option<String> {
+        let id = self.project_id(project).ok()??;
+        let history = self.store.history(&id).ok()?;
+        for g in history.into_iter().take(DATABASE_PUSHES) {
+            let key = format!("{id}/{}", g.push);
+            let known = MIGRATIONS_OF.lock().expect("cache").get(&key).cloned();
+            let migrations = match known {
+                Some(m) => m,
+                None => {
+                    let Ok(files) = self.store.manifest(&id, &g.tree) else { continue };
+                    let record = g.record(files);
+                    let Some(m) = self.migrations_of(&record) else { continue };
+                    let m = std::sync::Arc::new(m);
+                    MIGRATIONS_OF.lock().expect("cache").insert(key, m.clone());
+                    m
+                }
+            };
+            let (layout, entries) = (&migrations.0, &migrations.1);
+            let matched = crate::drizzle::database::matching(*layout, entries, rows);
+            let all = matched.unapplied.is_empty()
+                && matched
+                    .rows
+                    .iter()
+                    .all(|(row, e)| e.is_some_and(|e| e.hash.as_deref() == Some(row.hash.as_str())));
+            if all {
+                return Some(g.push);
+            }
+        }
+        None
+    }
+
+    /// A push's migrations with their hashes, from its archive (unpacked into a private scratch folder).
+    fn migrations_of(
+        &self,
+        record: &PushRecord,
+    ) -> Option<(crate::drizzle::journal::Layout, Vec<crate::drizzle::journal::Entry>)> {
+        let layout = record.layout()?;
+        let bytes = self.store.archive(record).ok()?;
+        self.prepare_state().ok()?;
+        let scratch = self.dirs.state.join("tmp");
+        crate::fsutil::create_private_dir(&scratch).ok()?;
+        let dest = scratch.join(format!("push-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+        crate::archive::unpack_verified(&bytes, &record.files, &dest, crate::archive::Limits::default())
+            .ok()?;
+        let read = || {
+            let folder = crate::safefs::Folder::open(&dest).ok()??;
+            let mut entries = crate::drizzle::journal::read_in(&folder).ok()??;
+            crate::drizzle::database::with_hashes(&folder, &mut entries);
+            Some(entries)
+        };
+        let entries = read();
+        let _ = std::fs::remove_dir_all(&dest);
+        Some((layout, entries?))
+    }
+
     /// Takes a folder that arrived holding exactly a known push as the checkout's last push, if no operation runs
     /// on the project right now (it would decide the last push itself). Best effort: status stays read-only when it
     /// cannot.
@@ -555,3 +618,11 @@ mod tests {
         assert_eq!(relation(&cycle, "a", "z"), Relation::Other);
     }
 }
+
+/// How many pushes, newest first, are compared with the database to find the one it is at.
+const DATABASE_PUSHES: usize = 50;
+
+/// Each push's migrations, by `<project id>/<push id>`: read once per process.
+type MigrationsOf = std::sync::Arc<(crate::drizzle::journal::Layout, Vec<crate::drizzle::journal::Entry>)>;
+static MIGRATIONS_OF: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, MigrationsOf>>> =
+    std::sync::LazyLock::new(Default::default);

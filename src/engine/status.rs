@@ -136,6 +136,10 @@ pub struct ProjectStatus {
     /// migration. A layout the installed drizzle-kit does not use is the drift `layout-kit-mismatch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_layout: Option<crate::drizzle::journal::Layout>,
+    /// The push the database is at (it applied exactly that push's migrations), when the folder is another known
+    /// push: a switch of branches with one development database (with the drift `database-other-push`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_push: Option<String>,
     /// How many faults of the folder's history were left out of `drift` because the project file records them as
     /// known (accepted by the first push).
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -229,6 +233,7 @@ impl Engine {
             backup_waiting: self.backup_waiting(project),
             drizzle_kit: crate::project::layout::drizzle_kit_version(&project.workdir()),
             migration_layout: super::migration_layout(project),
+            database_push: None,
         };
         if project.unresolved() {
             status.state = ProjectState::Unresolved;
@@ -284,6 +289,44 @@ impl Engine {
             status.state = ProjectState::Clean;
             self.adopt_arrived(project, &other, None);
         }
+        // The folder is a known push and the database applied what it lacks: after a switch of branches, which push
+        // is the database at?
+        if status.violations.is_empty()
+            && status
+                .drift
+                .iter()
+                .any(|d| matches!(d.code.as_str(), "migration-missing" | "migration-edited"))
+            && let Some(folder_push) =
+                status.matches.clone().or_else(|| status.last_push.as_ref().map(|l| l.id.clone()))
+            && let Some(rows) = self.applied_rows(project)
+            && let Some(db_push) = self.database_push(project, &rows)
+            && db_push != folder_push
+        {
+            let way_back = match self.copy_for(project, &folder_push) {
+                Some(_) => format!(
+                    "`dreamerd restore --push {folder_push} --with-database` puts the database back to push \
+                     {folder_push}'s state from its copy (the database it replaces is kept in quarantine); or reset \
+                     the development database and `dreamer push`"
+                ),
+                None => format!(
+                    "there is no database copy of push {folder_push}'s state: reset the development database and \
+                     `dreamer push` (or check out the branch of push {db_push} again)"
+                ),
+            };
+            status.drift.insert(
+                0,
+                Drift::new(
+                    "database-other-push",
+                    format!(
+                        "{} is push {folder_push}, but the database is at push {db_push} (it applied exactly that \
+                         push's migrations): one development database across branches. {way_back}",
+                        project.out_shown()
+                    ),
+                    None,
+                ),
+            );
+            status.database_push = Some(db_push);
+        }
         // Loud, never guarding the wrong folder in silence: one the config moved since the last push, or one that is
         // gone while the database applied migrations.
         let out = project.out_shown();
@@ -327,4 +370,14 @@ pub(crate) fn layout_mismatch(
         ),
         None,
     )
+}
+
+impl Engine {
+    /// The rows of the project's migrations table, where the database can be read.
+    fn applied_rows(&self, project: &Project) -> Option<Vec<database::Applied>> {
+        match self.database_to_check(project).ok()? {
+            database::Database::File(target) => database::applied(&target).ok()?,
+            database::Database::Server(server) => server.applied().ok()?,
+        }
+    }
 }
