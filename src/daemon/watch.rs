@@ -337,10 +337,10 @@ impl Daemon {
             }
             match event.kind {
                 EventKind::Create(_) => w.git_since = Some(now),
-                EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_)) => {
-                    if w.git_since.take().is_some() {
-                        git_done.push(root.clone());
-                    }
+                EventKind::Remove(_) | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                    if w.git_since.take().is_some() =>
+                {
+                    git_done.push(root.clone());
                 }
                 _ => {}
             }

@@ -590,6 +590,14 @@ impl Engine {
     }
 }
 
+/// How many pushes, newest first, are compared with the database to find the one it is at.
+const DATABASE_PUSHES: usize = 50;
+
+/// Each push's migrations, by `<project id>/<push id>`: read once per process.
+type MigrationsOf = std::sync::Arc<(crate::drizzle::journal::Layout, Vec<crate::drizzle::journal::Entry>)>;
+static MIGRATIONS_OF: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, MigrationsOf>>> =
+    std::sync::LazyLock::new(Default::default);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,11 +626,3 @@ mod tests {
         assert_eq!(relation(&cycle, "a", "z"), Relation::Other);
     }
 }
-
-/// How many pushes, newest first, are compared with the database to find the one it is at.
-const DATABASE_PUSHES: usize = 50;
-
-/// Each push's migrations, by `<project id>/<push id>`: read once per process.
-type MigrationsOf = std::sync::Arc<(crate::drizzle::journal::Layout, Vec<crate::drizzle::journal::Entry>)>;
-static MIGRATIONS_OF: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, MigrationsOf>>> =
-    std::sync::LazyLock::new(Default::default);
