@@ -92,6 +92,9 @@ enum DreamerdCommand {
     Up(UpArgs),
     /// Put drizzle/ back to the last successful push (or --push ID), keeping what it replaces.
     Restore(RestoreArgs),
+    /// After git merged two branches that each pushed: put drizzle/ back to this checkout's last push (the branch
+    /// merged into) and push the merged schema, so the other branch's changes become one new migration after it.
+    Rebase(DreamerPushArgs),
     /// List the successful pushes of a project, newest first.
     History(DirArg),
     /// Violations, pushes and restores as they happen (JSON lines with --json).
@@ -326,6 +329,7 @@ enum Action {
     Unwatch(PathBuf),
     Push(Option<PathBuf>, Option<String>, crate::engine::PushOptions),
     Up(Option<PathBuf>, bool),
+    Rebase(Option<PathBuf>, crate::engine::PushOptions),
     Restore(RestoreArgs),
     History(Option<PathBuf>),
     Events(bool),
@@ -356,6 +360,7 @@ pub fn main(flavor: Flavor) -> i32 {
                 DreamerdCommand::Check(d) => Action::Check(d.dir),
                 DreamerdCommand::Push(d) => Action::Push(d.dir, d.custom, d.answers.options()),
                 DreamerdCommand::Up(d) => Action::Up(d.dir, d.backed_up),
+                DreamerdCommand::Rebase(d) => Action::Rebase(d.dir, d.answers.options()),
                 DreamerdCommand::Store { command: StoreCommand::Check(d) } => Action::StoreCheck(d.dir),
                 DreamerdCommand::Service { command: ServiceCommand::Install(i) } => {
                     Action::ServiceInstall(crate::service::InstallOptions {
@@ -518,6 +523,7 @@ fn strict_guard(global: &Global, request: &Request, config: Option<&String>) -> 
         Request::Watch { dir }
         | Request::Push { dir, .. }
         | Request::Up { dir, .. }
+        | Request::Rebase { dir, .. }
         | Request::Restore { dir, .. } => dir,
         _ => return Ok(()),
     };
@@ -784,6 +790,21 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             let (root, config) = locate(global, dir.as_deref())?;
             let (exit, data) = call_for(global, Request::Up { dir: root, backed_up }, config)?;
             print_raw(global, &data, || Ok(human_push(&typed(&data)?)))?;
+            Ok(exit)
+        }
+        Action::Rebase(dir, options) => {
+            let (root, config) = locate(global, dir.as_deref())?;
+            let (exit, data) = call_for(global, Request::Rebase { dir: root, options }, config)?;
+            print_raw(global, &data, || {
+                let r: crate::engine::RebaseReport = typed(&data)?;
+                Ok(format!(
+                    "put back push {} ({} migration file(s) of the merged branch kept in quarantine{})\n{}",
+                    r.base,
+                    r.dropped.len(),
+                    r.restore.quarantine.as_ref().map(|q| format!(": {}", q.display())).unwrap_or_default(),
+                    human_push(&r.push)
+                ))
+            })?;
             Ok(exit)
         }
         Action::Restore(args) => {

@@ -23,7 +23,8 @@ use crate::fsutil;
 
 /// The protocol version; a CLI that finds another one restarts the daemon. 2: requests carry the drizzle config
 /// and the environment of the command that asked; 3: `push` carries `custom`, `restore` carries `with_database`, and `up`;
-/// 4: `restart`; 5: `push` carries `options` (answers to drizzle-kit 1.0's questions), `up` carries `backed_up`.
+/// 4: `restart`; 5: `push` carries `options` (answers to drizzle-kit 1.0's questions), `up` carries `backed_up`,
+/// and `rebase`.
 pub const PROTOCOL: u32 = 5;
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -71,6 +72,12 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         custom: Option<String>,
         /// `--rename`, `--create` (protocol 5).
+        #[serde(default)]
+        options: crate::engine::PushOptions,
+    },
+    /// `dreamerd rebase` (protocol 5).
+    Rebase {
+        dir: PathBuf,
         #[serde(default)]
         options: crate::engine::PushOptions,
     },

@@ -180,3 +180,91 @@ fn switching_branches_with_one_database_names_the_push_each_is_at_and_its_copy_p
     assert_eq!(code, 0, "{v}");
     assert_eq!(w.json("dreamerd", &["check"]).0, 0);
 }
+
+/// The schema of the fixture with tables appended.
+fn schema_with(w: &World, tables: &[&str]) {
+    let base = fs::read_to_string(crate::support::fixture_dir().join("src/schema.ts")).unwrap();
+    let extra: String = tables
+        .iter()
+        .map(|t| format!("\nexport const {t} = sqliteTable('{t}', {{ id: integer('id').primaryKey() }});\n"))
+        .collect();
+    w.write("src/schema.ts", &format!("{base}{extra}"));
+}
+
+fn sql_of(w: &World) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(w.path("drizzle"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".sql"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn rebase_turns_a_merged_history_into_one_more_migration_and_refuses_a_database_that_applied_the_other_branch()
+ {
+    let w = repository();
+    w.push_ok();
+    commit(&w, "users");
+    // A branch adds posts, and pushes; the database it migrated is kept aside.
+    git(&w, &["checkout", "-q", "-b", "feat"]);
+    schema_with(&w, &["posts"]);
+    w.push_ok();
+    commit(&w, "posts");
+    fs::copy(w.path("local.db"), w.path("feat.db")).unwrap();
+    // main adds tags, and pushes (its database put back to main's state first).
+    git(&w, &["checkout", "-q", "main"]);
+    let main_base = w.status_in_process()["last_push"]["id"].as_str().unwrap().to_string();
+    let (code, v) = w.json("dreamerd", &["restore", "--push", &main_base, "--with-database"]);
+    assert_eq!(code, 0, "{v}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    schema_with(&w, &["tags"]);
+    let main_push = w.push_ok();
+    commit(&w, "tags");
+    // The merge: both branches' migrations (the same number), the journal, snapshot and sum in conflict.
+    let merged = Command::new("git").args(["merge", "-q", "feat"]).current_dir(&w.root).output().unwrap();
+    assert!(!merged.status.success(), "the merge conflicts");
+    schema_with(&w, &["tags", "posts"]);
+    git(&w, &["checkout", "--ours", "--", "drizzle/meta"]);
+    commit(&w, "merge feat");
+    assert_eq!(sql_of(&w).len(), 3, "{:?}", sql_of(&w));
+    assert!(w.read(".dreamerd.sum").contains("<<<<<<<"), "the committed sum conflicted");
+    let merged_tree = w.tree("drizzle");
+
+    // A database that applied the other branch's migration: refused, nothing changed.
+    fs::rename(w.path("local.db"), w.path("main.db")).unwrap();
+    fs::copy(w.path("feat.db"), w.path("local.db")).unwrap();
+    let run = w.run("dreamerd", &["rebase"]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("the database applied migration(s)"), "{}", run.stderr);
+    assert_eq!(w.tree("drizzle"), merged_tree);
+    fs::rename(w.path("main.db"), w.path("local.db")).unwrap();
+
+    // main's database: the merged branch's change becomes one new migration after main's.
+    let (code, v) = w.json("dreamerd", &["rebase"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["base"], main_push.as_str());
+    assert_eq!(v["dropped"].as_array().unwrap().len(), 1, "{v}");
+    let sql = sql_of(&w);
+    assert_eq!(sql.len(), 3, "{sql:?}");
+    assert!(w.read(&format!("drizzle/{}", sql[2])).contains("CREATE TABLE `posts`"), "{sql:?}");
+    assert_eq!(w.json("dreamerd", &["check"]).0, 0);
+    assert!(!w.read(".dreamerd.sum").contains("<<<<<<<"), "the sum's conflict is resolved");
+    // The history applies on a fresh database too.
+    fs::rename(w.path("local.db"), w.path("main.db")).unwrap();
+    let fresh = Command::new("./node_modules/.bin/drizzle-kit")
+        .arg("migrate")
+        .current_dir(&w.root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(fresh.status.success(), "{}", String::from_utf8_lossy(&fresh.stdout));
+    let tables: i64 = rusqlite::Connection::open(w.path("local.db"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name IN ('users', 'posts', 'tags')", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(tables, 3);
+}

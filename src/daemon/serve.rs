@@ -198,6 +198,7 @@ impl Daemon {
             Request::Restore { dir, push, dry_run, with_database } => {
                 resolve(&dir).map(|dir| Request::Restore { dir, push, dry_run, with_database })
             }
+            Request::Rebase { dir, options } => resolve(&dir).map(|dir| Request::Rebase { dir, options }),
             Request::History { dir } => resolve(&dir).map(|dir| Request::History { dir }),
             Request::Watch { dir } => resolve(&dir).map(|dir| Request::Watch { dir }),
             other => Ok(other),
@@ -214,6 +215,7 @@ impl Daemon {
         let dir = match &request {
             Request::Push { dir, .. }
             | Request::Up { dir, .. }
+            | Request::Rebase { dir, .. }
             | Request::Restore { dir, .. }
             | Request::History { dir }
             | Request::Watch { dir }
@@ -223,7 +225,8 @@ impl Daemon {
         if let Some(dir) = &dir {
             self.remember(dir, context.clone());
         }
-        if let (Request::Push { dir, .. } | Request::Up { dir, .. }, Some(env)) = (&request, &context.env)
+        if let (Request::Push { dir, .. } | Request::Up { dir, .. } | Request::Rebase { dir, .. }, Some(env)) =
+            (&request, &context.env)
             && let Some(running) = env.get(RUNNING_PUSH)
         {
             let e = Error::failed(
@@ -323,6 +326,28 @@ impl Daemon {
                 }
                 self.after_op(&dir).await;
                 report.map(|r| (if r.ok() { 0 } else { 1 }, serde_json::to_value(r).expect("serialises")))
+            }
+            Request::Rebase { dir, options } => {
+                let this = self.clone();
+                let sink = ChannelSink::new(tx.clone());
+                let spec = self.spec(&dir);
+                let report = self
+                    .run_op(&dir, move || {
+                        let project = spec.resolve()?;
+                        this.engine_for(&spec, &project)?.rebase(&project, &options, &sink)
+                    })
+                    .await;
+                if let Ok(r) = &report {
+                    let push_id = match &r.push {
+                        PushReport::Ok { push_id, .. } => Some(push_id.clone()),
+                        _ => None,
+                    };
+                    tracing::info!(project = %dir.display(), base = %r.base, ok = r.ok, "rebased");
+                    self.emit(json!({"type": "rebase", "root": dir, "ok": r.ok, "base": r.base,
+                                     "push_id": push_id, "dropped": r.dropped}));
+                }
+                self.after_op(&dir).await;
+                report.map(|r| (if r.ok { 0 } else { 1 }, serde_json::to_value(r).expect("serialises")))
             }
             Request::Restore { dir, push, dry_run, with_database } => {
                 let this = self.clone();

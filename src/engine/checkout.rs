@@ -402,6 +402,20 @@ impl Engine {
         None
     }
 
+    /// A push's migrations with their hashes (read once per process from its archive).
+    pub(crate) fn entries_of_push(
+        &self,
+        record: &PushRecord,
+    ) -> Option<(crate::drizzle::journal::Layout, Vec<crate::drizzle::journal::Entry>)> {
+        let key = format!("{}/{}", record.project_id, record.id);
+        if let Some(m) = MIGRATIONS_OF.lock().expect("cache").get(&key) {
+            return Some((m.0, m.1.clone()));
+        }
+        let m = self.migrations_of(record)?;
+        MIGRATIONS_OF.lock().expect("cache").insert(key, std::sync::Arc::new(m.clone()));
+        Some(m)
+    }
+
     /// A push's migrations with their hashes, from its archive (unpacked into a private scratch folder).
     fn migrations_of(
         &self,

@@ -298,7 +298,7 @@ impl Engine {
                 .any(|d| matches!(d.code.as_str(), "migration-missing" | "migration-edited"))
             && let Some(folder_push) =
                 status.matches.clone().or_else(|| status.last_push.as_ref().map(|l| l.id.clone()))
-            && let Some(rows) = self.applied_rows(project)
+            && let Some(rows) = self.database_rows(project)
             && let Some(db_push) = self.database_push(project, &rows)
             && db_push != folder_push
         {
@@ -370,14 +370,4 @@ pub(crate) fn layout_mismatch(
         ),
         None,
     )
-}
-
-impl Engine {
-    /// The rows of the project's migrations table, where the database can be read.
-    fn applied_rows(&self, project: &Project) -> Option<Vec<database::Applied>> {
-        match self.database_to_check(project).ok()? {
-            database::Database::File(target) => database::applied(&target).ok()?,
-            database::Database::Server(server) => server.applied().ok()?,
-        }
-    }
 }

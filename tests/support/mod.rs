@@ -246,6 +246,11 @@ impl World {
     }
 
     /// `status --json` of the project, through the daemon.
+    /// `dreamerd check --json`, in-process (no daemon).
+    pub fn status_in_process(&self) -> Value {
+        self.json("dreamerd", &["check"]).1
+    }
+
     pub fn status(&self) -> Value {
         let (_, v) = self.json("dreamerd", &["status"]);
         v["projects"][0].clone()
