@@ -195,18 +195,21 @@ fn database_drift_codes_from_a_real_database() {
     // An old drizzle/ put back: the database applied a migration drizzle/ does not have.
     let (code, _) = w.json("dreamerd", &["restore", "--push", &first]);
     assert_eq!(code, 0);
-    assert_eq!(drift_codes(&w), ["migration-missing"]);
+    // ...and the push the database is at is named first.
+    assert_eq!(drift_codes(&w), ["database-other-push", "migration-missing"]);
     let (code, check) = w.json("dreamerd", &["check"]);
     assert_eq!(code, 1, "drift makes check exit 1");
     assert!(check["violations"].as_array().unwrap().is_empty(), "an older push is no violation: {check}");
     assert_eq!(check["last_push"]["id"], first.as_str(), "the checkout stands on the older push: {check}");
     assert_eq!(check["last_push"]["via"], "restore", "{check}");
     // The daemon's status carries the same drift.
-    assert_eq!(w.status()["drift"][0]["code"], "migration-missing");
+    let s = w.status();
+    assert_eq!(s["drift"][1]["code"], "migration-missing", "{s}");
+    assert_eq!(w.status()["database_push"], second.as_str());
     // A plain restore keeps the push the checkout stands on; the way back is the push that matches the database.
     let (_, v) = w.json("dreamer", &["database", "restore"]);
     assert_eq!(v["push_id"], first.as_str());
-    assert_eq!(drift_codes(&w), ["migration-missing"]);
+    assert_eq!(drift_codes(&w), ["database-other-push", "migration-missing"]);
     w.json("dreamer", &["database", "restore", "--push", &second]);
     assert!(drift_codes(&w).is_empty());
 

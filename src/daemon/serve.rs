@@ -471,15 +471,17 @@ impl Daemon {
                 // File events keep violations current; the database changes without any, so read it now.
                 let this = self.clone();
                 let spec = self.spec(root);
+                let mut refreshed = status.clone();
                 let fresh = tokio::task::spawn_blocking(move || -> Result<_> {
                     let project = spec.resolve()?;
                     let engine = this.engine_for(&spec, &project)?;
-                    Ok((engine.database_check(&project), engine.sources))
+                    (refreshed.drift, refreshed.database) = engine.database_check(&project);
+                    engine.name_database_push(&project, &mut refreshed);
+                    refreshed.settings = engine.sources;
+                    Ok(refreshed)
                 });
-                if let Ok(Ok(((drift, database), sources))) = fresh.await {
-                    status.drift = drift;
-                    status.database = database;
-                    status.settings = sources;
+                if let Ok(Ok(refreshed)) = fresh.await {
+                    status = refreshed;
                 }
                 (status, info)
             }

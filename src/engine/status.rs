@@ -289,44 +289,7 @@ impl Engine {
             status.state = ProjectState::Clean;
             self.adopt_arrived(project, &other, None);
         }
-        // The folder is a known push and the database applied what it lacks: after a switch of branches, which push
-        // is the database at?
-        if status.violations.is_empty()
-            && status
-                .drift
-                .iter()
-                .any(|d| matches!(d.code.as_str(), "migration-missing" | "migration-edited"))
-            && let Some(folder_push) =
-                status.matches.clone().or_else(|| status.last_push.as_ref().map(|l| l.id.clone()))
-            && let Some(rows) = self.database_rows(project)
-            && let Some(db_push) = self.database_push(project, &rows)
-            && db_push != folder_push
-        {
-            let way_back = match self.copy_for(project, &folder_push) {
-                Some(_) => format!(
-                    "`dreamerd restore --push {folder_push} --with-database` puts the database back to push \
-                     {folder_push}'s state from its copy (the database it replaces is kept in quarantine); or reset \
-                     the development database and `dreamer push`"
-                ),
-                None => format!(
-                    "there is no database copy of push {folder_push}'s state: reset the development database and \
-                     `dreamer push` (or check out the branch of push {db_push} again)"
-                ),
-            };
-            status.drift.insert(
-                0,
-                Drift::new(
-                    "database-other-push",
-                    format!(
-                        "{} is push {folder_push}, but the database is at push {db_push} (it applied exactly that \
-                         push's migrations): one development database across branches. {way_back}",
-                        project.out_shown()
-                    ),
-                    None,
-                ),
-            );
-            status.database_push = Some(db_push);
-        }
+        self.name_database_push(project, &mut status);
         // Loud, never guarding the wrong folder in silence: one the config moved since the last push, or one that is
         // gone while the database applied migrations.
         let out = project.out_shown();
@@ -370,4 +333,57 @@ pub(crate) fn layout_mismatch(
         ),
         None,
     )
+}
+
+impl Engine {
+    /// When the folder is a known push and the database applied what it lacks (after a switch of branches with one
+    /// development database): the push the database is at, in `database_push`, and the drift
+    /// `database-other-push` first, with the way back. Status calls it, and the daemon again each time it reads the
+    /// database afresh.
+    pub fn name_database_push(&self, project: &Project, status: &mut ProjectStatus) {
+        status.database_push = None;
+        status.drift.retain(|d| d.code != "database-other-push");
+        if !status.violations.is_empty()
+            || !status
+                .drift
+                .iter()
+                .any(|d| matches!(d.code.as_str(), "migration-missing" | "migration-edited"))
+        {
+            return;
+        }
+        let Some(folder_push) =
+            status.matches.clone().or_else(|| status.last_push.as_ref().map(|l| l.id.clone()))
+        else {
+            return;
+        };
+        let Some(rows) = self.database_rows(project) else { return };
+        let Some(db_push) = self.database_push(project, &rows) else { return };
+        if db_push == folder_push {
+            return;
+        }
+        let way_back = match self.copy_for(project, &folder_push) {
+            Some(_) => format!(
+                "`dreamerd restore --push {folder_push} --with-database` puts the database back to push \
+                 {folder_push}'s state from its copy (the database it replaces is kept in quarantine); or reset the \
+                 development database and `dreamer push`"
+            ),
+            None => format!(
+                "there is no database copy of push {folder_push}'s state: reset the development database and \
+                 `dreamer push` (or check out the branch of push {db_push} again)"
+            ),
+        };
+        status.drift.insert(
+            0,
+            Drift::new(
+                "database-other-push",
+                format!(
+                    "{} is push {folder_push}, but the database is at push {db_push} (it applied exactly that push's \
+                     migrations): one development database across branches. {way_back}",
+                    project.out_shown()
+                ),
+                None,
+            ),
+        );
+        status.database_push = Some(db_push);
+    }
 }
