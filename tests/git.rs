@@ -268,3 +268,55 @@ fn rebase_turns_a_merged_history_into_one_more_migration_and_refuses_a_database_
         .unwrap();
     assert_eq!(tables, 3);
 }
+
+#[test]
+fn a_pull_inside_a_git_worktree_is_attributed_to_git_by_the_worktree_s_own_lock() {
+    let w = repository();
+    w.push_ok();
+    commit(&w, "users");
+    // A second worktree, watched: it holds the same push.
+    let wt = w.tmp.path().join("wt");
+    git(&w, &["worktree", "add", "-q", "-b", "base", wt.to_str().unwrap()]);
+    std::os::unix::fs::symlink(w.root.join("node_modules"), wt.join("node_modules")).unwrap();
+    let (code, v) = w.json_in(&wt, "dreamerd", &["watch", wt.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v}");
+    let status_of = || w.json_in(&wt, "dreamerd", &["status", wt.to_str().unwrap()]).1["projects"][0].clone();
+    w.wait_for("the worktree watched and clean", || {
+        let s = status_of();
+        s["state"] == "clean" && s["watch"]["watched"] == true
+    });
+    // A third worktree makes a migration with drizzle-kit directly (no push) and commits it.
+    let maker = w.tmp.path().join("maker");
+    git(&w, &["worktree", "add", "-q", "-b", "tags", maker.to_str().unwrap()]);
+    std::os::unix::fs::symlink(w.root.join("node_modules"), maker.join("node_modules")).unwrap();
+    let schema = fs::read_to_string(maker.join("src/schema.ts")).unwrap();
+    fs::write(
+        maker.join("src/schema.ts"),
+        format!("{schema}\nexport const tags = sqliteTable('tags', {{ id: integer('id').primaryKey() }});\n"),
+    )
+    .unwrap();
+    let generated = Command::new("./node_modules/.bin/drizzle-kit")
+        .arg("generate")
+        .current_dir(&maker)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    git_in(&maker, &["add", "-A"]);
+    git_in(&maker, &["commit", "-q", "-m", "tags, by drizzle-kit directly"]);
+    // The watched worktree pulls it in (a fast-forward): git's doing, with the commit.
+    git_in(&wt, &["merge", "-q", "--ff-only", "tags"]);
+    let head = git_in(&wt, &["rev-parse", "HEAD"]);
+    w.wait_for("git's violations in the worktree", || {
+        !status_of()["violations"].as_array().is_none_or(Vec::is_empty)
+    });
+    let s = status_of();
+    assert!(
+        s["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["source"] == "git" && v["commit"] == head.as_str()),
+        "{s}"
+    );
+}

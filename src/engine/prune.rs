@@ -72,6 +72,20 @@ impl Engine {
                 report.removed.push(Pruned { path, at, bytes });
             }
         }
+        // Scratch left by a process that died: archives unpacked to read a push's migrations (`tmp/`) and
+        // drizzle-kit's answers (`hints/`), an hour old or more. Not listed: nothing of the user's.
+        if !dry_run {
+            let hour_ago = now.checked_sub(Duration::from_secs(3600)).unwrap_or(SystemTime::UNIX_EPOCH);
+            for dir in ["tmp", "hints"] {
+                let Ok(entries) = fs::read_dir(self.dirs.state.join(dir)) else { continue };
+                for entry in entries.flatten() {
+                    let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
+                    if old {
+                        let _ = fsutil::remove_any(&entry.path());
+                    }
+                }
+            }
+        }
         report.removed.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.path.cmp(&b.path)));
         Ok(report)
     }
@@ -131,6 +145,31 @@ fn size_of(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_a_dead_process_left_goes_after_an_hour() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs = crate::dirs::Dirs {
+            config_file: tmp.path().join("config.toml"),
+            state: tmp.path().join("state"),
+            data: tmp.path().join("data"),
+            cache: tmp.path().join("cache"),
+            runtime: None,
+        };
+        let engine = Engine::new(crate::config::Config::default(), dirs).unwrap();
+        let scratch = tmp.path().join("state/tmp/push-1-x");
+        fs::create_dir_all(scratch.join("meta")).unwrap();
+        fs::write(tmp.path().join("state/tmp/push-1-x/meta/_journal.json"), "{}").unwrap();
+        fs::create_dir_all(tmp.path().join("state/hints")).unwrap();
+        fs::write(tmp.path().join("state/hints/p-1.json"), "[]").unwrap();
+        let now = SystemTime::now();
+        engine.prune(false, now).unwrap();
+        assert!(scratch.exists(), "young scratch stays (a process may be using it)");
+        engine.prune(true, now + Duration::from_secs(7200)).unwrap();
+        assert!(scratch.exists(), "--dry-run removes nothing");
+        engine.prune(false, now + Duration::from_secs(7200)).unwrap();
+        assert!(!scratch.exists() && !tmp.path().join("state/hints/p-1.json").exists());
+    }
 
     #[test]
     fn quarantine_times_come_from_the_folder_name() {
