@@ -6,6 +6,7 @@ mod database_safety;
 mod diagnosis_e2e;
 mod drizzle_e2e;
 mod drizzle_v1;
+mod fuzz;
 mod git;
 mod layouts;
 mod push_restore;

@@ -77,7 +77,7 @@ impl Engine {
                         None => format!(
                             "created_at {} (sha256 {}…)",
                             row.created_at,
-                            &row.hash[..row.hash.len().min(12)]
+                            row.hash.chars().take(12).collect::<String>()
                         ),
                     })
                     .collect();
