@@ -8,6 +8,7 @@ mod drizzle_e2e;
 mod drizzle_v1;
 mod fuzz;
 mod git;
+mod hostile;
 mod layouts;
 mod push_restore;
 mod s3;
