@@ -83,7 +83,6 @@ fn refused(files: &[(&str, &[u8])], archive: &[u8], says: &str) {
     let (code, v) = w.json("dreamerd", &["restore", "--push", &push]);
     assert_ne!(code, 0, "{v}");
     let error = v["error"].as_str().unwrap_or_default();
-    eprintln!("refused as expected: {error}");
     assert!(error.contains(says), "expected {says:?} in {v}");
     assert_eq!(w.tree("drizzle"), before, "the folder is byte for byte as it was");
     assert_eq!(listing(w.tmp.path()), around, "nothing written outside the state and store");

@@ -10,6 +10,7 @@ mod fuzz;
 mod git;
 mod hostile;
 mod layouts;
+mod load;
 mod push_restore;
 mod s3;
 mod safety;

@@ -162,8 +162,10 @@ impl Daemon {
             }
         };
         let (tx, mut rx) = mpsc::channel::<Reply>(client_queue());
+        let follows = matches!(request, Request::Events { follow: true });
         let work = tokio::spawn(self.clone().dispatch(request, context, tx));
         let mut probe = [0u8; 512];
+        let mut probing = true;
         loop {
             tokio::select! {
                 reply = rx.recv() => match reply {
@@ -174,13 +176,14 @@ impl Daemon {
                     }
                     None => break,
                 },
-                // A client sends nothing after its request: end of stream means it left (an `events --follow`
-                // that was interrupted); dropping `rx` then ends the streaming task.
-                read = reader.read(&mut probe) => {
-                    if matches!(read, Ok(0) | Err(_)) {
-                        break;
-                    }
-                }
+                // A client sends nothing after its request. A reset means it left; so does the end of stream of an
+                // `events --follow` (interrupted), and dropping `rx` then ends the streaming task. Any other client
+                // may half-close after its request (`nc -N`, socat) and still wants its answer.
+                read = reader.read(&mut probe), if probing => match read {
+                    Ok(0) if !follows => probing = false,
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
             }
         }
         drop(rx);
