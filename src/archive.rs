@@ -187,21 +187,23 @@ fn unpack_into(bytes: &[u8], expected: &[FileEntry], dest: &Path, limits: Limits
         }
         let target = dest.join(&rel);
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).map_err(|e| corrupt(format!("{rel:?}: {e}")))?;
+            fs::create_dir_all(parent).map_err(|e| written(&rel, dest, e))?;
         }
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
             .open(&target)
-            .map_err(|e| corrupt(format!("{rel:?}: {e}")))?;
+            .map_err(|e| written(&rel, dest, e))?;
         let mut hashing = HashingReader { inner: &mut entry, hasher: blake3::Hasher::new() };
-        let copied = io::copy(&mut hashing, &mut out).map_err(|e| corrupt(format!("{rel:?}: {e}")))?;
+        let copied = io::copy(&mut hashing, &mut out).map_err(|e| {
+            if out_of_room(&e) { written(&rel, dest, e) } else { corrupt(format!("{rel:?}: {e}")) }
+        })?;
         let got = hashing.hasher.finalize().to_hex().to_string();
         if copied != want.size || got != want.blake3 {
             return Err(corrupt(format!("{rel:?} does not match the manifest's blake3")));
         }
-        out.flush().map_err(|e| corrupt(format!("{rel:?}: {e}")))?;
+        out.flush().map_err(|e| written(&rel, dest, e))?;
     }
     if let Some(missing) = expected.iter().find(|f| !seen.contains(&f.path)) {
         return Err(corrupt(format!("{:?} is in the manifest but not in the archive", missing.path)));
@@ -213,6 +215,21 @@ fn unpack_into(bytes: &[u8], expected: &[FileEntry], dest: &Path, limits: Limits
 }
 
 /// The path as `a/b/c` if it is relative and made only of plain names.
+/// Whether an I/O error is the destination's disk or quota being full.
+fn out_of_room(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded
+}
+
+/// An error writing the unpacked tree (not the archive's fault): says where, and what to do.
+fn written(rel: &str, dest: &Path, e: io::Error) -> Error {
+    let hint = if out_of_room(&e) {
+        "free space on that disk, then try again; nothing was changed"
+    } else {
+        "check that folder's permissions and disk, then try again; nothing was changed"
+    };
+    Error::failed(format!("cannot write {rel:?} into {}: {e}", dest.display()), hint)
+}
+
 fn safe_relative(path: &Path) -> Option<String> {
     let mut parts = Vec::new();
     for c in path.components() {

@@ -6,6 +6,7 @@ mod database_safety;
 mod diagnosis_e2e;
 mod drizzle_e2e;
 mod drizzle_v1;
+mod full_disk;
 mod fuzz;
 mod git;
 mod hostile;
