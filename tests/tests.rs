@@ -1,6 +1,7 @@
 //! One integration-test binary: every scenario runs the real `dreamerd` and `dreamer` binaries.
 
 mod baselines;
+mod crash;
 mod daemon;
 mod database_safety;
 mod diagnosis_e2e;

@@ -293,6 +293,7 @@ impl Engine {
             Error::failed(format!("cannot open {}: {e}", path.display()), "check the state directory")
         })?;
         sink.progress(&format!("copying the database {} before migrate", file.display()));
+        crate::fault::point("dbcopy:copying");
         match backup(&source, &mut dest, wait) {
             Ok(()) => {}
             Err(None) => {
@@ -490,6 +491,7 @@ impl Engine {
             Connection::open(&kept).map_err(|e| failed("keep the database", Some(e.to_string())))?;
         backup(&live, &mut keep, wait).map_err(|e| failed("keep the database in quarantine", e))?;
         drop(keep);
+        crate::fault::point("dbcopy:putting-back");
         let source = open_ro(&copy.path, wait).map_err(|e| failed("open the copy", Some(e)))?;
         let mut live = live;
         backup(&source, &mut live, wait).map_err(|e| failed("put the database back", e))?;

@@ -538,6 +538,7 @@ impl Engine {
         fsutil::create_private_dir(snapshot.parent().expect("has a parent")).ctx("create", &snapshot)?;
         fsutil::atomic_write(&snapshot, &before.bytes).ctx("write", &snapshot)?;
         self.write_journal(project, &journal)?;
+        crate::fault::point("push:generate");
 
         let secs = self.config.push.timeout_secs;
         let mut logs: Vec<(&str, RunOutput)> = Vec::new();
@@ -671,6 +672,7 @@ impl Engine {
             journal.phase = Phase::Migrate;
             journal.child = None;
             self.write_journal(project, &journal)?;
+            crate::fault::point("push:migrate");
             let mut stage = StageRun { lock: &_lock, journal: &mut journal, logs: &mut logs };
             // A server database as it was before migrate (no undo there): what a failed migrate left, and the rows
             // guard's counts.
@@ -743,9 +745,11 @@ impl Engine {
             }
         }
 
+        crate::fault::point("push:migrated");
         journal.phase = Phase::Backup;
         journal.child = None;
         self.write_journal(project, &journal)?;
+        crate::fault::point("push:backup");
         if !adopted.is_empty() {
             let listed: Vec<String> = adopted.iter().map(|d| format!("[{}] {}", d.code, d.message)).collect();
             sink.progress(&format!(
@@ -804,6 +808,7 @@ impl Engine {
             ));
         }
         let saved = self.store.save(&record, &archive);
+        crate::fault::point("push:stored");
         let mut others = Vec::new();
         if let Ok(n) = &saved {
             record.generation = Some(*n);

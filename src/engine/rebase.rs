@@ -116,6 +116,7 @@ impl Engine {
             dropped.len()
         ));
         let restore = self.restore(project, Some(&base.id), false, false, sink)?;
+        crate::fault::point("rebase:restored");
         let push = self.push_answered(project, options, sink)?;
         Ok(RebaseReport { ok: push.ok(), base: base.id, dropped, restore, push })
     }

@@ -241,10 +241,12 @@ impl Engine {
             let _ = fs::remove_dir_all(&staging);
             return Err(e);
         }
+        crate::fault::point("swap:staged");
         journal.phase = Phase::Swap;
         journal.target = target.map(|(_, files)| files.to_vec());
         journal.quarantine = Some(quarantine.to_path_buf());
         self.write_journal(project, journal)?;
+        crate::fault::point("swap:journaled");
         self.finish_swap(project, journal)
     }
 
@@ -290,6 +292,7 @@ impl Engine {
                 }
             }
         }
+        crate::fault::point("swap:exchanged");
         self.drain_staging(project, journal.target.as_deref(), journal.quarantine.as_deref())?;
         self.clear_journal(project)
     }

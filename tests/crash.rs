@@ -1,0 +1,179 @@
+//! Crash at every step (issue 17, third part): the daemon doing the work is killed with SIGKILL at each fault point
+//! of a push (the real drizzle-kit, a real SQLite database), of a restore's swap, and of the database copy. After the
+//! next start the half-done operation is completed or undone: the folder is the old or the new tree, the database
+//! matches it, the store answers and the last push restores, and what a restore replaced is in quarantine.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::support::{World, tree_of};
+
+const POSTS: &str = "\nexport const posts = sqliteTable('posts', { id: integer('id').primaryKey() });\n";
+
+/// A real drizzle project whose daemon dies at the point written in its fault file.
+fn world() -> (World, PathBuf) {
+    let w = World::drizzle();
+    let fault = w.tmp.path().join("fault");
+    w.set_env("DREAMERD_FAULT_FILE", fault.to_str().unwrap());
+    (w, fault)
+}
+
+/// Runs `args` with the daemon set to die at `point` (a fresh daemon, which reads the fault file); asserts the point
+/// was reached.
+fn crash_at(w: &World, fault: &Path, point: &str, bin: &str, args: &[&str]) {
+    let _ = w.run("dreamerd", &["stop"]);
+    fs::write(fault, point).unwrap();
+    let run = w.run(bin, args);
+    assert!(!fault.exists(), "{point} was never reached: {}", run.stderr);
+    assert_ne!(run.code, 0, "the command saw its daemon die at {point}");
+}
+
+/// Waits for the next daemon to finish what the crash interrupted, then checks what must hold whatever the point.
+fn recovered(w: &World, point: &str) -> Value {
+    w.wait_for(&format!("recovery after {point}"), || {
+        let s = w.status();
+        s.get("interrupted").is_none() && s["state"] != "busy"
+    });
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "after {point}: clean, the database matching the folder: {v}");
+    assert_eq!(v["drift"], serde_json::json!([]), "{point}: {v}");
+    // The store answers, and the push the checkout stands on restores.
+    assert_eq!(w.run("dreamerd", &["history", "--json"]).code, 0, "{point}");
+    let (code, r) = w.json("dreamerd", &["restore", "--dry-run"]);
+    assert_eq!(code, 0, "{point}: {r}");
+    v
+}
+
+#[test]
+fn a_push_killed_at_each_step_is_rolled_back_before_migrate_and_completed_after_it() {
+    for (point, completed) in [
+        ("push:generate", false),
+        ("push:migrate", false),
+        ("push:migrated", true),
+        ("push:backup", true),
+        ("push:stored", true),
+    ] {
+        let (w, fault) = world();
+        let first = w.push_ok();
+        let old = w.tree("drizzle");
+        w.write("src/schema.ts", &format!("{}{POSTS}", w.read("src/schema.ts")));
+        crash_at(&w, &fault, point, "dreamer", &["push"]);
+        let v = recovered(&w, point);
+        let last = v["last_push"]["id"].as_str().unwrap().to_string();
+        if completed {
+            assert_ne!(last, first, "{point}: the database applied the migration, so the push is recorded");
+            assert_ne!(w.tree("drizzle"), old, "{point}");
+            assert_eq!(v["schema_pending"], false, "{point}");
+        } else {
+            assert_eq!(last, first, "{point}: rolled back");
+            assert_eq!(w.tree("drizzle"), old, "{point}: the old tree, byte for byte");
+            assert_eq!(v["schema_pending"], true, "{point}");
+            let (code, v) = w.json("dreamer", &["push"]);
+            assert_eq!(code, 0, "{point}: a push works again: {v}");
+        }
+    }
+}
+
+/// Whether some file under `dir` holds exactly `bytes`.
+fn holds(dir: &Path, bytes: &[u8]) -> bool {
+    tree_of(dir).values().any(|b| b == bytes)
+}
+
+#[test]
+fn a_restore_killed_at_each_step_of_its_swap_ends_with_one_tree_and_keeps_what_it_replaced() {
+    for point in ["swap:staged", "swap:journaled", "swap:exchanged"] {
+        let (w, fault) = world();
+        w.push_ok();
+        let pushed = w.tree("drizzle");
+        let sql = pushed.keys().find(|k| k.ends_with(".sql")).unwrap().clone();
+        let edit = format!("-- edited by hand before a {point} crash\n").into_bytes();
+        fs::write(w.path(&format!("drizzle/{sql}")), &edit).unwrap();
+        let edited: BTreeMap<String, Vec<u8>> = w.tree("drizzle");
+        crash_at(&w, &fault, point, "dreamer", &["database", "restore"]);
+        w.wait_for(&format!("recovery after {point}"), || w.status().get("interrupted").is_none());
+        let now = w.tree("drizzle");
+        let quarantine = w.state().join("quarantine");
+        if now == pushed {
+            assert!(holds(&quarantine, &edit), "{point}: the edit is kept in quarantine");
+        } else {
+            assert_eq!(now, edited, "{point}: the old tree or the new one, never a mix");
+        }
+        // Either way a restore now brings the push back.
+        let (code, v) = w.json("dreamer", &["database", "restore"]);
+        assert_eq!(code, 0, "{point}: {v}");
+        assert_eq!(w.tree("drizzle"), pushed);
+        assert!(holds(&quarantine, &edit), "{point}: nothing lost");
+        recovered(&w, point);
+    }
+}
+
+#[test]
+fn a_push_killed_while_copying_the_database_changes_nothing() {
+    let (w, fault) = world();
+    let first = w.push_ok();
+    let old = w.tree("drizzle");
+    w.write("src/schema.ts", &format!("{}{POSTS}", w.read("src/schema.ts")));
+    crash_at(&w, &fault, "dbcopy:copying", "dreamer", &["push"]);
+    let v = recovered(&w, "dbcopy:copying");
+    assert_eq!(v["last_push"]["id"], first.as_str());
+    assert_eq!(w.tree("drizzle"), old);
+    let (code, v) = w.json("dreamer", &["push"]);
+    assert_eq!(code, 0, "{v}");
+}
+
+#[test]
+fn a_database_put_back_killed_halfway_keeps_both_databases() {
+    let (w, fault) = world();
+    let first = w.push_ok();
+    rusqlite::Connection::open(w.path("local.db"))
+        .unwrap()
+        .execute_batch("INSERT INTO users VALUES (1, 'a')")
+        .unwrap();
+    w.write("src/schema.ts", &format!("{}{POSTS}", w.read("src/schema.ts")));
+    w.push_ok();
+    let live = fs::read(w.path("local.db")).unwrap();
+    crash_at(
+        &w,
+        &fault,
+        "dbcopy:putting-back",
+        "dreamerd",
+        &["restore", "--push", &first, "--with-database"],
+    );
+    // The database it was replacing is kept in quarantine before anything is written over it.
+    let quarantine = w.state().join("quarantine");
+    let kept: Vec<PathBuf> =
+        walk(&quarantine).into_iter().filter(|p| p.ends_with("database.sqlite")).collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let rows: i64 = rusqlite::Connection::open(&kept[0])
+        .unwrap()
+        .query_row("SELECT count(*) FROM posts", [], |r| r.get(0))
+        .unwrap_or(-1);
+    assert_eq!(rows, 0, "the kept database is the live one, with posts");
+    assert_eq!(fs::read(w.path("local.db")).unwrap(), live, "the live database untouched so far");
+    // The folder was put back, the database not yet: said so, with the command that finishes it.
+    let (_, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(v["drift"][0]["code"], "database-other-push", "{v}");
+    assert!(v["drift"][0]["message"].as_str().unwrap().contains("--with-database"), "{v}");
+    // Running the restore again finishes it: folder and database of the first push.
+    let (code, v) = w.json("dreamerd", &["restore", "--push", &first, "--with-database"]);
+    assert_eq!(code, 0, "{v}");
+    recovered(&w, "dbcopy:putting-back");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
