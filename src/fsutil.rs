@@ -190,6 +190,12 @@ pub fn remove_any(path: &Path) -> io::Result<()> {
 }
 
 /// True if the path exists without following a final symlink.
+/// The bytes an unprivileged user may still write on the filesystem holding `path` (`None` when it cannot be told).
+pub fn available(path: &Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(path).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 pub fn exists_nofollow(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
 }

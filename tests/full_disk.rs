@@ -124,21 +124,17 @@ fn a_full_project_disk_rolls_the_push_back_and_restore_refuses_changing_nothing(
     w.push_ok();
     let pushed = w.tree("drizzle");
     disk.fill(16 * 1024);
-    // generate cannot write its migration: the push fails, saying why. Rolling back stages the whole tree from
-    // before, which needs room too: when there is none, the crash journal keeps the rollback for the next operation
-    // (nothing is lost), and it finishes as soon as space is freed.
+    // No room for what generate writes and for a rollback: refused before anything runs.
     w.write("src/schema.ts", "export const x = 2;\n");
     let (code, v) = w.json("dreamer", &["push"]);
-    assert_ne!(code, 0, "{v}");
-    assert!(v.to_string().contains("No space left on device"), "{v}");
-    if v["rolled_back"] != true {
-        assert!(v["hint"].as_str().unwrap_or_default().contains("finishes the rollback"), "{v}");
-        disk.free();
-        let (code, v) = w.json("dreamer", &["database", "restore"]);
-        assert_eq!(code, 0, "{v}");
-        disk.fill(16 * 1024);
-    }
-    assert_eq!(w.tree("drizzle"), pushed, "no partial folder once the rollback ran");
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(
+        (v["diagnosis"]["code"].as_str(), v["rolled_back"].as_bool()),
+        (Some("disk-full"), Some(true)),
+        "{v}"
+    );
+    assert!(v["diagnosis"]["message"].as_str().unwrap().contains("KiB free"), "{v}");
+    assert_eq!(w.tree("drizzle"), pushed, "no partial folder");
     // A hand edit, then a restore with no room to stage the push: refused, the edit still there.
     fs::remove_file(w.path("drizzle/0000_step.sql")).unwrap();
     disk.fill(0);

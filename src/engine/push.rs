@@ -109,6 +109,10 @@ impl PushReport {
 /// refused, since pushes do not nest.
 pub const RUNNING_PUSH: &str = "DREAMERD_RUNNING_PUSH";
 
+/// The room a push wants on the project's disk besides twice its tree: what one generate writes (a migration and a
+/// snapshot of a large schema are a few hundred KiB at most).
+const ROOM_FOR_GENERATE: u64 = 256 << 10;
+
 /// The program of the default generate and migrate commands.
 const DEFAULT_KIT: &str = "./node_modules/.bin/drizzle-kit";
 
@@ -486,6 +490,25 @@ impl Engine {
                 ),
                 "take your own backup of the database first (pg_dump, mysqldump, or your host's snapshot), then run \
                  `dreamerd up --backed-up`; nothing was changed",
+            ));
+        }
+        // Room for what generate writes, and for putting the tree back (a rollback stages the whole tree from
+        // before): without it, a push that fails could not roll back until space is freed.
+        let tree_bytes: u64 = tree.files().iter().map(|f| f.size).sum();
+        let needed = tree_bytes * 2 + ROOM_FOR_GENERATE;
+        if let Some(free) = fsutil::available(&project.root)
+            && free < needed
+        {
+            return Ok(precheck_failure(
+                "disk-full",
+                format!(
+                    "the disk holding {} has {} KiB free, and a push needs {} KiB there (what generate writes, and room \
+                     to put the folder back if it fails)",
+                    project.root.display(),
+                    free / 1024,
+                    needed.div_ceil(1024)
+                ),
+                "free space on that disk, then push again; nothing was changed",
             ));
         }
         // The database before anything runs: a copy to put back if the push damages it.
