@@ -177,3 +177,50 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn a_conversion_to_drizzle_kit_1_0_killed_at_each_step_keeps_one_layout_and_every_row() {
+    for point in ["push:generate", "push:migrate", "push:migrated", "push:backup"] {
+        let (w, fault) = world();
+        w.push_ok();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        w.write("src/schema.ts", &format!("{}{POSTS}", w.read("src/schema.ts")));
+        w.push_ok();
+        rusqlite::Connection::open(w.path("local.db"))
+            .unwrap()
+            .execute_batch("INSERT INTO users (id, name) VALUES (1, 'ann'); INSERT INTO posts (id) VALUES (1);")
+            .unwrap();
+        let journal = w.tree("drizzle");
+        w.install_kit_v1();
+        crash_at(&w, &fault, point, "dreamerd", &["up"]);
+        w.wait_for(&format!("recovery after {point}"), || {
+            let s = w.status();
+            s.get("interrupted").is_none() && s["state"] != "busy"
+        });
+        let (_, v) = w.json("dreamerd", &["check"]);
+        match v["migration_layout"].as_str() {
+            // Rolled back: the journal byte for byte, and `up` still to do.
+            Some("journal") => {
+                assert_eq!(w.tree("drizzle"), journal, "{point}");
+                let codes: Vec<&str> = v["drift"].as_array().unwrap().iter().filter_map(|d| d["code"].as_str()).collect();
+                assert_eq!(codes, ["layout-kit-mismatch"], "{point}: {v}");
+            }
+            // Completed: the converted folder, matched by the database (drizzle-kit 1.0's next migrate names the rows
+            // if the crash came before it did).
+            Some("folders") => assert_eq!(v["drift"], serde_json::json!([]), "{point}: {v}"),
+            other => panic!("{point}: layout {other:?}: {v}"),
+        }
+        let count = |t: &str| -> i64 {
+            rusqlite::Connection::open(w.path("local.db"))
+                .unwrap()
+                .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!((count("users"), count("posts")), (1, 1), "{point}: every row kept");
+        // Whatever the point, `up` then leaves a converted, clean project.
+        let (code, v) = w.json("dreamerd", &["up"]);
+        assert_eq!(code, 0, "{point}: {v}");
+        let (code, v) = w.json("dreamerd", &["check"]);
+        assert_eq!((code, v["migration_layout"].as_str()), (0, Some("folders")), "{point}: {v}");
+    }
+}
