@@ -188,7 +188,9 @@ fn a_conversion_to_drizzle_kit_1_0_killed_at_each_step_keeps_one_layout_and_ever
         w.push_ok();
         rusqlite::Connection::open(w.path("local.db"))
             .unwrap()
-            .execute_batch("INSERT INTO users (id, name) VALUES (1, 'ann'); INSERT INTO posts (id) VALUES (1);")
+            .execute_batch(
+                "INSERT INTO users (id, name) VALUES (1, 'ann'); INSERT INTO posts (id) VALUES (1);",
+            )
             .unwrap();
         let journal = w.tree("drizzle");
         w.install_kit_v1();
@@ -202,7 +204,8 @@ fn a_conversion_to_drizzle_kit_1_0_killed_at_each_step_keeps_one_layout_and_ever
             // Rolled back: the journal byte for byte, and `up` still to do.
             Some("journal") => {
                 assert_eq!(w.tree("drizzle"), journal, "{point}");
-                let codes: Vec<&str> = v["drift"].as_array().unwrap().iter().filter_map(|d| d["code"].as_str()).collect();
+                let codes: Vec<&str> =
+                    v["drift"].as_array().unwrap().iter().filter_map(|d| d["code"].as_str()).collect();
                 assert_eq!(codes, ["layout-kit-mismatch"], "{point}: {v}");
             }
             // Completed: the converted folder, matched by the database (drizzle-kit 1.0's next migrate names the rows

@@ -201,9 +201,10 @@ fn sql_of(w: &World) -> Vec<String> {
     names
 }
 
-#[test]
-fn rebase_turns_a_merged_history_into_one_more_migration_and_refuses_a_database_that_applied_the_other_branch()
- {
+/// Two branches that each pushed (feat: posts, main: tags), merged into main with the conflicts resolved as people
+/// do (the journal and snapshot taken from main, both schemas kept; the sum left with its markers): returns the world
+/// and main's push. `local.db` is main's database; `feat.db` the feature branch's.
+fn merged_repository() -> (World, String) {
     let w = repository();
     w.push_ok();
     commit(&w, "users");
@@ -230,6 +231,13 @@ fn rebase_turns_a_merged_history_into_one_more_migration_and_refuses_a_database_
     commit(&w, "merge feat");
     assert_eq!(sql_of(&w).len(), 3, "{:?}", sql_of(&w));
     assert!(w.read(".dreamerd.sum").contains("<<<<<<<"), "the committed sum conflicted");
+    (w, main_push)
+}
+
+#[test]
+fn rebase_turns_a_merged_history_into_one_more_migration_and_refuses_a_database_that_applied_the_other_branch()
+ {
+    let (w, main_push) = merged_repository();
     let merged_tree = w.tree("drizzle");
 
     // A database that applied the other branch's migration: refused, nothing changed.
@@ -319,4 +327,31 @@ fn a_pull_inside_a_git_worktree_is_attributed_to_git_by_the_worktree_s_own_lock(
             .all(|v| v["source"] == "git" && v["commit"] == head.as_str()),
         "{s}"
     );
+}
+
+#[test]
+fn a_rebase_killed_between_its_restore_and_its_push_leaves_the_push_merged_into_and_a_push_finishes_it() {
+    let (w, main_push) = merged_repository();
+    let fault = w.tmp.path().join("fault");
+    w.set_env("DREAMERD_FAULT_FILE", fault.to_str().unwrap());
+    let _ = w.run("dreamerd", &["stop"]);
+    fs::write(&fault, "rebase:restored").unwrap();
+    let run = w.run("dreamerd", &["rebase"]);
+    assert!(!fault.exists(), "the point was reached: {}", run.stderr);
+    assert_ne!(run.code, 0);
+    // The folder is the push merged into (the merged folder in quarantine), the merged schema pending.
+    w.wait_for("the next daemon", || w.status().get("interrupted").is_none());
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        (v["last_push"]["id"].as_str(), v["schema_pending"].as_bool()),
+        (Some(main_push.as_str()), Some(true))
+    );
+    // A rebase now has nothing to drop and says so; a push finishes the work.
+    let run = w.run("dreamerd", &["rebase"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("dreamer push"), "{}", run.stderr);
+    let (code, v) = w.json("dreamer", &["push"]);
+    assert_eq!(code, 0, "{v}");
+    assert!(sql_of(&w).iter().any(|f| w.read(&format!("drizzle/{f}")).contains("CREATE TABLE `posts`")));
 }
