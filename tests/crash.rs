@@ -125,7 +125,7 @@ fn a_push_killed_while_copying_the_database_changes_nothing() {
 }
 
 #[test]
-fn a_database_put_back_killed_halfway_keeps_both_databases() {
+fn a_restore_with_its_database_killed_before_the_database_is_put_back_is_finished_by_the_next_daemon() {
     let (w, fault) = world();
     let first = w.push_ok();
     rusqlite::Connection::open(w.path("local.db"))
@@ -134,7 +134,11 @@ fn a_database_put_back_killed_halfway_keeps_both_databases() {
         .unwrap();
     w.write("src/schema.ts", &format!("{}{POSTS}", w.read("src/schema.ts")));
     w.push_ok();
-    let live = fs::read(w.path("local.db")).unwrap();
+    let first_tree = {
+        let (code, v) = w.json("dreamerd", &["restore", "--push", &first, "--dry-run"]);
+        assert_eq!(code, 0, "{v}");
+        v["files"].as_u64().unwrap()
+    };
     crash_at(
         &w,
         &fault,
@@ -142,25 +146,24 @@ fn a_database_put_back_killed_halfway_keeps_both_databases() {
         "dreamerd",
         &["restore", "--push", &first, "--with-database"],
     );
-    // The database it was replacing is kept in quarantine before anything is written over it.
-    let quarantine = w.state().join("quarantine");
+    // The next daemon finishes it: the first push's folder and database, nothing else to do.
+    let v = recovered(&w, "dbcopy:putting-back");
+    assert_eq!(v["last_push"]["id"], first.as_str(), "{v}");
+    assert_eq!(v["last_push"]["files"].as_u64(), Some(first_tree));
+    let db = rusqlite::Connection::open(w.path("local.db")).unwrap();
+    let posts: i64 =
+        db.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'posts'", [], |r| r.get(0)).unwrap();
+    let ann: i64 = db.query_row("SELECT count(*) FROM users", [], |r| r.get(0)).unwrap();
+    assert_eq!((posts, ann), (0, 1), "the database as the first push left it, its row kept");
+    // The database it replaced (with posts) is in quarantine, whole, once.
     let kept: Vec<PathBuf> =
-        walk(&quarantine).into_iter().filter(|p| p.ends_with("database.sqlite")).collect();
+        walk(&w.state().join("quarantine")).into_iter().filter(|p| p.ends_with("database.sqlite")).collect();
     assert_eq!(kept.len(), 1, "{kept:?}");
-    let rows: i64 = rusqlite::Connection::open(&kept[0])
+    let kept_posts: i64 = rusqlite::Connection::open(&kept[0])
         .unwrap()
-        .query_row("SELECT count(*) FROM posts", [], |r| r.get(0))
-        .unwrap_or(-1);
-    assert_eq!(rows, 0, "the kept database is the live one, with posts");
-    assert_eq!(fs::read(w.path("local.db")).unwrap(), live, "the live database untouched so far");
-    // The folder was put back, the database not yet: said so, with the command that finishes it.
-    let (_, v) = w.json("dreamerd", &["check"]);
-    assert_eq!(v["drift"][0]["code"], "database-other-push", "{v}");
-    assert!(v["drift"][0]["message"].as_str().unwrap().contains("--with-database"), "{v}");
-    // Running the restore again finishes it: folder and database of the first push.
-    let (code, v) = w.json("dreamerd", &["restore", "--push", &first, "--with-database"]);
-    assert_eq!(code, 0, "{v}");
-    recovered(&w, "dbcopy:putting-back");
+        .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'posts'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept_posts, 1);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -459,6 +459,17 @@ impl Engine {
         copy: &DbCopy,
         quarantine: &Path,
     ) -> Result<PathBuf> {
+        self.put_back_database_from(project, &copy.path, quarantine)
+    }
+
+    /// [`Engine::put_back_database`] from the copy at `copy`. The database it replaces is kept in quarantine first,
+    /// unless an earlier, interrupted run kept it already.
+    pub(crate) fn put_back_database_from(
+        &self,
+        project: &Project,
+        copy: &Path,
+        quarantine: &Path,
+    ) -> Result<PathBuf> {
         let (_, file) = self.database_file(project).map_err(|why| {
             Error::failed(format!("cannot put the database back: {why}"), "restore it from the copy by hand")
         })?;
@@ -474,25 +485,32 @@ impl Engine {
                 ),
                 format!(
                     "the copy from before migrate is {}: copy it over the database by hand",
-                    copy.path.display()
+                    copy.display()
                 ),
             )
         };
         fsutil::create_private_dir(quarantine).ctx("create", quarantine)?;
         let kept = quarantine.join("database.sqlite");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode_private()
-            .open(&kept)
-            .ctx("create", &kept)?;
         let live = open_rw(&file, wait).map_err(|e| failed("open the database", Some(e)))?;
-        let mut keep =
-            Connection::open(&kept).map_err(|e| failed("keep the database", Some(e.to_string())))?;
-        backup(&live, &mut keep, wait).map_err(|e| failed("keep the database in quarantine", e))?;
-        drop(keep);
+        // Kept whole or not at all (written aside, then renamed), and only once: a rerun after a crash finds it.
+        if !kept.exists() {
+            let partial = quarantine.join("database.sqlite.partial");
+            let _ = std::fs::remove_file(&partial);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode_private()
+                .open(&partial)
+                .ctx("create", &partial)?;
+            let mut keep =
+                Connection::open(&partial).map_err(|e| failed("keep the database", Some(e.to_string())))?;
+            backup(&live, &mut keep, wait).map_err(|e| failed("keep the database in quarantine", e))?;
+            drop(keep);
+            std::fs::rename(&partial, &kept).ctx("rename", &partial)?;
+            fsutil::fsync_dir(quarantine).ctx("sync", quarantine)?;
+        }
         crate::fault::point("dbcopy:putting-back");
-        let source = open_ro(&copy.path, wait).map_err(|e| failed("open the copy", Some(e)))?;
+        let source = open_ro(copy, wait).map_err(|e| failed("open the copy", Some(e)))?;
         let mut live = live;
         backup(&source, &mut live, wait).map_err(|e| failed("put the database back", e))?;
         Ok(kept)

@@ -169,13 +169,24 @@ impl Engine {
             return Ok(report(None, changes, database));
         }
         let quarantine = self.new_quarantine(project, "restore")?;
+        // With the database, the journal goes on from the swap to the database (phase `database`): a crash
+        // anywhere is finished by the next operation.
+        let database_copy = db_copy.as_ref().map(|c| c.path.clone());
         if !holds_exactly(&drizzle, &record.files, &project.not_migrations()) {
             sink.progress(&format!("restoring drizzle/ to push {}", record.id));
             let mut journal = Journal {
                 before_existed: tree.exists,
+                database_copy: database_copy.clone(),
                 ..Journal::new(Op::Restore, Phase::Swap, &project.root)
             };
             self.install(project, Some((&archive, &record.files)), &quarantine, &mut journal)?;
+        } else if database_copy.is_some() {
+            let journal = Journal {
+                quarantine: Some(quarantine.clone()),
+                database_copy: database_copy.clone(),
+                ..Journal::new(Op::Restore, Phase::Database, &project.root)
+            };
+            self.write_journal(project, &journal)?;
         }
         if self.checkout(project)?.is_none_or(|c| c.push.id != record.id || c.open.is_some()) {
             self.set_last_push(project, &record, super::Via::Restore, None)?;
@@ -183,8 +194,15 @@ impl Engine {
         self.record_sum(project, &record, sink);
         let database = match &db_copy {
             Some(copy) => {
-                sink.progress(&format!("putting the database back to {}", copy.path.display()));
-                let kept = self.put_back_database(project, copy, &quarantine)?;
+                let journal = self
+                    .read_journal(project)?
+                    .filter(|j| j.phase == Phase::Database)
+                    .unwrap_or_else(|| Journal {
+                        quarantine: Some(quarantine.clone()),
+                        database_copy: database_copy.clone(),
+                        ..Journal::new(Op::Restore, Phase::Database, &project.root)
+                    });
+                let kept = self.finish_database(project, &journal, sink)?;
                 Some(DatabaseRestored { copy: copy.path.clone(), quarantine: Some(kept) })
             }
             None => None,

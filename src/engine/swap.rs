@@ -21,8 +21,9 @@ use crate::safefs;
 /// The transient folder beside `drizzle/` where a new tree is built; it exists only during a swap.
 pub const STAGING: &str = ".dreamerd-tmp";
 
-/// The crash journal's format. 1: dreamerd 0.1.0 (no `format`, `owner` or `child`); 2: adds them.
-pub(crate) const OP_FORMAT: u32 = 2;
+/// The crash journal's format. 1: dreamerd 0.1.0 (no `format`, `owner` or `child`); 2: adds them; 3: the
+/// `database` phase of `restore --with-database` and its `database_copy`.
+pub(crate) const OP_FORMAT: u32 = 3;
 
 /// Which operation a crash journal belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,8 +44,12 @@ pub(crate) enum Phase {
     Migrate,
     /// migrate succeeded; the backup is being stored. Rule: complete the push.
     Backup,
-    /// drizzle/ is being replaced by `target`. Rule: finish the replacement.
+    /// drizzle/ is being replaced by `target`. Rule: finish the replacement (then the database, with
+    /// `database_copy`).
     Swap,
+    /// `restore --with-database`: drizzle/ is in place; the database is being put back from `database_copy`.
+    /// Rule: finish it (the database it replaces is kept in quarantine first, once).
+    Database,
 }
 
 impl Op {
@@ -63,6 +68,7 @@ impl Phase {
             Phase::Migrate => "migrate",
             Phase::Backup => "backup",
             Phase::Swap => "swap",
+            Phase::Database => "database",
         }
     }
 }
@@ -120,6 +126,9 @@ pub(crate) struct Journal {
     /// The process group of the drizzle-kit run in progress, killed if it outlives its owner.
     #[serde(default)]
     pub child: Option<i32>,
+    /// `restore --with-database`: the copy the database is put back from once drizzle/ is in place (format 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_copy: Option<PathBuf>,
 }
 
 fn first_format() -> u32 {
@@ -140,6 +149,7 @@ impl Journal {
             before_existed: false,
             owner: Some(Owner::me()),
             child: None,
+            database_copy: None,
         }
     }
 }
@@ -294,7 +304,45 @@ impl Engine {
         }
         crate::fault::point("swap:exchanged");
         self.drain_staging(project, journal.target.as_deref(), journal.quarantine.as_deref())?;
+        if journal.database_copy.is_some() {
+            // The database comes next: the journal says so before the swap's is gone.
+            return self.write_journal(
+                project,
+                &Journal { phase: Phase::Database, target: None, ..journal.clone() },
+            );
+        }
         self.clear_journal(project)
+    }
+
+    /// `restore --with-database`, second half: the database put back from the journal's copy, then the journal
+    /// cleared. Idempotent: the database it replaces is kept in quarantine only the first time.
+    pub(crate) fn finish_database(
+        &self,
+        project: &Project,
+        journal: &Journal,
+        sink: &dyn Sink,
+    ) -> Result<PathBuf> {
+        let copy = journal.database_copy.clone().expect("a database phase names its copy");
+        let quarantine = match &journal.quarantine {
+            Some(q) => q.clone(),
+            None => self.new_quarantine(project, "interrupted-restore")?,
+        };
+        if !copy.is_file() {
+            self.clear_journal(project)?;
+            return Err(Error::failed(
+                format!(
+                    "the database copy {} that restore --with-database was putting back is gone; the database was \
+                     left as it was",
+                    copy.display()
+                ),
+                "`dreamerd check` says which push the database is at; restore another copy, or reset the development \
+                 database",
+            ));
+        }
+        sink.progress(&format!("putting the database back to {}", copy.display()));
+        let kept = self.put_back_database_from(project, &copy, &quarantine)?;
+        self.clear_journal(project)?;
+        Ok(kept)
     }
 
     /// Empties the staging folder: copies of the target are dropped, anything else is quarantined.
@@ -429,7 +477,15 @@ impl Engine {
                 if journal.quarantine.is_none() {
                     journal.quarantine = Some(self.new_quarantine(project, "interrupted")?);
                 }
-                self.finish_swap(project, &journal)
+                self.finish_swap(project, &journal)?;
+                if journal.database_copy.is_some() {
+                    self.finish_database(project, &journal, sink)?;
+                }
+                Ok(())
+            }
+            Phase::Database => {
+                sink.progress("finishing an interrupted restore of the database");
+                self.finish_database(project, &journal, sink).map(|_| ())
             }
             Phase::Generate => {
                 sink.progress("rolling back a push that was interrupted before migrate");
@@ -620,6 +676,21 @@ mod tests {
         if !fsutil::exchange(&f.project.drizzle(), &new).unwrap() {
             return; // this filesystem cannot exchange; the two-rename path is covered below
         }
+        assert_completed(&f);
+    }
+
+    #[test]
+    fn a_swap_journal_the_previous_release_wrote_is_finished() {
+        let f = fixture();
+        unpack_new(&f);
+        // What dreamerd 0.3.0 wrote: format 2, no `database_copy`.
+        let path = f.engine.ops_dir(&f.project).join("journal.json");
+        let mut value: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        value["format"] = serde_json::json!(2);
+        value.as_object_mut().unwrap().remove("database_copy");
+        fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+        let read = f.engine.read_journal(&f.project).unwrap().unwrap();
+        assert_eq!((read.phase, read.database_copy.as_ref()), (Phase::Swap, None));
         assert_completed(&f);
     }
 
