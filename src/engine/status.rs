@@ -164,7 +164,7 @@ pub struct Interrupted {
     /// `push` or `restore`; absent when the journal cannot be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<String>,
-    /// `generate`, `migrate`, `backup` or `swap`.
+    /// `generate`, `migrate`, `backup`, `swap` or `database`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     pub message: String,
