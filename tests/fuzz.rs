@@ -341,3 +341,48 @@ fn request_like() -> impl Strategy<Value = String> {
             .to_string()
         })
 }
+
+#[test]
+fn a_drizzle_config_of_any_shape_and_the_store_s_records_never_panic() {
+    // A JSON config is read as it is (no runtime): hostile `out`, `schema`, credentials of every type.
+    let credentials = prop_oneof![
+        json_value(),
+        (".{0,12}", any::<i64>(), ".{0,8}", any::<bool>()).prop_map(|(host, port, user, ssl)| {
+            serde_json::json!({"host": host, "port": port, "user": user, "password": "p@ss:/?#", "database": "d",
+                               "ssl": ssl, "url": if ssl { serde_json::Value::Null } else { serde_json::json!(host) }})
+        }),
+    ];
+    let config = (
+        prop_oneof!["sqlite|postgresql|mysql|turso|singlestore", ".{0,8}"],
+        prop_oneof![json_value(), "(\\.\\./|/|[a-z*{}]){0,16}".prop_map(serde_json::Value::from)],
+        prop_oneof![json_value(), "(\\.\\./|/|[a-zé.]){0,16}".prop_map(serde_json::Value::from)],
+        credentials,
+        json_value(),
+    )
+        .prop_map(|(dialect, schema, out, credentials, migrations)| {
+            serde_json::json!({"dialect": dialect, "schema": schema, "out": out, "dbCredentials": credentials,
+                               "migrations": migrations})
+            .to_string()
+        });
+    runner(300, 0xc0)
+        .run(&prop_oneof![config, ".{0,100}"], |text| {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("proj");
+            fs::create_dir_all(&root).unwrap();
+            let path = root.join("drizzle.config.json");
+            fs::write(&path, &text).unwrap();
+            if let Ok(resolved) = dreamerd::project::layout::evaluate(&root, &path, None) {
+                let _ = dreamerd::project::layout::schema_files(&root, &resolved.layout);
+            }
+            Ok(())
+        })
+        .unwrap();
+    // The store's objects: records and generations as any machine may have written them.
+    runner(300, 0xc1)
+        .run(&prop_oneof![json_value().prop_map(|v| v.to_string()), ".{0,100}"], |text| {
+            let _ = serde_json::from_str::<dreamerd::store::PushRecord>(&text);
+            let _ = serde_json::from_str::<dreamerd::store::Generation>(&text);
+            Ok(())
+        })
+        .unwrap();
+}
