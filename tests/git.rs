@@ -44,6 +44,27 @@ fn commit(w: &World, message: &str) {
     git(w, &["commit", "-q", "-m", message]);
 }
 
+/// In the checkout `dir` (another clone or worktree of `w`'s repository): a `tags` table added to the schema, its
+/// migration made by running drizzle-kit directly (no push), and committed.
+fn commit_tags_made_by_drizzle_kit(w: &World, dir: &Path) {
+    std::os::unix::fs::symlink(w.root.join("node_modules"), dir.join("node_modules")).unwrap();
+    let schema = fs::read_to_string(dir.join("src/schema.ts")).unwrap();
+    fs::write(
+        dir.join("src/schema.ts"),
+        format!("{schema}\nexport const tags = sqliteTable('tags', {{ id: integer('id').primaryKey() }});\n"),
+    )
+    .unwrap();
+    let generated = Command::new("./node_modules/.bin/drizzle-kit")
+        .arg("generate")
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
+    git_in(dir, &["add", "-A"]);
+    git_in(dir, &["commit", "-q", "-m", "tags, by drizzle-kit directly"]);
+}
+
 fn events(w: &World) -> Vec<Value> {
     let run = w.run("dreamerd", &["events", "--json"]);
     run.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
@@ -84,34 +105,8 @@ fn a_checkout_of_a_known_push_is_silent_and_of_an_unknown_tree_is_git_s_and_neve
     // A branch whose migration no push made: drizzle-kit run directly in another clone, fetched here.
     let other = w.tmp.path().join("other");
     git_in(w.tmp.path(), &["clone", "-q", w.root.to_str().unwrap(), other.to_str().unwrap()]);
-    std::os::unix::fs::symlink(w.root.join("node_modules"), other.join("node_modules")).unwrap();
-    fs::write(
-        other.join("src/schema.ts"),
-        format!("{schema}\nexport const tags = sqliteTable('tags', {{ id: integer('id').primaryKey() }});\n"),
-    )
-    .unwrap();
-    let generated = Command::new("./node_modules/.bin/drizzle-kit")
-        .arg("generate")
-        .current_dir(&other)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
     git_in(&other, &["checkout", "-q", "-b", "tags"]);
-    git_in(&other, &["add", "-A"]);
-    git_in(
-        &other,
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "tags, by drizzle-kit directly",
-        ],
-    );
+    commit_tags_made_by_drizzle_kit(&w, &other);
     git(&w, &["fetch", "-q", other.to_str().unwrap(), "tags:tags"]);
     git(&w, &["checkout", "-q", "tags"]);
     let head = git(&w, &["rev-parse", "HEAD"]);
@@ -296,22 +291,7 @@ fn a_pull_inside_a_git_worktree_is_attributed_to_git_by_the_worktree_s_own_lock(
     // A third worktree makes a migration with drizzle-kit directly (no push) and commits it.
     let maker = w.tmp.path().join("maker");
     git(&w, &["worktree", "add", "-q", "-b", "tags", maker.to_str().unwrap()]);
-    std::os::unix::fs::symlink(w.root.join("node_modules"), maker.join("node_modules")).unwrap();
-    let schema = fs::read_to_string(maker.join("src/schema.ts")).unwrap();
-    fs::write(
-        maker.join("src/schema.ts"),
-        format!("{schema}\nexport const tags = sqliteTable('tags', {{ id: integer('id').primaryKey() }});\n"),
-    )
-    .unwrap();
-    let generated = Command::new("./node_modules/.bin/drizzle-kit")
-        .arg("generate")
-        .current_dir(&maker)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{}", String::from_utf8_lossy(&generated.stderr));
-    git_in(&maker, &["add", "-A"]);
-    git_in(&maker, &["commit", "-q", "-m", "tags, by drizzle-kit directly"]);
+    commit_tags_made_by_drizzle_kit(&w, &maker);
     // The watched worktree pulls it in (a fast-forward): git's doing, with the commit.
     git_in(&wt, &["merge", "-q", "--ff-only", "tags"]);
     let head = git_in(&wt, &["rev-parse", "HEAD"]);

@@ -17,16 +17,27 @@ pub const ZERO_ID: &str = "00000000-0000-0000-0000-000000000000";
 /// The migration folders of a migration folder, by name: its sub-folders that hold a regular `migration.sql`
 /// (what 1.0's migrator runs; anything else in a sub-folder is ignored by it).
 pub fn migration_folders(folder: &Folder) -> Vec<String> {
-    let mut names: Vec<String> = folder
+    let mut names: Vec<String> = candidates(folder).filter(|n| is_migration(folder, n)).collect();
+    names.sort();
+    names
+}
+
+/// Whether the folder holds at least one migration folder (stops at the first: the layout is asked on every scan).
+pub fn any_migration_folder(folder: &Folder) -> bool {
+    candidates(folder).any(|n| is_migration(folder, &n))
+}
+
+fn candidates(folder: &Folder) -> impl Iterator<Item = String> {
+    folder
         .entries()
         .unwrap_or_default()
         .into_iter()
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|n| safefs::plain_name(n) && n != "meta")
-        .filter(|n| matches!(folder.kind(&format!("{n}/migration.sql")), Ok(Some(SpecialKind::File))))
-        .collect();
-    names.sort();
-    names
+}
+
+fn is_migration(folder: &Folder, name: &str) -> bool {
+    matches!(folder.kind(&format!("{name}/migration.sql")), Ok(Some(SpecialKind::File)))
 }
 
 /// The time a migration folder's name starts with (`YYYYMMDDHHMMSS`, UTC), in ms since the epoch, as 1.0's
@@ -193,28 +204,12 @@ pub fn faults(drizzle: &Folder) -> Option<Vec<Drift>> {
         }
     }
     out.extend(graph(&snapshots));
-    let outdated: Vec<&Snapshot> = snapshots
-        .iter()
-        .filter(|s| {
-            let latest = s.dialect.as_deref().and_then(latest_snapshot_version);
-            matches!((s.version, latest), (Some(v), Some(l)) if v < l)
-        })
-        .collect();
-    if let Some(first) = outdated.first() {
-        let dialect = first.dialect.clone().unwrap_or_default();
-        out.push(Drift::new(
-            "snapshot-outdated",
-            format!(
-                "{} snapshot(s) (from {}/) are of version {}, older than the {} drizzle-kit 1.0 writes for {dialect}: \
-                 generate refuses to run until they are upgraded",
-                outdated.len(),
-                first.folder,
-                first.version.unwrap_or(0),
-                latest_snapshot_version(&dialect).unwrap_or(0)
-            ),
-            None,
-        ));
-    }
+    out.extend(super::journal::outdated(
+        snapshots.iter().map(|s| (format!("{}/", s.folder), s.version, s.dialect.as_deref())),
+        latest_snapshot_version,
+        "drizzle-kit 1.0",
+        "generate refuses to run until they are upgraded",
+    ));
     Some(out)
 }
 

@@ -106,7 +106,7 @@ pub fn read(drizzle: &Path) -> Result<Option<Vec<Entry>>, String> {
 pub fn layout_in(folder: &Folder) -> Option<Layout> {
     if folder.kind("meta/_journal.json").ok().flatten().is_some() {
         Some(Layout::Journal)
-    } else if !super::folders::migration_folders(folder).is_empty() {
+    } else if super::folders::any_migration_folder(folder) {
         Some(Layout::Folders)
     } else {
         None
@@ -427,30 +427,40 @@ fn snapshot_set(snapshots: &BTreeMap<String, Snapshot>, entries: &[Entry]) -> Ve
             Some(number(&children[children.len() - 1].name)),
         ));
     }
-    let outdated: Vec<&Snapshot> = snapshots
-        .values()
-        .filter(|s| {
-            let latest = s.dialect.as_deref().and_then(latest_snapshot_version);
-            matches!((s.version, latest), (Some(v), Some(l)) if v < l)
+    out.extend(outdated(
+        snapshots.values().map(|s| (format!("meta/{}", s.name), s.version, s.dialect.as_deref())),
+        latest_snapshot_version,
+        "drizzle-kit 0.31",
+        "generate writes no migration until they are upgraded (it says \"Run drizzle-kit up\" and exits 0)",
+    ));
+    out
+}
+
+/// `snapshot-outdated` when some snapshots (where, version, dialect) are older than `kit` writes for their dialect
+/// (`latest`); `consequence` says what generate does about it.
+pub(super) fn outdated<'a>(
+    snapshots: impl Iterator<Item = (String, Option<u32>, Option<&'a str>)>,
+    latest: fn(&str) -> Option<u32>,
+    kit: &str,
+    consequence: &str,
+) -> Option<Drift> {
+    let old: Vec<(String, u32, &'a str, u32)> = snapshots
+        .filter_map(|(at, version, dialect)| {
+            let dialect = dialect?;
+            let (v, l) = (version?, latest(dialect)?);
+            (v < l).then_some((at, v, dialect, l))
         })
         .collect();
-    if let Some(first) = outdated.first() {
-        let dialect = first.dialect.clone().unwrap_or_default();
-        out.push(Drift::new(
-            "snapshot-outdated",
-            format!(
-                "{} snapshot(s) of meta/ (from {}) are of version {}, older than the {} drizzle-kit 0.31 writes for \
-                 {dialect}: generate writes no migration until they are upgraded (it says \"Run drizzle-kit up\" and \
-                 exits 0)",
-                outdated.len(),
-                first.name,
-                first.version.unwrap_or(0),
-                latest_snapshot_version(&dialect).unwrap_or(0)
-            ),
-            None,
-        ));
-    }
-    out
+    let (at, version, dialect, latest) = old.first()?;
+    Some(Drift::new(
+        "snapshot-outdated",
+        format!(
+            "{} snapshot(s) (from {at}) are of version {version}, older than the {latest} {kit} writes for \
+             {dialect}: {consequence}",
+            old.len()
+        ),
+        None,
+    ))
 }
 
 /// Each snapshot's prevId must be the id of the one before it, in journal order.

@@ -375,18 +375,10 @@ impl Engine {
         let id = self.project_id(project).ok()??;
         let history = self.store.history(&id).ok()?;
         for g in history.into_iter().take(DATABASE_PUSHES) {
-            let key = format!("{id}/{}", g.push);
-            let known = MIGRATIONS_OF.lock().expect("cache").get(&key).cloned();
-            let migrations = match known {
-                Some(m) => m,
-                None => {
-                    let Ok(files) = self.store.manifest(&id, &g.tree) else { continue };
-                    let record = g.record(files);
-                    let Some(m) = self.migrations_of(&record) else { continue };
-                    let m = std::sync::Arc::new(m);
-                    MIGRATIONS_OF.lock().expect("cache").insert(key, m.clone());
-                    m
-                }
+            let Some(migrations) = self.migrations_cached(&id, &g.push, || {
+                self.store.manifest(&id, &g.tree).ok().map(|f| g.record(f))
+            }) else {
+                continue;
             };
             let (layout, entries) = (&migrations.0, &migrations.1);
             let matched = crate::drizzle::database::matching(*layout, entries, rows);
@@ -403,16 +395,23 @@ impl Engine {
     }
 
     /// A push's migrations with their hashes (read once per process from its archive).
-    pub(crate) fn entries_of_push(
+    pub(crate) fn entries_of_push(&self, record: &PushRecord) -> Option<MigrationsOf> {
+        self.migrations_cached(&record.project_id, &record.id, || Some(record.clone()))
+    }
+
+    /// [`Engine::migrations_of`] through the per-process cache; `record` is asked only on a miss.
+    fn migrations_cached(
         &self,
-        record: &PushRecord,
-    ) -> Option<(crate::drizzle::journal::Layout, Vec<crate::drizzle::journal::Entry>)> {
-        let key = format!("{}/{}", record.project_id, record.id);
+        project_id: &str,
+        push: &str,
+        record: impl FnOnce() -> Option<PushRecord>,
+    ) -> Option<MigrationsOf> {
+        let key = format!("{project_id}/{push}");
         if let Some(m) = MIGRATIONS_OF.lock().expect("cache").get(&key) {
-            return Some((m.0, m.1.clone()));
+            return Some(m.clone());
         }
-        let m = self.migrations_of(record)?;
-        MIGRATIONS_OF.lock().expect("cache").insert(key, std::sync::Arc::new(m.clone()));
+        let m = std::sync::Arc::new(self.migrations_of(&record()?)?);
+        MIGRATIONS_OF.lock().expect("cache").insert(key, m.clone());
         Some(m)
     }
 
@@ -608,7 +607,8 @@ impl Engine {
 const DATABASE_PUSHES: usize = 50;
 
 /// Each push's migrations, by `<project id>/<push id>`: read once per process.
-type MigrationsOf = std::sync::Arc<(crate::drizzle::journal::Layout, Vec<crate::drizzle::journal::Entry>)>;
+pub(crate) type MigrationsOf =
+    std::sync::Arc<(crate::drizzle::journal::Layout, Vec<crate::drizzle::journal::Entry>)>;
 static MIGRATIONS_OF: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, MigrationsOf>>> =
     std::sync::LazyLock::new(Default::default);
 

@@ -440,6 +440,39 @@ mod tests {
     }
 
     #[test]
+    fn drizzle_kit_1_0_texts() {
+        // Measured with drizzle-kit 1.0.0-rc.5 (see the README's drizzle-kit 1.0 section).
+        let outdated = out(1, "", "Your migrations folder format is outdated, please run drizzle-kit up");
+        for judged in
+            [judge_generate(&outdated, 300), judge_migrate(&outdated, 300), judge_up(&outdated, 300)]
+        {
+            assert_eq!(judged.unwrap().code, "layout-kit-mismatch");
+        }
+        let conflict = "\n Conflicting migrations detected  Found 1 conflict across 2 migrations\n\n  drizzle/20261126054604_a\n  \
+                        ├── drizzle/20261126054630_b_email\n  │   └─ ⚠ add_column: email on users table\n";
+        let d = judge_generate(&out(1, "", conflict), 300).unwrap();
+        assert_eq!(d.code, "branches-conflict");
+        assert!(d.message.contains("add_column: email on users table"), "{}", d.message);
+        // migrate says why, after the spinner.
+        let failed = "[⣷] applying migrations...\x1b[2K\x1b[1G[✗] Error during migration:\nSQLITE_ERROR: SQLITE_ERROR: \
+                      duplicate column name: age";
+        assert_eq!(judge_migrate(&out(1, failed, ""), 300).unwrap().code, "out-of-sync");
+        let other = "[✗] Error during migration:\nSQLITE_ERROR: SQLITE_ERROR: near \";\": syntax error";
+        let d = judge_migrate(&out(1, other, ""), 300).unwrap();
+        assert!(
+            d.message.contains("near \";\": syntax error") && !d.message.contains("printed no error"),
+            "{}",
+            d.message
+        );
+        // The questions of a rename, and the flags that answer them.
+        let asked = "missing_hints: 1 unresolved decisions\n   Add to --hints:\n     { \"type\": \"create\", \"kind\": \
+                     \"column\", \"entity\": [\"public\", \"users\", \"mail\"] }\n";
+        let d = judge_generate(&out(2, asked, ""), 300).unwrap();
+        assert_eq!(d.code, "ambiguous-change");
+        assert!(d.hint.contains("--rename users.OLD=users.mail"), "{}", d.hint);
+    }
+
+    #[test]
     fn texts_that_make_generate_write_nothing() {
         let outdated =
             "drizzle/meta/0000_snapshot.json/snapshot.json is not of the latest version\nRun drizzle-kit up";

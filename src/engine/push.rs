@@ -254,6 +254,7 @@ impl Engine {
         options: &PushOptions,
         sink: &dyn Sink,
     ) -> Result<PushReport> {
+        crate::drizzle::hints::check(&options.renames, &options.creates).map_err(Error::Usage)?;
         let never_pushed = self.baseline(project).ok().flatten().is_none();
         let mut report = self.push_locked(project, mode, options, sink)?;
         if let PushReport::Failed(f) = &mut report
@@ -399,26 +400,18 @@ impl Engine {
             })
             .collect();
         // `up` with drizzle-kit 1.0 installed and a 0.x journal here: the conversion.
+        let kit_version = crate::project::layout::drizzle_kit_version(&project.workdir());
+        let kit_layout = kit_version.as_deref().and_then(Layout::of_kit);
         let converting = mode == Mode::Up
-            && super::migration_layout(project) == Some(Layout::Journal)
-            && crate::project::layout::drizzle_kit_version(&project.workdir())
-                .as_deref()
-                .and_then(Layout::of_kit)
-                == Some(Layout::Folders);
-        let kit_layout = crate::project::layout::drizzle_kit_version(&project.workdir())
-            .as_deref()
-            .and_then(Layout::of_kit);
-        if let Err(why) = crate::drizzle::hints::check(&options.renames, &options.creates) {
-            return Err(Error::Usage(why));
-        }
+            && kit_layout == Some(Layout::Folders)
+            && super::migration_layout(project) == Some(Layout::Journal);
         if options.answers() && mode == Mode::Push && kit_layout != Some(Layout::Folders) {
             return Ok(precheck_failure(
                 "answers-unsupported",
                 format!(
                     "--rename and --create answer drizzle-kit 1.0's questions, but this project \
                      installs drizzle-kit {}, which asks them only on a terminal",
-                    crate::project::layout::drizzle_kit_version(&project.workdir())
-                        .unwrap_or_else(|| "?".into())
+                    kit_version.as_deref().unwrap_or("?")
                 ),
                 "with drizzle-kit 0.x, rename in two pushes: first add the new column or table (and copy the data \
                  in a custom migration), then drop the old one; or upgrade to drizzle-kit 1.0 with `dreamerd up`; \

@@ -64,49 +64,47 @@ impl Engine {
         }
         // The database must not have applied what the rebase drops: those migrations are gone from the folder for
         // good, and a later one would repeat their changes on it.
-        if let Some(rows) = self.database_rows(project) {
-            let base_entries = self.entries_of_push(&base);
-            if let Some((layout, entries)) = base_entries {
-                let matched = database::matching(layout, &entries, &rows);
-                let foreign: Vec<String> = matched
-                    .rows
-                    .iter()
-                    .filter(|(_, e)| e.is_none())
-                    .map(|(row, _)| match &row.name {
-                        Some(name) => name.clone(),
-                        None => format!(
-                            "created_at {} (sha256 {}…)",
-                            row.created_at,
-                            row.hash.chars().take(12).collect::<String>()
-                        ),
-                    })
-                    .collect();
-                if !foreign.is_empty() {
-                    let way_back = match self.copy_for(project, &base.id) {
-                        Some(_) => format!(
-                            "`dreamerd restore --push {} --with-database` puts the database back to that push's \
-                             state from its copy (keeping the one it replaces), then run `dreamerd rebase` again; or \
-                             reset your development database",
-                            base.id
-                        ),
-                        None => {
-                            "reset your development database (there is no copy of its state at that push), \
-                                 then run `dreamerd rebase` again"
-                                .to_string()
-                        }
-                    };
-                    return Err(Error::failed(
-                        format!(
-                            "the database applied migration(s) that push {} does not have and the rebase drops: {}; \
-                             after the rebase they would be applied twice over (their changes come back in the new \
-                             migration); nothing was changed",
-                            base.id,
-                            foreign.join(", ")
-                        ),
-                        way_back,
-                    ));
+        let rows = self.database_rows(project).unwrap_or_default();
+        let foreign: Vec<String> = match self.entries_of_push(&base) {
+            Some(migrations) if !rows.is_empty() => database::matching(migrations.0, &migrations.1, &rows)
+                .rows
+                .iter()
+                .filter(|(_, e)| e.is_none())
+                .map(|(row, _)| match &row.name {
+                    Some(name) => name.clone(),
+                    None => format!(
+                        "created_at {} (sha256 {}…)",
+                        row.created_at,
+                        row.hash.chars().take(12).collect::<String>()
+                    ),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if !foreign.is_empty() {
+            let way_back = match self.copy_for(project, &base.id) {
+                Some(_) => format!(
+                    "`dreamerd restore --push {} --with-database` puts the database back to that push's state from \
+                     its copy (keeping the one it replaces), then run `dreamerd rebase` again; or reset your \
+                     development database",
+                    base.id
+                ),
+                None => {
+                    "reset your development database (there is no copy of its state at that push), then run \
+                         `dreamerd rebase` again"
+                        .to_string()
                 }
-            }
+            };
+            return Err(Error::failed(
+                format!(
+                    "the database applied migration(s) that push {} does not have and the rebase drops: {}; after the \
+                     rebase they would be applied twice over (their changes come back in the new migration); nothing \
+                     was changed",
+                    base.id,
+                    foreign.join(", ")
+                ),
+                way_back,
+            ));
         }
         sink.progress(&format!(
             "rebasing: {} goes back to push {} ({} migration file(s) of the merged branch go to quarantine), then the \
