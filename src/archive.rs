@@ -143,17 +143,35 @@ impl<R: Read> Read for Capped<R> {
 /// Refuses absolute paths, `..`, links, devices, fifos, duplicates, unexpected or missing files, and anything
 /// over `limits`. On error, `dest` is removed and nothing else was touched.
 pub fn unpack_verified(bytes: &[u8], expected: &[FileEntry], dest: &Path, limits: Limits) -> Result<()> {
+    unpack_except(bytes, expected, dest, limits, &HashSet::new())
+}
+
+/// [`unpack_verified`] without writing the files at `skip` (the caller has them already): they are still checked to
+/// be in the archive, as large as the manifest says, and safe; only their bytes are passed over.
+pub fn unpack_except(
+    bytes: &[u8],
+    expected: &[FileEntry],
+    dest: &Path,
+    limits: Limits,
+    skip: &HashSet<&str>,
+) -> Result<()> {
     fs::create_dir(dest).map_err(|e| {
         Error::failed(format!("cannot create {}: {e}", dest.display()), "check permissions and disk space")
     })?;
-    let result = unpack_into(bytes, expected, dest, limits);
+    let result = unpack_into(bytes, expected, dest, limits, skip);
     if result.is_err() {
         let _ = fs::remove_dir_all(dest);
     }
     result
 }
 
-fn unpack_into(bytes: &[u8], expected: &[FileEntry], dest: &Path, limits: Limits) -> Result<()> {
+fn unpack_into(
+    bytes: &[u8],
+    expected: &[FileEntry],
+    dest: &Path,
+    limits: Limits,
+    skip: &HashSet<&str>,
+) -> Result<()> {
     let corrupt = |why: String| Error::Corrupt(format!("backup archive refused: {why}"));
     let want: HashMap<&str, &FileEntry> = expected.iter().map(|f| (f.path.as_str(), f)).collect();
     let decoder = zstd::stream::Decoder::new(bytes).map_err(|e| corrupt(e.to_string()))?;
@@ -184,6 +202,14 @@ fn unpack_into(bytes: &[u8], expected: &[FileEntry], dest: &Path, limits: Limits
         };
         if want.size != size {
             return Err(corrupt(format!("{rel:?} is {size} bytes, the manifest says {}", want.size)));
+        }
+        if skip.contains(rel.as_str()) {
+            let passed =
+                io::copy(&mut entry, &mut io::sink()).map_err(|e| corrupt(format!("{rel:?}: {e}")))?;
+            if passed != want.size {
+                return Err(corrupt(format!("{rel:?} is cut short")));
+            }
+            continue;
         }
         let target = dest.join(&rel);
         if let Some(parent) = target.parent() {

@@ -106,6 +106,21 @@ pub fn atomic_write_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> 
     result
 }
 
+/// Replaces `path` with `data` atomically (a reader sees the old file or the new one) but without syncing: for
+/// caches, which a power cut may only make stale or empty, never wrong.
+pub fn replace_unsynced(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let tmp = temp_sibling(path);
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        file.write_all(data)?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Writes `data` to `path` only if nothing is there yet; returns false if something was.
 pub fn write_new(path: &Path, data: &[u8]) -> io::Result<bool> {
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -13,6 +13,7 @@ pub mod dirs;
 pub mod drizzle;
 pub mod engine;
 pub mod error;
+pub mod facts;
 pub mod fault;
 pub mod fsutil;
 pub mod ipc;

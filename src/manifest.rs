@@ -4,9 +4,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::facts::Identity;
 pub use crate::safefs::SpecialKind;
 use crate::safefs::{Folder, FolderAt, Found};
 
@@ -96,23 +98,43 @@ pub fn hash_in(folder: &Folder, rel: &str) -> io::Result<Option<String>> {
 
 /// Scans and hashes everything under `dir`, never following a link below it and never blocking on a fifo.
 pub fn scan(dir: &Path) -> io::Result<Tree> {
+    scan_known(dir).map(|(tree, _)| tree)
+}
+
+/// [`scan`], and the identities of the regular files found (see [`crate::facts`]). A file whose identity is known
+/// and settled is not read again; the others are hashed on every core.
+pub fn scan_known(dir: &Path) -> io::Result<(Tree, Vec<Identity>)> {
     let mut tree = Tree::default();
+    let mut ids = Vec::new();
     match Folder::at(dir)? {
-        FolderAt::Missing => Ok(tree),
+        FolderAt::Missing => {}
         FolderAt::Not(kind) => {
             tree.exists = true;
             tree.nodes.insert(".".into(), Node::Special(kind));
-            Ok(tree)
         }
         FolderAt::Folder(folder) => {
             tree.exists = true;
-            walk(&folder, "", &mut tree.nodes)?;
-            Ok(tree)
+            let mut todo = Vec::new();
+            walk(&Arc::new(folder), "", &mut tree.nodes, &mut todo, &mut ids)?;
+            for (rel, node, id) in hash_all(todo)? {
+                ids.extend(id);
+                tree.nodes.insert(rel, node);
+            }
         }
     }
+    Ok((tree, ids))
 }
 
-fn walk(folder: &Folder, prefix: &str, out: &mut BTreeMap<String, Node>) -> io::Result<()> {
+/// A regular file to read: its folder, its name there, its path in the tree.
+type ToHash = (Arc<Folder>, String, String);
+
+fn walk(
+    folder: &Arc<Folder>,
+    prefix: &str,
+    out: &mut BTreeMap<String, Node>,
+    todo: &mut Vec<ToHash>,
+    ids: &mut Vec<Identity>,
+) -> io::Result<()> {
     use rustix::fs::FileType;
     for (name, hint) in folder.entries()? {
         let Some(name) = name.to_str() else {
@@ -134,30 +156,74 @@ fn walk(folder: &Folder, prefix: &str, out: &mut BTreeMap<String, Node>) -> io::
             Some(SpecialKind::Directory) => match folder.sub(name)? {
                 FolderAt::Folder(sub) => {
                     out.insert(rel.clone(), Node::Special(SpecialKind::Directory));
-                    walk(&sub, &rel, out)?;
+                    walk(&Arc::new(sub), &rel, out, todo, ids)?;
                 }
                 FolderAt::Missing => {}
                 FolderAt::Not(kind) => {
                     out.insert(rel, Node::Special(kind));
                 }
             },
-            Some(SpecialKind::File) => match folder.file(name)? {
-                Found::File(mut f) => {
-                    let (size, blake3) = hash_file(&mut f)?;
-                    out.insert(rel, Node::File { size, blake3 });
+            Some(SpecialKind::File) => {
+                let known = folder.identity(name)?.and_then(|id| Some((id, crate::facts::known_hash(&id)?)));
+                match known {
+                    Some((id, blake3)) => {
+                        ids.push(id);
+                        out.insert(rel, Node::File { size: id.size, blake3 });
+                    }
+                    None => todo.push((folder.clone(), name.to_string(), rel)),
                 }
-                Found::Missing => {}
-                // Replaced by something else between readdir and open.
-                Found::Not(kind) => {
-                    out.insert(rel, Node::Special(kind));
-                }
-            },
+            }
             Some(kind) => {
                 out.insert(rel, Node::Special(kind));
             }
         }
     }
     Ok(())
+}
+
+/// Hashes the files to read, on as many threads as there are cores (never more than one per few files).
+fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Identity>)>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = cores.min(todo.len().div_ceil(8)).max(1);
+    if threads == 1 {
+        return todo.iter().filter_map(|t| hash_one(t).transpose()).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> io::Result<Vec<(String, Node, Option<Identity>)>> {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(t) = todo.get(i) else { return Ok(done) };
+                        done.extend(hash_one(t)?);
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(todo.len());
+        for w in workers {
+            all.extend(w.join().expect("a hashing thread panicked")?);
+        }
+        Ok(all)
+    })
+}
+
+/// One file read and hashed, and remembered; `None` when it vanished.
+fn hash_one((folder, name, rel): &ToHash) -> io::Result<Option<(String, Node, Option<Identity>)>> {
+    let read_at = crate::facts::now_ns();
+    Ok(match folder.file(name)? {
+        Found::File(mut f) => {
+            let id = Identity::of_file(&f)?;
+            let (size, blake3) = hash_file(&mut f)?;
+            crate::facts::note_hash(id, read_at, &blake3);
+            Some((rel.clone(), Node::File { size, blake3 }, Some(id)))
+        }
+        Found::Missing => None,
+        // Replaced by something else between readdir and open.
+        Found::Not(kind) => Some((rel.clone(), Node::Special(kind), None)),
+    })
 }
 
 /// How the current tree departs from a manifest at one path.

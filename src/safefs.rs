@@ -293,6 +293,35 @@ impl Folder {
     /// What is at `rel` without following a link: `None` if nothing, `Some(Directory)`, `Some(File)` for a regular
     /// file, and so on.
     pub fn kind(&self, rel: &str) -> io::Result<Option<SpecialKind>> {
+        Ok(self.lstat(rel)?.map(|st| match st {
+            Ok(st) => match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                rustix::fs::FileType::RegularFile => SpecialKind::File,
+                rustix::fs::FileType::Directory => SpecialKind::Directory,
+                rustix::fs::FileType::Symlink => SpecialKind::Symlink,
+                rustix::fs::FileType::Fifo => SpecialKind::Fifo,
+                rustix::fs::FileType::Socket => SpecialKind::Socket,
+                _ => SpecialKind::Device,
+            },
+            Err(kind) => kind,
+        }))
+    }
+
+    /// The identity of the regular file at `rel` (see [`crate::facts`]), without opening it or following a link;
+    /// `None` when no regular file is there.
+    pub fn identity(&self, rel: &str) -> io::Result<Option<crate::facts::Identity>> {
+        Ok(match self.lstat(rel)? {
+            Some(Ok(st))
+                if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile =>
+            {
+                Some(crate::facts::Identity::of(&st))
+            }
+            _ => None,
+        })
+    }
+
+    /// The status of what is at `rel`, never following a link: `None` if nothing, `Err(Symlink)` for a link on the
+    /// way to it.
+    fn lstat(&self, rel: &str) -> io::Result<Option<Result<rustix::fs::Stat, SpecialKind>>> {
         let parts = plain(rel)?;
         let (last, dirs) = parts.split_last().expect("at least one part");
         let holder;
@@ -306,21 +335,11 @@ impl Folder {
                     holder.as_fd()
                 }
                 Opened::Missing => return Ok(None),
-                Opened::Link => return Ok(Some(SpecialKind::Symlink)),
+                Opened::Link => return Ok(Some(Err(SpecialKind::Symlink))),
             }
         };
         match rustix::fs::statat(at, *last, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => {
-                let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
-                Ok(Some(match ft {
-                    rustix::fs::FileType::RegularFile => SpecialKind::File,
-                    rustix::fs::FileType::Directory => SpecialKind::Directory,
-                    rustix::fs::FileType::Symlink => SpecialKind::Symlink,
-                    rustix::fs::FileType::Fifo => SpecialKind::Fifo,
-                    rustix::fs::FileType::Socket => SpecialKind::Socket,
-                    _ => SpecialKind::Device,
-                }))
-            }
+            Ok(st) => Ok(Some(Ok(st))),
             Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
             Err(e) => Err(e.into()),
         }

@@ -84,7 +84,7 @@ fn holds(dir: &Path, bytes: &[u8]) -> bool {
 
 #[test]
 fn a_restore_killed_at_each_step_of_its_swap_ends_with_one_tree_and_keeps_what_it_replaced() {
-    for point in ["swap:staged", "swap:journaled", "swap:exchanged"] {
+    for point in ["swap:staged", "swap:journaled", "swap:borrowing", "swap:exchanged"] {
         let (w, fault) = world();
         w.push_ok();
         let pushed = w.tree("drizzle");

@@ -211,7 +211,10 @@ fn merged_repository() -> (World, String) {
     fs::copy(w.path("local.db"), w.path("feat.db")).unwrap();
     // main adds tags, and pushes (its database put back to main's state first).
     git(&w, &["checkout", "-q", "main"]);
-    let main_base = w.status_in_process()["last_push"]["id"].as_str().unwrap().to_string();
+    // The push the folder holds now: the one it matches (the check that first sees it arrived still names the
+    // previous last push in `last_push`; the daemon may or may not have adopted it already).
+    let held = w.status_in_process();
+    let main_base = held["matches"].as_str().or(held["last_push"]["id"].as_str()).unwrap().to_string();
     let (code, v) = w.json("dreamerd", &["restore", "--push", &main_base, "--with-database"]);
     assert_eq!(code, 0, "{v}");
     std::thread::sleep(std::time::Duration::from_millis(1100));

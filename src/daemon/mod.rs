@@ -82,6 +82,10 @@ struct Watched {
     git_touched: bool,
     /// The violations git brought (as JSON text, without the source), with the commit.
     from_git: BTreeMap<String, String>,
+    /// When the last file event for it came: the first event after a quiet period is scanned at once.
+    last_event: Option<Instant>,
+    /// The burst of hand changes being reported: one notification, updated, and one summary line at its end.
+    burst: Option<watch::Burst>,
 }
 
 /// Per-project watch details added to status by the daemon (an addition to the contract).
@@ -179,6 +183,10 @@ pub(crate) struct Daemon {
     activated: bool,
     /// Set by a restart request: the daemon exits with [`RESTART_EXIT`] instead of 0.
     restart: AtomicBool,
+    /// The STATUS= line systemd was sent last.
+    status_sent: Mutex<String>,
+    /// Wakes the uploader of waiting backups: a push left one (it sleeps while none waits).
+    backup_waiting: Notify,
 }
 
 /// The exit status of a daemon that asks systemd to start it again (the unit's `RestartForceExitStatus=` and
@@ -315,6 +323,8 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
         unit: systemd_unit(),
         activated,
         restart: AtomicBool::new(false),
+        status_sent: Mutex::new(String::new()),
+        backup_waiting: Notify::new(),
     });
     let watchlist = daemon.load_watchlist()?;
     daemon.start_watcher(fs_tx)?;
@@ -335,14 +345,15 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
     );
     // Under systemd (Type=notify): ready once the socket is bound and the watch list loaded; the scans go on after,
     // their progress in STATUS= lines. Without NOTIFY_SOCKET these do nothing.
-    let mut status_line = daemon.status_line();
+    let status_line = daemon.status_line();
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status_line)]);
+    *daemon.status_sent.lock().expect("status line") = status_line;
     // The watchdog is pinged from this loop only, and only while the scheduler goes round too: a daemon whose loops
     // stop answering is restarted by systemd.
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut tick = tokio::time::interval(
-        watchdog.unwrap_or(STATUS_EVERY).min(STATUS_EVERY).max(std::time::Duration::from_millis(100)),
-    );
+    // Only the watchdog wakes an idle daemon: the STATUS= line is also sent after each rescan, when it changes.
+    let mut tick =
+        tokio::time::interval(watchdog.unwrap_or(STATUS_EVERY).max(std::time::Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_ping = Instant::now();
     let supervised = std::env::var_os("NOTIFY_SOCKET").is_some();
@@ -374,13 +385,9 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
                     }
                 }
             },
-            // Only under systemd (NOTIFY_SOCKET): otherwise nothing wakes an idle daemon.
-            _ = tick.tick(), if supervised => {
-                let line = daemon.status_line();
-                if line != status_line {
-                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
-                    status_line = line;
-                }
+            // Only under a systemd watchdog: otherwise nothing wakes an idle daemon.
+            _ = tick.tick(), if supervised && watchdog.is_some() => {
+                daemon.send_status_line();
                 if let Some(every) = watchdog
                     && last_ping.elapsed() >= every
                 {
@@ -395,7 +402,8 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
             }
             _ = sighup.recv() => {
                 daemon.clone().reload().await;
-                status_line.clear(); // sent again at the next tick, replacing "reloading"
+                daemon.status_sent.lock().expect("status line").clear();
+                daemon.send_status_line(); // replacing "reloading"
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
@@ -592,6 +600,19 @@ impl Daemon {
     pub(super) fn beat(&self) {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.scheduler_beat.store(now, Ordering::Relaxed);
+    }
+
+    /// Sends the STATUS= line to systemd when it changed (after each rescan, at each watchdog tick).
+    pub(super) fn send_status_line(&self) {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return;
+        }
+        let line = self.status_line();
+        let mut sent = self.status_sent.lock().expect("status line");
+        if *sent != line {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
+            *sent = line;
+        }
     }
 
     /// The STATUS= line: first-scan progress, violated projects, and scans past their time limit.
@@ -806,8 +827,28 @@ impl Daemon {
         let every =
             std::env::var("DREAMERD_UPLOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30u64).max(1);
         loop {
+            // Asleep while no watched project has a backup waiting (a rescan that finds one wakes it).
+            let waiting = |this: &Self| {
+                this.state
+                    .lock()
+                    .expect("state")
+                    .projects
+                    .values()
+                    .any(|w| w.status.as_ref().is_none_or(|s| s.backup_waiting.is_some()))
+            };
+            while !waiting(&self) {
+                self.backup_waiting.notified().await;
+            }
             tokio::time::sleep(std::time::Duration::from_secs(every)).await;
-            let roots: Vec<PathBuf> = self.state.lock().expect("state").projects.keys().cloned().collect();
+            let roots: Vec<PathBuf> = self
+                .state
+                .lock()
+                .expect("state")
+                .projects
+                .iter()
+                .filter(|(_, w)| w.status.as_ref().is_none_or(|s| s.backup_waiting.is_some()))
+                .map(|(r, _)| r.clone())
+                .collect();
             for root in roots {
                 let this = self.clone();
                 let spec = self.spec(&root);

@@ -270,8 +270,11 @@ impl Daemon {
         mut wake_rx: mpsc::UnboundedReceiver<Wake>,
     ) {
         // The beat the watchdog checks, only under a watchdog: otherwise nothing wakes an idle daemon.
-        let watchdog = sd_notify::watchdog_enabled().is_some();
-        let mut beat = tokio::time::interval(Duration::from_millis(500));
+        let watchdog = sd_notify::watchdog_enabled();
+        // Beats twice per watchdog period (the main loop checks them as often), never more.
+        let mut beat = tokio::time::interval(
+            watchdog.map_or(Duration::from_secs(1), |d| d / 4).max(Duration::from_millis(100)),
+        );
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.beat();
@@ -284,7 +287,7 @@ impl Daemon {
                 }
             };
             tokio::select! {
-                _ = beat.tick(), if watchdog => {}
+                _ = beat.tick(), if watchdog.is_some() => {}
                 event = fs_rx.recv() => match event {
                     Some(Ok(event)) => self.on_event(&event, debounce),
                     Some(Err(e)) => {
@@ -364,7 +367,20 @@ impl Daemon {
             })
             .map(|(r, _)| r.clone())
             .collect();
+        // The first event after a quiet period is scanned at once, so the first violation of a hand edit is known
+        // (and warned about) right away; the rest of a burst waits for the quiet period as before. Not when
+        // violations are restored automatically: a restore waits for the writer to be done.
+        let leading = self.loaded().engine.config.watch.on_violation != OnViolation::Restore;
         for root in roots {
+            let quiet = leading
+                && !state.pending.contains_key(&root)
+                && state
+                    .projects
+                    .get(&root)
+                    .is_some_and(|w| w.last_event.is_none_or(|t| now.duration_since(t) >= debounce));
+            if let Some(w) = state.projects.get_mut(&root) {
+                w.last_event = Some(now);
+            }
             // An event on a watched directory itself (deleted, created, moved) means its watch must be made again.
             if let Some(w) = state.projects.get_mut(&root)
                 && event.paths.iter().any(|p| w.watches.contains(p))
@@ -378,8 +394,10 @@ impl Daemon {
                 w.git_touched = true;
             }
             let entry = state.pending.entry(root).or_insert((now, now));
-            let cap = entry.0 + debounce * MAX_DELAY_FACTOR;
-            entry.1 = (now + debounce).min(cap);
+            if !quiet {
+                let cap = entry.0 + debounce * MAX_DELAY_FACTOR;
+                entry.1 = (now + debounce).min(cap);
+            }
         }
     }
 
@@ -483,7 +501,12 @@ impl Daemon {
         } else {
             None
         };
+        let waiting = status.backup_waiting.is_some();
         self.record(root, status, commit);
+        if waiting {
+            self.backup_waiting.notify_one();
+        }
+        self.send_status_line();
     }
 
     /// Awaits `work` on `root` (a scan, or the recovery before the first one), reporting it past the time limit:
@@ -575,6 +598,31 @@ impl Daemon {
             w.status = Some(status.clone());
             (new, cleared, schema_changed && status.schema_pending, arrived)
         };
+        // The burst this scan belongs to: opened by the first new hand change, over once no event came for a
+        // quiet period (a scan is scheduled for then, so it always ends).
+        let debounce = Duration::from_millis(self.loaded().engine.config.watch.debounce_ms);
+        let hand_made = !new.is_empty() && new.iter().all(|v| v.source.is_none());
+        let (burst_open, changes, burst_ended) = {
+            let mut state = self.state.lock().expect("state");
+            let pending = state.pending.contains_key(root);
+            let Some(w) = state.projects.get_mut(root) else { return };
+            let was_open = w.burst.is_some();
+            if hand_made {
+                let b = w.burst.get_or_insert(Burst { changes: 0 });
+                b.changes += new.len();
+            }
+            let changes = w.burst.as_ref().map_or(0, |b| b.changes);
+            let quiet_since = w.last_event.is_none_or(|t| t.elapsed() >= debounce);
+            // Over too once the folder matches again (a restore, an edit undone): the next change is a new burst.
+            let settled = (!pending && quiet_since) || status.violations.is_empty();
+            let ended = if settled { w.burst.take() } else { None };
+            let follow_up = w.burst.is_some() && !pending;
+            let due = w.last_event.map_or_else(Instant::now, |t| t + debounce);
+            if follow_up {
+                state.pending.insert(root.to_path_buf(), (due, due));
+            }
+            (was_open, changes, ended)
+        };
         let any_new = !new.is_empty();
         let shown = shown(root);
         let out_dir = if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) };
@@ -600,8 +648,23 @@ impl Daemon {
                     list_violations(&new)
                 ),
             );
+        } else if !new.is_empty() && burst_open {
+            // Later files of a burst already warned about: the same notification, updated; one line at its end.
+            self.emit(json!({"type": "violation", "root": root, "violations": capped(&new), "more": new.len().saturating_sub(EVENT_VIOLATIONS)}));
+            let auto = self.loaded().engine.config.watch.on_violation == OnViolation::Restore;
+            if !auto {
+                self.desktop.notify_as(
+                    Some(&burst_key(root)),
+                    format!("{out_dir} changed by hand in {}: {changes} change(s)", project_name(root)),
+                    format!(
+                        "{}\n\nOnly `dreamer push` may write {out_dir}. Run `dreamer database restore` in {shown}.",
+                        list_violations(&status.violations)
+                    ),
+                );
+            }
         } else if !new.is_empty() {
-            // The first change at once; the rest of a burst is one line (every file is in status and events).
+            // The first change at once; the rest of a burst is one line at its end (every file is in status and
+            // events).
             let first = &new[0];
             match &first.from {
                 Some(from) => tracing::warn!(
@@ -618,19 +681,13 @@ impl Daemon {
                     "{out_dir} changed by hand: run `dreamer database restore` to put it back"
                 ),
             }
-            if new.len() > 1 {
-                tracing::warn!(
-                    project = %shown,
-                    more = new.len() - 1,
-                    "and {} more change(s) to {out_dir} in the same burst (`dreamerd status` lists them)",
-                    new.len() - 1
-                );
-            }
-            self.emit(json!({"type": "violation", "root": root, "violations": new}));
+            self.emit(json!({"type": "violation", "root": root, "violations": capped(&new), "more": new.len().saturating_sub(EVENT_VIOLATIONS)}));
             let auto = self.loaded().engine.config.watch.on_violation == OnViolation::Restore;
             if !auto {
-                self.desktop.notify(
-                    format!("{out_dir} changed by hand in {}", project_name(root)),
+                let count = if new.len() > 1 { format!(": {} change(s)", new.len()) } else { String::new() };
+                self.desktop.notify_as(
+                    Some(&burst_key(root)),
+                    format!("{out_dir} changed by hand in {}{count}", project_name(root)),
                     format!(
                         "{}\n\nOnly `dreamer push` may write {out_dir}. Run `dreamer database restore` in {shown}.",
                         list_violations(&new)
@@ -666,9 +723,27 @@ impl Daemon {
                 "watching {watched} project(s), {violated} violated"
             ))]);
         }
+        if let Some(ended) = burst_ended {
+            if ended.changes > 1 {
+                tracing::warn!(
+                    project = %shown,
+                    changes = ended.changes,
+                    violations = status.violations.len(),
+                    "{} change(s) to {out_dir} by hand in that burst; {} file(s) differ from the last push now (`dreamerd status` \
+                     lists them)",
+                    ended.changes,
+                    status.violations.len()
+                );
+            }
+            self.desktop.close_key(&burst_key(root));
+        }
         if cleared {
             tracing::info!(project = %shown, "{out_dir} matches the last push again; violation cleared");
             self.emit(json!({"type": "cleared", "root": root}));
+        }
+        if cleared || burst_ended.is_some() {
+            // What a burst of 20,000 files took is given back to the system, not kept for the next one.
+            trim_memory();
         }
         if schema_changed {
             tracing::info!(project = %shown, "the schema changed since the last push; run `dreamer push` to apply it");
@@ -713,6 +788,34 @@ fn project_name(root: &Path) -> String {
 }
 
 /// At most a handful of lines: a burst of 50 files is one short notification.
+/// A burst of hand changes to one project's migration folder, being reported.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Burst {
+    /// How many changes it has had so far.
+    changes: usize,
+}
+
+/// The key of a project's burst notification.
+fn burst_key(root: &Path) -> String {
+    format!("burst:{}", root.display())
+}
+
+/// At most this many violations go into one event (`more` counts the rest; status lists them all).
+const EVENT_VIOLATIONS: usize = 100;
+
+fn capped(violations: &[crate::manifest::Violation]) -> &[crate::manifest::Violation] {
+    &violations[..violations.len().min(EVENT_VIOLATIONS)]
+}
+
+/// Gives freed heap memory back to the system (glibc keeps it otherwise).
+fn trim_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and shrinks the allocator's own free lists; it takes its own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn list_violations(violations: &[crate::manifest::Violation]) -> String {
     let mut lines: Vec<String> =
         violations.iter().take(5).map(|v| v.human().trim_end().to_string()).collect();

@@ -133,9 +133,9 @@ pub fn matching<'a>(layout: Layout, entries: &'a [Entry], applied: &'a [Applied]
 pub fn with_hashes(folder: &Folder, entries: &mut [Entry]) {
     for e in entries {
         if e.hash.is_none()
-            && let Ok(Some(text)) = journal::sql(folder, e)
+            && let Ok(Some(hash)) = journal::sql_hash(folder, e)
         {
-            e.hash = Some(sql_hash(&text));
+            e.hash = Some(hash);
         }
     }
 }
@@ -280,8 +280,8 @@ pub fn drift(layout: Layout, drizzle: Option<&Folder>, entries: &[Entry], applie
             }
             Some(e) => {
                 if let Some(folder) = drizzle
-                    && let Ok(Some(text)) = journal::sql(folder, e)
-                    && sql_hash(&text) != row.hash
+                    && let Ok(Some(hash)) = journal::sql_hash(folder, e)
+                    && hash != row.hash
                 {
                     out.push(Drift::new(
                         "migration-edited",

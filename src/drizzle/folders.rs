@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Drift;
 use super::journal::{Entry, MAX_FILE};
@@ -32,6 +32,8 @@ fn candidates(folder: &Folder) -> impl Iterator<Item = String> {
         .entries()
         .unwrap_or_default()
         .into_iter()
+        // Only folders can be migrations (the type from the directory itself where the filesystem gives it).
+        .filter(|(_, hint)| hint.is_none_or(|t| t == rustix::fs::FileType::Directory))
         .filter_map(|(name, _)| name.into_string().ok())
         .filter(|n| safefs::plain_name(n) && n != "meta")
 }
@@ -93,7 +95,7 @@ pub fn latest_snapshot_version(dialect: &str) -> Option<u32> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     id: String,
     #[serde(rename = "prevIds")]
@@ -167,8 +169,11 @@ pub fn faults(drizzle: &Folder) -> Option<Vec<Drift>> {
     let mut snapshots = Vec::new();
     for n in &migrations {
         let rel = format!("{n}/snapshot.json");
-        let text = match drizzle.read(&rel, MAX_FILE) {
-            Ok(Some(t)) => t,
+        let parsed = crate::facts::cached("folders-snapshot", drizzle, &rel, MAX_FILE, |text| {
+            serde_json::from_slice::<SnapshotFile>(text).map_err(|e| e.to_string())
+        });
+        let parsed = match parsed {
+            Ok(Some(p)) => p,
             Ok(None) => {
                 let newest = migrations.last() == Some(n);
                 let why = if newest {
@@ -188,7 +193,7 @@ pub fn faults(drizzle: &Folder) -> Option<Vec<Drift>> {
                 continue;
             }
         };
-        match serde_json::from_slice::<SnapshotFile>(&text) {
+        match parsed {
             Ok(f) => snapshots.push(Snapshot {
                 folder: n.clone(),
                 id: f.id,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::Drift;
 use crate::safefs::{self, Folder, SpecialKind};
@@ -142,6 +142,16 @@ pub fn read_in(folder: &Folder) -> Result<Option<Vec<Entry>>, String> {
     Ok(Some(entries))
 }
 
+/// The sha256 of a migration's SQL (what the migrator records), read only when the file changed since it was last
+/// hashed.
+pub fn sql_hash(folder: &Folder, entry: &Entry) -> Result<Option<String>, String> {
+    if !safefs::plain_name(&entry.tag) {
+        return Err(format!("{:?} is not a migration name", entry.tag));
+    }
+    crate::facts::cached("sql-sha256", folder, &entry.file, MAX_FILE, super::database::sql_hash)
+        .map_err(|e| e.to_string())
+}
+
 /// The text of a migration's SQL, as the migrator reads it.
 pub fn sql(folder: &Folder, entry: &Entry) -> Result<Option<Vec<u8>>, String> {
     if !safefs::plain_name(&entry.tag) {
@@ -246,6 +256,8 @@ fn journal_faults(drizzle: &Folder) -> Vec<Drift> {
         }
     }
     let on_disk = sql_files(drizzle);
+    let snapshots_on_disk =
+        drizzle.folder("meta").ok().flatten().map(|m| regular_files(&m)).unwrap_or_default();
     let journaled: BTreeSet<String> = entries.iter().map(|e| format!("{}.sql", e.tag)).collect();
     for e in &entries {
         if !on_disk.contains(&format!("{}.sql", e.tag)) {
@@ -256,7 +268,7 @@ fn journal_faults(drizzle: &Folder) -> Vec<Drift> {
             ));
         }
         let snapshot = format!("meta/{}_snapshot.json", number(&e.tag));
-        if !matches!(drizzle.kind(&snapshot), Ok(Some(SpecialKind::File))) {
+        if !snapshots_on_disk.contains(&snapshot["meta/".len()..]) {
             let newest = entries.last().is_some_and(|last| last.tag == e.tag);
             let why = if newest {
                 "it is the newest, so the next generate diffs against an older schema and repeats its changes"
@@ -327,7 +339,7 @@ pub fn latest_snapshot_version(dialect: &str) -> Option<u32> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct SnapshotFile {
     id: String,
     #[serde(rename = "prevId")]
@@ -364,15 +376,19 @@ fn snapshots(drizzle: &Folder, out: &mut Vec<Drift>) -> BTreeMap<String, Snapsho
     for name in names {
         let number = number(&name).to_string();
         let tag = Some(number.as_str());
-        let text = match meta.read(&name, MAX_FILE) {
-            Ok(Some(t)) => t,
+        // Read and parsed only when it changed since the last check.
+        let parsed = crate::facts::cached("journal-snapshot", &meta, &name, MAX_FILE, |text| {
+            serde_json::from_slice::<SnapshotFile>(text).map_err(|e| e.to_string())
+        });
+        let parsed = match parsed {
+            Ok(Some(p)) => p,
             Ok(None) => continue,
             Err(err) => {
                 out.push(Drift::new("snapshot-invalid", format!("meta/{name} cannot be read: {err}"), tag));
                 continue;
             }
         };
-        match serde_json::from_slice::<SnapshotFile>(&text) {
+        match parsed {
             Ok(f) => {
                 let version = f.version.as_deref().and_then(|v| v.parse().ok());
                 found.insert(
@@ -493,13 +509,20 @@ fn snapshot_chain(snapshots: &BTreeMap<String, Snapshot>, entries: &[Entry]) -> 
 
 /// The .sql files at the top of drizzle/ (regular files only; anything else there is a violation already).
 fn sql_files(drizzle: &Folder) -> BTreeSet<String> {
-    drizzle
+    regular_files(drizzle).into_iter().filter(|n| n.ends_with(".sql")).collect()
+}
+
+/// The names of the regular files in a folder (the type from the directory itself where the filesystem gives it).
+pub(super) fn regular_files(folder: &Folder) -> BTreeSet<String> {
+    folder
         .entries()
         .unwrap_or_default()
         .into_iter()
+        .filter(|(name, hint)| match hint {
+            Some(t) => *t == rustix::fs::FileType::RegularFile,
+            None => matches!(folder.kind(&name.to_string_lossy()), Ok(Some(SpecialKind::File))),
+        })
         .filter_map(|(name, _)| name.into_string().ok())
-        .filter(|n| n.ends_with(".sql"))
-        .filter(|n| matches!(drizzle.kind(n), Ok(Some(SpecialKind::File))))
         .collect()
 }
 

@@ -291,7 +291,20 @@ impl Engine {
     /// there, and what `drizzle-kit pull` writes).
     pub fn scan_out(&self, project: &Project) -> Result<crate::manifest::Tree> {
         let out = project.drizzle();
-        scan_excluding(&out, &project.not_migrations()).ctx("read", &out)
+        self.load_facts(project);
+        let (tree, ids) = scan_excluding(&out, &project.not_migrations()).ctx("read", &out)?;
+        crate::facts::save(&self.facts_path(project), &out, &ids);
+        Ok(tree)
+    }
+
+    /// Where this checkout's facts (its stat cache) are kept.
+    fn facts_path(&self, project: &Project) -> PathBuf {
+        self.dirs.state.join("facts").join(format!("{}.json", project.local_key()))
+    }
+
+    /// Loads this checkout's facts, once per process, before anything reads its migration folder.
+    pub(crate) fn load_facts(&self, project: &Project) {
+        crate::facts::load(&self.facts_path(project));
     }
 
     /// Journal faults and the drift between the migration folder and the database.
@@ -551,14 +564,18 @@ impl Engine {
 }
 
 /// A tree scanned without the entries at `excluded` (paths relative to it).
-pub(crate) fn scan_excluding(dir: &Path, excluded: &[String]) -> std::io::Result<crate::manifest::Tree> {
-    let mut tree = crate::manifest::scan(dir)?;
+/// A tree scanned without the entries at `excluded` (paths relative to it), and the identities of its files.
+pub(crate) fn scan_excluding(
+    dir: &Path,
+    excluded: &[String],
+) -> std::io::Result<(crate::manifest::Tree, Vec<crate::facts::Identity>)> {
+    let (mut tree, ids) = crate::manifest::scan_known(dir)?;
     for name in excluded {
         if matches!(tree.nodes.get(name), Some(crate::manifest::Node::File { .. })) {
             tree.nodes.remove(name);
         }
     }
-    Ok(tree)
+    Ok((tree, ids))
 }
 
 /// Tries to take `file`'s exclusive lock for up to `wait`; false if it stays held.

@@ -205,6 +205,7 @@ impl Engine {
     /// Compares drizzle/ and src/schema.ts with the last successful push. Read-only; needs no lock.
     pub fn status(&self, project: &Project) -> Result<ProjectStatus> {
         self.state_format()?;
+        self.load_facts(project);
         let baseline = self.baseline_of(project)?;
         let last_push = baseline.as_ref().map(LastPush::of);
         let schema = project.schema_hash()?;

@@ -22,8 +22,9 @@ use crate::safefs;
 pub const STAGING: &str = ".dreamerd-tmp";
 
 /// The crash journal's format. 1: dreamerd 0.1.0 (no `format`, `owner` or `child`); 2: adds them; 3: the
-/// `database` phase of `restore --with-database` and its `database_copy`.
-pub(crate) const OP_FORMAT: u32 = 3;
+/// `database` phase of `restore --with-database` and its `database_copy`; 4: `borrowed`, the files a swap moves
+/// from drizzle/ into the new tree instead of writing them again.
+pub(crate) const OP_FORMAT: u32 = 4;
 
 /// Which operation a crash journal belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +130,14 @@ pub(crate) struct Journal {
     /// `restore --with-database`: the copy the database is put back from once drizzle/ is in place (format 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_copy: Option<PathBuf>,
+    /// Files of the target that drizzle/ already held, byte for byte: moved from it into the new tree rather than
+    /// written again (format 4). A swap that stops before the exchange moves them back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub borrowed: Vec<String>,
+    /// The stored push the replaced tree was, byte for byte (format 4): what is left of it after the swap is not
+    /// kept in quarantine, since the store has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_push: Option<String>,
 }
 
 fn first_format() -> u32 {
@@ -150,6 +159,8 @@ impl Journal {
             owner: Some(Owner::me()),
             child: None,
             database_copy: None,
+            borrowed: Vec::new(),
+            replaced_push: None,
         }
     }
 }
@@ -243,21 +254,83 @@ impl Engine {
             ));
         }
         fsutil::create_dir_durable(&staging).ctx("create", &staging)?;
-        if let Some((bytes, files)) = target
-            && let Err(e) = archive::unpack_verified(bytes, files, &staging.join("new"), Limits::default())
-        {
-            // Nothing was swapped; the journal is left as it was, so a push's pending rollback (and its
-            // snapshot) survives for the next operation to finish.
-            let _ = fs::remove_dir_all(&staging);
-            return Err(e);
+        // Only what differs is written: the files drizzle/ holds byte for byte already (known from the stat cache,
+        // so nothing is read twice) are moved across once the journal says so. Never linked: drizzle-kit rewrites
+        // files in place, and a link would change the quarantined copy too.
+        let keep = project.not_migrations();
+        // A tree that is a stored push (restoring from one push to another) needs no quarantine copy.
+        journal.replaced_push =
+            if target.is_some() { self.stored_push_of_tree(project, &project.drizzle()) } else { None };
+        let borrowed: Vec<String> = match (target, self.scan_out(project)) {
+            (Some((_, files)), Ok(tree)) => files
+                .iter()
+                .filter(|f| !keep.contains(&f.path))
+                .filter(|f| {
+                    matches!(tree.nodes.get(&f.path),
+                        Some(manifest::Node::File { size, blake3 }) if *size == f.size && *blake3 == f.blake3)
+                })
+                .map(|f| f.path.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        if let Some((bytes, files)) = target {
+            let skip: std::collections::HashSet<&str> = borrowed.iter().map(String::as_str).collect();
+            if let Err(e) =
+                archive::unpack_except(bytes, files, &staging.join("new"), Limits::default(), &skip)
+            {
+                // Nothing was swapped; the journal is left as it was, so a push's pending rollback (and its
+                // snapshot) survives for the next operation to finish.
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e);
+            }
         }
         crate::fault::point("swap:staged");
         journal.phase = Phase::Swap;
         journal.target = target.map(|(_, files)| files.to_vec());
         journal.quarantine = Some(quarantine.to_path_buf());
+        journal.borrowed = borrowed;
         self.write_journal(project, journal)?;
         crate::fault::point("swap:journaled");
-        self.finish_swap(project, journal)
+        let drizzle = project.drizzle();
+        let new = staging.join("new");
+        let borrowed = journal.borrowed.clone();
+        for (i, rel) in borrowed.iter().enumerate() {
+            let moved = (|| {
+                let to = new.join(rel);
+                if let Some(parent) = to.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                fs::rename(drizzle.join(rel), to)
+            })();
+            if let Err(e) = moved {
+                // Put back what was moved; the swap does not happen.
+                put_back(&new, &drizzle, &borrowed[..i]);
+                journal.borrowed.clear();
+                let _ = self.write_journal(project, journal);
+                return Err(Error::failed(
+                    format!("cannot move {rel} into the new tree of {}: {e}", drizzle.display()),
+                    "nothing was changed; check the folder's permissions, then try again",
+                ));
+            }
+            if i == 0 {
+                crate::fault::point("swap:borrowing");
+            }
+        }
+        // The moves reach the disk before the exchange does (metadata only: one flush of the filesystem).
+        if !journal.borrowed.is_empty() {
+            fsutil::sync_tree(&new).ctx("sync", &new)?;
+        }
+        self.finish_swap(project, journal)?;
+        if let Some((_, files)) = target
+            && !holds_exactly(&drizzle, files, &keep)
+        {
+            return Err(Error::failed(
+                format!("{} changed while it was being restored, so it was not replaced", drizzle.display()),
+                "nothing was lost (what was staged is in quarantine): run the restore again once nothing writes the \
+                 folder",
+            ));
+        }
+        Ok(())
     }
 
     /// Brings a swap to its end from wherever it stopped: puts the new tree in place if it is complete and not
@@ -293,6 +366,11 @@ impl Engine {
                         fs::rename(&new, &drizzle).map_err(|e| failed("move the new tree in", e))?;
                     }
                     fsutil::fsync_dir(&project.root).map_err(|e| failed("sync the project folder", e))?;
+                } else if !journal.borrowed.is_empty() && !holds_exactly(&drizzle, files, &keep) {
+                    // Stopped before the exchange (a crash, or the folder changed meanwhile): what was moved out of
+                    // drizzle/ goes back, and drizzle/ is as it was.
+                    put_back(&new, &drizzle, &journal.borrowed);
+                    fsutil::fsync_dir(&drizzle).map_err(|e| failed("sync the folder", e))?;
                 }
             }
             None => {
@@ -303,7 +381,12 @@ impl Engine {
             }
         }
         crate::fault::point("swap:exchanged");
-        self.drain_staging(project, journal.target.as_deref(), journal.quarantine.as_deref())?;
+        self.drain_staging(
+            project,
+            journal.target.as_deref(),
+            journal.quarantine.as_deref(),
+            journal.replaced_push.as_deref(),
+        )?;
         if journal.database_copy.is_some() {
             // The database comes next: the journal says so before the swap's is gone.
             return self.write_journal(
@@ -351,6 +434,7 @@ impl Engine {
         project: &Project,
         target: Option<&[FileEntry]>,
         quarantine: Option<&Path>,
+        replaced_push: Option<&str>,
     ) -> Result<()> {
         let staging = project.root.join(STAGING);
         let entries = match fs::read_dir(&staging) {
@@ -365,8 +449,15 @@ impl Engine {
                 fsutil::remove_any(&path).ctx("remove", &path)?;
                 continue;
             }
+            // What is left of a replaced tree whose every file went into the new one: only folders, nothing to keep.
+            if holds_exactly(&path, &[], &[]) {
+                fsutil::remove_any(&path).ctx("remove", &path)?;
+                continue;
+            }
             // A replaced tree that is exactly a stored push is not kept twice: the store has it.
-            if let Some(push) = self.stored_push_of_tree(project, &path) {
+            if let Some(push) =
+                replaced_push.map(str::to_string).or_else(|| self.stored_push_of_tree(project, &path))
+            {
                 tracing::debug!(push = %push, "the replaced tree is a stored push; not quarantined");
                 fsutil::remove_any(&path).ctx("remove", &path)?;
                 continue;
@@ -467,7 +558,7 @@ impl Engine {
         let Some(mut journal) = journal else {
             if fsutil::exists_nofollow(&staging) {
                 sink.progress(&format!("found a leftover {}; moving it to quarantine", staging.display()));
-                self.drain_staging(project, None, None)?;
+                self.drain_staging(project, None, None, None)?;
             }
             return self.clear_journal(project);
         };
@@ -490,14 +581,14 @@ impl Engine {
             Phase::Generate => {
                 sink.progress("rolling back a push that was interrupted before migrate");
                 // A rollback that died while unpacking left a partial tree: keep it aside first.
-                self.drain_staging(project, None, None)?;
+                self.drain_staging(project, None, None, None)?;
                 let quarantine = self.new_quarantine(project, "interrupted-push")?;
                 let rolled = self.rollback_to_snapshot(project, &quarantine, &mut journal);
                 self.drop_if_empty(&quarantine);
                 rolled
             }
             Phase::Migrate | Phase::Backup => {
-                self.drain_staging(project, None, None)?;
+                self.drain_staging(project, None, None, None)?;
                 let applied = match journal.phase {
                     // migrate succeeded before the backup started: nothing to ask the database.
                     Phase::Backup => Some(true),
@@ -577,11 +668,25 @@ fn carry_across(from: &Path, to: &Path, names: &[String]) -> std::io::Result<()>
     Ok(())
 }
 
+/// Moves the files at `paths` from `from` back to `to` where `to` has nothing at that path (best effort: what cannot
+/// be moved stays in the staging folder, which goes to quarantine).
+fn put_back(from: &Path, to: &Path, paths: &[String]) {
+    for rel in paths {
+        let (src, dest) = (from.join(rel), to.join(rel));
+        if safefs::is_regular_file(&src) && !fsutil::exists_nofollow(&dest) {
+            if let Some(parent) = dest.parent() {
+                let _ = fs::create_dir_all(parent);
+            }
+            let _ = fs::rename(&src, &dest);
+        }
+    }
+}
+
 /// True if `dir` is a directory holding exactly these regular files (besides those at `keep`, which are not
 /// migrations) and nothing else but directories.
 pub(crate) fn holds_exactly(dir: &Path, files: &[FileEntry], keep: &[String]) -> bool {
     match super::scan_excluding(dir, keep) {
-        Ok(tree) => {
+        Ok((tree, _)) => {
             tree.exists
                 && !tree.nodes.contains_key(".")
                 && tree.specials().next().is_none()

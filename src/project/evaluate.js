@@ -1,4 +1,17 @@
 const path = require('path');
+// Which environment variables the config reads: a cached evaluation stays valid while those keep their values.
+const envRead = new Set();
+let envListed = false;
+try {
+  const real = process.env;
+  const note = (k) => { if (typeof k === 'string') envRead.add(k); };
+  process.env = new Proxy(real, {
+    get(t, k) { note(k); return Reflect.get(t, k); },
+    has(t, k) { note(k); return Reflect.has(t, k); },
+    getOwnPropertyDescriptor(t, k) { note(k); return Reflect.getOwnPropertyDescriptor(t, k); },
+    ownKeys(t) { envListed = true; return Reflect.ownKeys(t); },
+  });
+} catch (e) { envListed = true; }
 const [configPath, kitDir] = process.argv.slice(1);
 let api = null;
 try { api = require(require.resolve('tsx/cjs/api', { paths: [kitDir] })); } catch (e) {}
@@ -29,5 +42,5 @@ function kitJiti() {
   if (config && typeof config.then === 'function') config = await config;
   const loaded = Object.keys(require.cache).filter((f) => !f.split(path.sep).includes('node_modules'));
   const pick = (c) => c && ({ out: c.out, schema: c.schema, dialect: c.dialect, driver: c.driver, dbCredentials: c.dbCredentials, migrations: c.migrations });
-  process.stdout.write('\n@@dreamerd-config@@' + JSON.stringify({ config: pick(config), loaded }) + '\n');
+  process.stdout.write('\n@@dreamerd-config@@' + JSON.stringify({ config: pick(config), loaded, env: envListed ? null : [...envRead] }) + '\n');
 })().catch((e) => { process.stderr.write(String((e && e.stack) || e) + '\n'); process.exit(3); });

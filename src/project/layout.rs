@@ -115,6 +115,9 @@ pub struct Resolved {
     /// Files the config read (itself, what it imported, the `.env` files beside it): a change to any of them
     /// changes what it resolves to.
     pub inputs: Vec<PathBuf>,
+    /// The environment variables the evaluation read (`PATH` always: it chooses the runtime); `None` when it listed
+    /// the whole environment.
+    pub env_read: Option<Vec<String>>,
 }
 
 /// What the evaluator prints.
@@ -123,6 +126,9 @@ struct Printed {
     config: Option<RawConfig>,
     #[serde(default)]
     loaded: Vec<PathBuf>,
+    /// The environment variables read; absent when the whole environment was listed.
+    #[serde(default)]
+    env: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -281,7 +287,25 @@ pub fn evaluate(root: &Path, config: &Path, env: Option<&Env>) -> Result<Resolve
     {
         return Ok(resolved);
     }
-    let resolved = evaluate_uncached(root, config, env)?;
+    // Between commands: the evaluation kept on disk, valid while nothing it read changed.
+    let salt = format!("{} {}", env!("CARGO_PKG_VERSION"), blake3::hash(EVALUATOR.as_bytes()).to_hex());
+    let depends = |inputs: &[PathBuf]| {
+        let workdir = workdir_of(config);
+        let mut files = inputs.to_vec();
+        files.extend(env_files(&workdir));
+        files.extend(drizzle_kit_dir(&workdir).map(|k| k.join("package.json")));
+        files.sort();
+        files.dedup();
+        files
+    };
+    let resolved = match super::cache::lookup(&salt, config, env, depends) {
+        Some(resolved) => resolved,
+        None => {
+            let resolved = evaluate_uncached(root, config, env)?;
+            super::cache::store(&salt, config, env, &resolved, depends);
+            resolved
+        }
+    };
     let print = watched(&resolved.inputs);
     cache().lock().expect("cache").insert(key, (print, resolved.clone()));
     Ok(resolved)
@@ -290,7 +314,7 @@ pub fn evaluate(root: &Path, config: &Path, env: Option<&Env>) -> Result<Resolve
 fn evaluate_uncached(root: &Path, config: &Path, env: Option<&Env>) -> Result<Resolved, String> {
     let workdir = workdir_of(config);
     let shown = relative(config, root);
-    let (raw, loaded, source) = if config.extension().is_some_and(|e| e == "json") {
+    let (raw, loaded, env_read, source) = if config.extension().is_some_and(|e| e == "json") {
         let folder = Folder::open(config.parent().unwrap_or(Path::new("/")))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{shown} does not exist"))?;
@@ -301,10 +325,16 @@ fn evaluate_uncached(root: &Path, config: &Path, env: Option<&Env>) -> Result<Re
             .ok_or(format!("{shown} does not exist"))?;
         let raw: RawConfig =
             serde_json::from_slice(&bytes).map_err(|e| format!("{shown} is not a drizzle config: {e}"))?;
-        (raw, vec![config.to_path_buf()], Source::Static)
+        (raw, vec![config.to_path_buf()], Some(Vec::new()), Source::Static)
     } else {
-        let (raw, loaded) = run_evaluator(config, &workdir, env, &shown)?;
-        (raw, loaded, Source::Evaluated)
+        let (raw, loaded, env_read) = run_evaluator(config, &workdir, env, &shown)?;
+        let env_read = env_read.map(|mut names| {
+            names.push("PATH".into());
+            names.sort();
+            names.dedup();
+            names
+        });
+        (raw, loaded, env_read, Source::Evaluated)
     };
     let dialect = raw.dialect.clone().ok_or_else(|| {
         format!("{shown} names no dialect (drizzle-kit says: Please specify 'dialect' param in config file)")
@@ -342,16 +372,15 @@ fn evaluate_uncached(root: &Path, config: &Path, env: Option<&Env>) -> Result<Re
         source,
         db_url: url.map(Secret::new),
         inputs,
+        env_read,
     })
 }
 
+/// What the evaluator found: the config, the files it loaded, the environment variables it read (`None`: all).
+type Evaluated = (RawConfig, Vec<PathBuf>, Option<Vec<String>>);
+
 /// Runs the evaluator with node in `workdir`.
-fn run_evaluator(
-    config: &Path,
-    workdir: &Path,
-    env: Option<&Env>,
-    shown: &str,
-) -> Result<(RawConfig, Vec<PathBuf>), String> {
+fn run_evaluator(config: &Path, workdir: &Path, env: Option<&Env>, shown: &str) -> Result<Evaluated, String> {
     let mut run_env: Env = match env {
         Some(e) => e.clone(),
         None => ["PATH", "HOME"]
@@ -400,7 +429,7 @@ fn run_evaluator(
     let printed: Printed = serde_json::from_str(printed)
         .map_err(|e| format!("cannot evaluate {shown}: unexpected output: {e}"))?;
     let raw = printed.config.ok_or_else(|| format!("{shown} exports no config"))?;
-    Ok((raw, printed.loaded))
+    Ok((raw, printed.loaded, printed.env))
 }
 
 /// The schema files a layout names, as drizzle-kit finds them: a file, the files of a folder (not its

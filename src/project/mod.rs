@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod cache;
 pub mod layout;
 
 pub use layout::{Env, Layout, Secret, Source};
