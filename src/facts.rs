@@ -67,6 +67,9 @@ struct Known {
     /// When it was read (nanoseconds since the epoch, taken before the read).
     read_at: i64,
     blake3: String,
+    /// Moved by dreamerd itself (a restore borrows the files it keeps): the change time is the move's, and only the
+    /// modification time (which a move keeps) must be older than the read.
+    moved: bool,
     /// The facts file of the checkout whose scan saw it last; `None` until a scan does.
     owner: Option<Arc<PathBuf>>,
 }
@@ -74,7 +77,8 @@ struct Known {
 impl Known {
     /// True when the file cannot have changed since it was read without its identity changing.
     fn settled(&self) -> bool {
-        self.id.mtime.max(self.id.ctime) < self.read_at.saturating_sub(SLACK_NS)
+        let changed = if self.moved { self.id.mtime } else { self.id.mtime.max(self.id.ctime) };
+        changed < self.read_at.saturating_sub(SLACK_NS)
     }
 }
 
@@ -116,16 +120,52 @@ pub fn note_hash(id: Identity, read_at: i64, blake3: &str) {
         id,
         read_at: i64::MIN,
         blake3: String::new(),
+        moved: false,
         owner: None,
     });
     if k.id != id || k.blake3 != blake3 {
-        (k.id, k.blake3) = (id, blake3.to_string());
+        (k.id, k.blake3, k.moved) = (id, blake3.to_string(), false);
         k.read_at = read_at;
         facts.dirty = true;
     } else if read_at > k.read_at {
         k.read_at = read_at;
         facts.dirty = true;
     }
+}
+
+/// dreamerd renamed a file whose contents it knew (settled, `before`) and found it at `after`: the same file, whose
+/// change time moved with the rename. What was known stays known, so a restore never reads again what it kept.
+pub fn note_moved(before: Identity, after: Identity) {
+    let same_file = Identity { ctime: after.ctime, ..before } == after;
+    let mut facts = facts().lock().expect("facts");
+    let Some(k) = facts.known.get(&(before.dev, before.ino)) else { return };
+    if !same_file || k.id != before || !k.settled() {
+        return;
+    }
+    let moved = Known { id: after, read_at: now_ns(), moved: true, ..k.clone() };
+    facts.known.insert((after.dev, after.ino), moved);
+    facts.dirty = true;
+}
+
+thread_local! {
+    /// The files the scan of the operation running on this thread found (path, identity, blake3).
+    static VIEW: std::cell::RefCell<HashMap<PathBuf, (Identity, String)>> = std::cell::RefCell::default();
+}
+
+/// Ends a [`view`] when dropped.
+pub struct View(());
+
+impl Drop for View {
+    fn drop(&mut self) {
+        VIEW.with(|v| v.borrow_mut().clear());
+    }
+}
+
+/// While the returned guard lives, [`cached`] on this thread takes the files a scan just found as they were found:
+/// an operation judges one moment of the folder, and reads nothing twice.
+pub fn view(seen: Vec<crate::manifest::Seen>) -> View {
+    VIEW.with(|v| *v.borrow_mut() = seen.into_iter().map(|(p, id, b)| (p, (id, b))).collect());
+    View(())
 }
 
 /// A fact of kind `kind` drawn from the regular file at `rel` below `folder` by `compute` (given its bytes, read
@@ -141,7 +181,17 @@ pub fn cached<T: Serialize + DeserializeOwned>(
     let known = |facts: &Facts, blake3: &str| -> Option<T> {
         serde_json::from_str::<T>(facts.by_content.get(blake3)?.get(kind)?).ok()
     };
-    if let Some(id) = folder.identity(rel)? {
+    // What the scan of this very operation found: no second look at the file, and no second read of one changed too
+    // recently to be trusted across operations.
+    let in_view = VIEW.with(|v| v.borrow().get(&folder.shown(rel)).cloned());
+    if let Some((_, blake3)) = &in_view
+        && let Some(t) = known(&facts().lock().expect("facts"), blake3)
+    {
+        return Ok(Some(t));
+    }
+    if in_view.is_none()
+        && let Some(id) = folder.identity(rel)?
+    {
         let facts = facts().lock().expect("facts");
         if let Some(k) = facts.known.get(&(id.dev, id.ino))
             && k.id == id
@@ -176,7 +226,8 @@ pub fn cached<T: Serialize + DeserializeOwned>(
 }
 
 /// The first line of a saved facts file. The format is text, one file per line, fields separated by tabs (compact
-/// JSON never holds a raw tab or newline): `dev ino size mtime ctime read_at blake3 [kind json]...`; the second line
+/// JSON never holds a raw tab or newline): `dev ino size mtime ctime read_at flags blake3 [kind json]...` (flags: `m`
+/// for a file dreamerd moved itself, else `-`); the second line
 /// is the folder scanned, as JSON, for people reading the state folder.
 const HEADER: &str = "dreamerd-facts";
 
@@ -185,8 +236,9 @@ fn encode(folder: &Path, files: &[(Known, BTreeMap<String, String>)]) -> String 
         format!("{HEADER}\t{FORMAT}\n{}\n", serde_json::to_string(folder).expect("a path serialises"));
     for (k, facts) in files {
         let i = &k.id;
+        let flags = if k.moved { "m" } else { "-" };
         out += &format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}\t{flags}\t{}",
             i.dev, i.ino, i.size, i.mtime, i.ctime, k.read_at, k.blake3
         );
         for (kind, json) in facts {
@@ -209,6 +261,11 @@ fn decode(text: &str) -> Option<Vec<(Known, BTreeMap<String, String>)>> {
         let mut f = line.split('\t');
         let mut num = || f.next()?.parse::<i64>().ok();
         let (dev, ino, size, mtime, ctime, read_at) = (num()?, num()?, num()?, num()?, num()?, num()?);
+        let moved = match f.next()? {
+            "m" => true,
+            "-" => false,
+            _ => return None,
+        };
         let blake3 = f.next()?;
         if blake3.len() != 64 || !blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
@@ -218,7 +275,7 @@ fn decode(text: &str) -> Option<Vec<(Known, BTreeMap<String, String>)>> {
             facts.insert(kind.to_string(), f.next()?.to_string());
         }
         let id = Identity { dev: dev as u64, ino: ino as u64, size: size as u64, mtime, ctime };
-        out.push((Known { id, read_at, blake3: blake3.to_string(), owner: None }, facts));
+        out.push((Known { id, read_at, blake3: blake3.to_string(), moved, owner: None }, facts));
     }
     Some(out)
 }
@@ -236,6 +293,7 @@ pub fn load(path: &Path) {
     let Some(files) = std::str::from_utf8(&bytes).ok().and_then(decode) else { return };
     let owner = Arc::new(path.to_path_buf());
     let mut facts = facts().lock().expect("facts");
+    facts.known.reserve(files.len());
     for (mut k, found) in files {
         k.owner = Some(owner.clone());
         if !found.is_empty() {
@@ -248,9 +306,9 @@ pub fn load(path: &Path) {
 /// The scan of `folder` saw these identities: they belong to the checkout whose facts file is `path`. What that
 /// checkout owned and no longer holds is forgotten (so memory follows the folder, not its history), and the file is
 /// written again when anything changed. Best effort.
-pub fn save(path: &Path, folder: &Path, ids: &[Identity]) {
+pub fn save(path: &Path, folder: &Path, ids: impl IntoIterator<Item = Identity>) {
     let owner = Arc::new(path.to_path_buf());
-    let seen: HashSet<(u64, u64)> = ids.iter().map(|i| (i.dev, i.ino)).collect();
+    let seen: HashSet<(u64, u64)> = ids.into_iter().map(|i| (i.dev, i.ino)).collect();
     let files = {
         let mut facts = facts().lock().expect("facts");
         let before = facts.known.len();
@@ -398,6 +456,7 @@ mod tests {
             id: Identity { dev: 1, ino: 2, size: 3, mtime: 4, ctime: 5 },
             read_at: 6,
             blake3: "a".repeat(64),
+            moved: true,
             owner: None,
         };
         let facts: BTreeMap<String, String> = [("sql-sha256".to_string(), "\"x\\ty\"".to_string())].into();
@@ -407,6 +466,8 @@ mod tests {
             (back[0].0.id, back[0].0.read_at, &back[0].0.blake3, &back[0].1),
             (k.id, 6, &k.blake3, &facts)
         );
+        assert!(back[0].0.moved);
+        assert!(decode(&text.replace("\tm\t", "\tx\t")).is_none(), "unknown flags");
         assert!(decode(&text.replace("dreamerd-facts\t1", "dreamerd-facts\t2")).is_none(), "another format");
         assert!(decode(&text.replace(&"a".repeat(64), "zz")).is_none());
         assert!(decode(&text.replace("\t4\t", "\tfour\t")).is_none());

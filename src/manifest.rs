@@ -101,9 +101,12 @@ pub fn scan(dir: &Path) -> io::Result<Tree> {
     scan_known(dir).map(|(tree, _)| tree)
 }
 
-/// [`scan`], and the identities of the regular files found (see [`crate::facts`]). A file whose identity is known
-/// and settled is not read again; the others are hashed on every core.
-pub fn scan_known(dir: &Path) -> io::Result<(Tree, Vec<Identity>)> {
+/// A regular file a scan found: where, who, and its blake3.
+pub type Seen = (std::path::PathBuf, Identity, String);
+
+/// [`scan`], and the regular files found with their identities (see [`crate::facts`]). A file whose identity is
+/// known and settled is not read again; the others are hashed on every core.
+pub fn scan_known(dir: &Path) -> io::Result<(Tree, Vec<Seen>)> {
     let mut tree = Tree::default();
     let mut ids = Vec::new();
     match Folder::at(dir)? {
@@ -116,8 +119,8 @@ pub fn scan_known(dir: &Path) -> io::Result<(Tree, Vec<Identity>)> {
             tree.exists = true;
             let mut todo = Vec::new();
             walk(&Arc::new(folder), "", &mut tree.nodes, &mut todo, &mut ids)?;
-            for (rel, node, id) in hash_all(todo)? {
-                ids.extend(id);
+            for (rel, node, seen) in hash_all(todo)? {
+                ids.extend(seen);
                 tree.nodes.insert(rel, node);
             }
         }
@@ -133,7 +136,7 @@ fn walk(
     prefix: &str,
     out: &mut BTreeMap<String, Node>,
     todo: &mut Vec<ToHash>,
-    ids: &mut Vec<Identity>,
+    ids: &mut Vec<Seen>,
 ) -> io::Result<()> {
     use rustix::fs::FileType;
     for (name, hint) in folder.entries()? {
@@ -167,7 +170,7 @@ fn walk(
                 let known = folder.identity(name)?.and_then(|id| Some((id, crate::facts::known_hash(&id)?)));
                 match known {
                     Some((id, blake3)) => {
-                        ids.push(id);
+                        ids.push((folder.shown(name), id, blake3.clone()));
                         out.insert(rel, Node::File { size: id.size, blake3 });
                     }
                     None => todo.push((folder.clone(), name.to_string(), rel)),
@@ -182,7 +185,7 @@ fn walk(
 }
 
 /// Hashes the files to read, on as many threads as there are cores (never more than one per few files).
-fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Identity>)>> {
+fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Seen>)>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = cores.min(todo.len().div_ceil(8)).max(1);
     if threads == 1 {
@@ -192,7 +195,7 @@ fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Identity>
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                scope.spawn(|| -> io::Result<Vec<(String, Node, Option<Identity>)>> {
+                scope.spawn(|| -> io::Result<Vec<(String, Node, Option<Seen>)>> {
                     let mut done = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -211,14 +214,15 @@ fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Identity>
 }
 
 /// One file read and hashed, and remembered; `None` when it vanished.
-fn hash_one((folder, name, rel): &ToHash) -> io::Result<Option<(String, Node, Option<Identity>)>> {
+fn hash_one((folder, name, rel): &ToHash) -> io::Result<Option<(String, Node, Option<Seen>)>> {
     let read_at = crate::facts::now_ns();
     Ok(match folder.file(name)? {
         Found::File(mut f) => {
             let id = Identity::of_file(&f)?;
             let (size, blake3) = hash_file(&mut f)?;
             crate::facts::note_hash(id, read_at, &blake3);
-            Some((rel.clone(), Node::File { size, blake3 }, Some(id)))
+            let seen = (folder.shown(name), id, blake3.clone());
+            Some((rel.clone(), Node::File { size, blake3 }, Some(seen)))
         }
         Found::Missing => None,
         // Replaced by something else between readdir and open.

@@ -13,6 +13,7 @@ mod git;
 mod hostile;
 mod layouts;
 mod load;
+mod performance;
 mod push_restore;
 mod s3;
 mod safety;

@@ -23,6 +23,8 @@ use crate::project::Project;
 const MAX_DELAY_FACTOR: u32 = 10;
 /// How long warnings wait for git to let go of its index lock: longer, it is a lock a crashed git left.
 const GIT_HOLD_MAX: Duration = Duration::from_secs(30);
+/// How long the first changes after a quiet period must settle before they are scanned (watchman settles as long).
+pub(super) const SETTLE: Duration = Duration::from_millis(20);
 
 /// git's index lock of the checkout at `root` (a worktree's own), asked of git itself; `None` outside git.
 fn git_index_lock(root: &Path) -> Option<PathBuf> {
@@ -378,9 +380,13 @@ impl Daemon {
                     .projects
                     .get(&root)
                     .is_some_and(|w| w.last_event.is_none_or(|t| now.duration_since(t) >= debounce));
-            if let Some(w) = state.projects.get_mut(&root) {
+            let settling = state.projects.get_mut(&root).and_then(|w| {
                 w.last_event = Some(now);
-            }
+                if quiet {
+                    w.settling = Some(now);
+                }
+                w.settling
+            });
             // An event on a watched directory itself (deleted, created, moved) means its watch must be made again.
             if let Some(w) = state.projects.get_mut(&root)
                 && event.paths.iter().any(|p| w.watches.contains(p))
@@ -394,9 +400,14 @@ impl Daemon {
                 w.git_touched = true;
             }
             let entry = state.pending.entry(root).or_insert((now, now));
-            if !quiet {
-                let cap = entry.0 + debounce * MAX_DELAY_FACTOR;
-                entry.1 = (now + debounce).min(cap);
+            match settling {
+                // The first changes after a quiet period: scanned once they settle (a save, a copy of a few files,
+                // is done within it), never later than the quiet period.
+                Some(since) => entry.1 = (now + SETTLE.min(debounce)).min(since + debounce),
+                None => {
+                    let cap = entry.0 + debounce * MAX_DELAY_FACTOR;
+                    entry.1 = (now + debounce).min(cap);
+                }
             }
         }
     }
@@ -434,6 +445,9 @@ impl Daemon {
             }
         };
         let _scan = lock.lock().await;
+        if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
+            w.settling = None;
+        }
         let spec = self.spec(root);
         // While git writes the working tree (it holds its index lock), nothing is judged: look again after it.
         let git_busy = self.state.lock().expect("state").projects.get(root).is_some_and(|w| {
@@ -457,7 +471,9 @@ impl Daemon {
             this.note_presence(&spec.root);
             let project = spec.resolve()?;
             this.ensure_watches(&project);
-            this.engine_for(&spec, &project)?.status(&project)
+            let early = this.clone();
+            this.engine_for(&spec, &project)?
+                .status_early(&project, &mut |s| early.early_warning(&spec.root, s))
         });
         let scanned = self.within_limit(root, scan).await;
         let status = match scanned {
@@ -524,6 +540,8 @@ impl Daemon {
                 if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
                     w.warnings.insert(warning.clone());
                 }
+                // The STATUS= line says so now (nothing ticks to refresh it while the daemon waits).
+                self.send_status_line();
                 let done = work.await;
                 if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
                     w.warnings.remove(&warning);
@@ -665,35 +683,8 @@ impl Daemon {
         } else if !new.is_empty() {
             // The first change at once; the rest of a burst is one line at its end (every file is in status and
             // events).
-            let first = &new[0];
-            match &first.from {
-                Some(from) => tracing::warn!(
-                    project = %shown,
-                    kind = %first.kind,
-                    path = %escaped(&first.path),
-                    from = %escaped(from),
-                    "{out_dir} changed by hand: run `dreamer database restore` to put it back"
-                ),
-                None => tracing::warn!(
-                    project = %shown,
-                    kind = %first.kind,
-                    path = %escaped(&first.path),
-                    "{out_dir} changed by hand: run `dreamer database restore` to put it back"
-                ),
-            }
-            self.emit(json!({"type": "violation", "root": root, "violations": capped(&new), "more": new.len().saturating_sub(EVENT_VIOLATIONS)}));
-            let auto = self.loaded().engine.config.watch.on_violation == OnViolation::Restore;
-            if !auto {
-                let count = if new.len() > 1 { format!(": {} change(s)", new.len()) } else { String::new() };
-                self.desktop.notify_as(
-                    Some(&burst_key(root)),
-                    format!("{out_dir} changed by hand in {}{count}", project_name(root)),
-                    format!(
-                        "{}\n\nOnly `dreamer push` may write {out_dir}. Run `dreamer database restore` in {shown}.",
-                        list_violations(&new)
-                    ),
-                );
-            } else {
+            self.warn_first(root, &out_dir, &new);
+            if self.loaded().engine.config.watch.on_violation == OnViolation::Restore {
                 let this = self.clone();
                 let root = root.to_path_buf();
                 tokio::spawn(async move { this.auto_restore(&root, list_violations(&new)).await });
@@ -741,14 +732,81 @@ impl Daemon {
             tracing::info!(project = %shown, "{out_dir} matches the last push again; violation cleared");
             self.emit(json!({"type": "cleared", "root": root}));
         }
-        if cleared || burst_ended.is_some() {
-            // What a burst of 20,000 files took is given back to the system, not kept for the next one.
+        let quiet = self.state.lock().expect("state").pending.is_empty();
+        if cleared || burst_ended.is_some() || quiet {
+            // What a scan or a burst of 20,000 files took is given back to the system once the daemon is quiet,
+            // not kept for the next one.
             trim_memory();
         }
         if schema_changed {
             tracing::info!(project = %shown, "the schema changed since the last push; run `dreamer push` to apply it");
             self.emit(json!({"type": "schema-changed", "root": root, "schema_pending": true}));
         }
+    }
+
+    /// The first hand changes of a burst: one warning line, one event, one notification (updated by the rest).
+    fn warn_first(self: &Arc<Self>, root: &Path, out_dir: &str, new: &[crate::manifest::Violation]) {
+        let shown = shown(root);
+        let first = &new[0];
+        match &first.from {
+            Some(from) => tracing::warn!(
+                project = %shown,
+                kind = %first.kind,
+                path = %escaped(&first.path),
+                from = %escaped(from),
+                "{out_dir} changed by hand: run `dreamer database restore` to put it back"
+            ),
+            None => tracing::warn!(
+                project = %shown,
+                kind = %first.kind,
+                path = %escaped(&first.path),
+                "{out_dir} changed by hand: run `dreamer database restore` to put it back"
+            ),
+        }
+        self.emit(json!({"type": "violation", "root": root, "violations": capped(new), "more": new.len().saturating_sub(EVENT_VIOLATIONS)}));
+        if self.loaded().engine.config.watch.on_violation != OnViolation::Restore {
+            let count = if new.len() > 1 { format!(": {} change(s)", new.len()) } else { String::new() };
+            self.desktop.notify_as(
+                Some(&burst_key(root)),
+                format!("{out_dir} changed by hand in {}{count}", project_name(root)),
+                format!(
+                    "{}\n\nOnly `dreamer push` may write {out_dir}. Run `dreamer database restore` in {shown}.",
+                    list_violations(new)
+                ),
+            );
+        }
+    }
+
+    /// Called by a rescan as soon as the folder is judged, before the database is read: hand changes that open a
+    /// burst are warned about right away. Git's changes, a burst already open and automatic restores are left to
+    /// [`Daemon::record`], which sees these as reported.
+    fn early_warning(self: &Arc<Self>, root: &Path, status: &ProjectStatus) {
+        if status.violations.is_empty()
+            || self.loaded().engine.config.watch.on_violation == OnViolation::Restore
+        {
+            return;
+        }
+        let new: Vec<crate::manifest::Violation> = {
+            let mut state = self.state.lock().expect("state");
+            let Some(w) = state.projects.get_mut(root) else { return };
+            if w.git_since.is_some() || w.git_touched || w.burst.is_some() {
+                return;
+            }
+            let new: Vec<crate::manifest::Violation> = status
+                .violations
+                .iter()
+                .filter(|v| !w.reported.contains(&violation_key(v)))
+                .cloned()
+                .collect();
+            if new.is_empty() {
+                return;
+            }
+            w.reported.extend(new.iter().map(violation_key));
+            w.burst = Some(Burst { changes: new.len() });
+            new
+        };
+        let out_dir = if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) };
+        self.warn_first(root, &out_dir, &new);
     }
 
     /// `watch.on_violation = "restore"`: puts drizzle/ back at once and says so.

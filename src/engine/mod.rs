@@ -290,11 +290,19 @@ impl Engine {
     /// The migration folder as the manifest sees it: everything in it but what is not a migration (schema files kept
     /// there, and what `drizzle-kit pull` writes).
     pub fn scan_out(&self, project: &Project) -> Result<crate::manifest::Tree> {
+        self.scan_seen(project).map(|(tree, _)| tree)
+    }
+
+    /// [`Engine::scan_out`], and the files it found with their identities and blake3 (for [`crate::facts::view`]).
+    pub(crate) fn scan_seen(
+        &self,
+        project: &Project,
+    ) -> Result<(crate::manifest::Tree, Vec<crate::manifest::Seen>)> {
         let out = project.drizzle();
         self.load_facts(project);
-        let (tree, ids) = scan_excluding(&out, &project.not_migrations()).ctx("read", &out)?;
-        crate::facts::save(&self.facts_path(project), &out, &ids);
-        Ok(tree)
+        let (tree, seen) = scan_excluding(&out, &project.not_migrations()).ctx("read", &out)?;
+        crate::facts::save(&self.facts_path(project), &out, seen.iter().map(|(_, id, _)| *id));
+        Ok((tree, seen))
     }
 
     /// Where this checkout's facts (its stat cache) are kept.
@@ -564,11 +572,11 @@ impl Engine {
 }
 
 /// A tree scanned without the entries at `excluded` (paths relative to it).
-/// A tree scanned without the entries at `excluded` (paths relative to it), and the identities of its files.
+/// A tree scanned without the entries at `excluded` (paths relative to it), and the files it found.
 pub(crate) fn scan_excluding(
     dir: &Path,
     excluded: &[String],
-) -> std::io::Result<(crate::manifest::Tree, Vec<crate::facts::Identity>)> {
+) -> std::io::Result<(crate::manifest::Tree, Vec<crate::manifest::Seen>)> {
     let (mut tree, ids) = crate::manifest::scan_known(dir)?;
     for name in excluded {
         if matches!(tree.nodes.get(name), Some(crate::manifest::Node::File { .. })) {

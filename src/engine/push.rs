@@ -532,7 +532,19 @@ impl Engine {
         } else {
             None
         };
-        let before = match archive::pack(&drizzle, &tree) {
+        // The tree from before, to roll back to: when it is exactly the last push, that push's archive (already
+        // made, verified by its blake3) rather than a second compression of the same files.
+        let at_hand = baseline
+            .as_ref()
+            .filter(|b| !b.archive_blake3.is_empty() && b.files == tree.files())
+            .and_then(|b| Some((b, self.store.archive_at_hand(b)?)));
+        let packed = match at_hand {
+            Some((b, bytes)) => {
+                Ok(Packed { bytes, files: b.files.clone(), blake3: b.archive_blake3.clone() })
+            }
+            None => archive::pack(&drizzle, &tree),
+        };
+        let before = match packed {
             Ok(p) => p,
             Err(e) => {
                 return Ok(precheck_failure(
@@ -1450,24 +1462,25 @@ impl Engine {
     ) -> Result<Result<(PushRecord, Vec<u8>), PushReport>> {
         let drizzle = project.drizzle();
         let tree = self.scan_out(project)?;
-        let packed: Packed = archive::pack(&drizzle, &tree)?;
         let schema = project.schema_hash()?;
         // A baseline that is only the committed sum has no backup yet: this push makes it. A schema edit that
-        // changes no SQL (drizzle-kit said so) is the same push.
+        // changes no SQL (drizzle-kit said so) is the same push (and nothing is archived again).
+        let files = tree.files();
         if let Some(base) = baseline.filter(|b| !b.archive_blake3.is_empty())
-            && base.files == packed.files
+            && base.files == files
             && (base.schema_blake3 == schema || nothing_to_migrate)
         {
             return Ok(Err(PushReport::Ok {
                 ok: true,
                 push_id: base.id.clone(),
-                files: packed.files.len(),
+                files: files.len(),
                 unchanged: true,
                 settings: Vec::new(),
                 known_faults: Vec::new(),
                 others: Vec::new(),
             }));
         }
+        let packed: Packed = archive::pack(&drizzle, &tree)?;
         let now = SystemTime::now();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let record = PushRecord {

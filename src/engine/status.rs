@@ -204,6 +204,16 @@ impl Engine {
 
     /// Compares drizzle/ and src/schema.ts with the last successful push. Read-only; needs no lock.
     pub fn status(&self, project: &Project) -> Result<ProjectStatus> {
+        self.status_early(project, &mut |_| {})
+    }
+
+    /// [`Engine::status`], handing `early` the status as soon as the folder is judged (its violations final), before
+    /// the database and the journal are read: the daemon warns of a hand edit without waiting for them.
+    pub fn status_early(
+        &self,
+        project: &Project,
+        early: &mut dyn FnMut(&ProjectStatus),
+    ) -> Result<ProjectStatus> {
         self.state_format()?;
         self.load_facts(project);
         let baseline = self.baseline_of(project)?;
@@ -248,8 +258,9 @@ impl Engine {
             return Ok(status);
         }
         status.interrupted = self.interrupted(project);
-        (status.drift, status.database, status.known_faults) = self.checked_drift(project);
-        let tree = self.scan_out(project)?;
+        // The folder once: its scan is what the faults and the drift read (nothing is read twice).
+        let (tree, seen) = self.scan_seen(project)?;
+        let view = crate::facts::view(seen);
         if let Some(found) = baseline {
             status.violations = found.violations(&tree);
             status.custom =
@@ -290,6 +301,12 @@ impl Engine {
             status.state = ProjectState::Clean;
             self.adopt_arrived(project, &other, None);
         }
+        early(&status);
+        let (drift, database, known_faults) = self.checked_drift(project);
+        drop(view);
+        let found = std::mem::replace(&mut status.drift, drift);
+        status.drift.extend(found);
+        (status.database, status.known_faults) = (database, known_faults);
         self.name_database_push(project, &mut status);
         // Loud, never guarding the wrong folder in silence: one the config moved since the last push, or one that is
         // gone while the database applied migrations.

@@ -295,12 +295,21 @@ impl Engine {
         let new = staging.join("new");
         let borrowed = journal.borrowed.clone();
         for (i, rel) in borrowed.iter().enumerate() {
-            let moved = (|| {
-                let to = new.join(rel);
+            let moved = (|| -> std::io::Result<()> {
+                let (from, to) = (drizzle.join(rel), new.join(rel));
                 if let Some(parent) = to.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                fs::rename(drizzle.join(rel), to)
+                let before = rustix::fs::lstat(&from)?;
+                fs::rename(&from, &to)?;
+                // The same file, its contents known: a rename moves only its change time.
+                if let Ok(after) = rustix::fs::lstat(&to) {
+                    crate::facts::note_moved(
+                        crate::facts::Identity::of(&before),
+                        crate::facts::Identity::of(&after),
+                    );
+                }
+                Ok(())
             })();
             if let Err(e) = moved {
                 // Put back what was moved; the swap does not happen.
@@ -751,6 +760,18 @@ mod tests {
         Fixture { _tmp: tmp, engine, project, target, quarantine }
     }
 
+    /// Every regular file below `dir` with its contents.
+    fn tree_bytes(dir: &Path) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = manifest::scan(dir)
+            .unwrap()
+            .files()
+            .into_iter()
+            .map(|f| (f.path.clone(), fs::read_to_string(dir.join(&f.path)).unwrap()))
+            .collect();
+        out.sort();
+        out
+    }
+
     fn unpack_new(f: &Fixture) {
         let new = f.project.root.join(STAGING).join("new");
         archive::unpack_verified(&f.target.bytes, &f.target.files, &new, Limits::default()).unwrap();
@@ -797,6 +818,42 @@ mod tests {
         let read = f.engine.read_journal(&f.project).unwrap().unwrap();
         assert_eq!((read.phase, read.database_copy.as_ref()), (Phase::Swap, None));
         assert_completed(&f);
+    }
+
+    #[test]
+    fn a_swap_journal_of_format_3_is_finished() {
+        let f = fixture();
+        unpack_new(&f);
+        // What dreamerd 0.4.0 wrote: format 3, nothing borrowed from drizzle/.
+        let path = f.engine.ops_dir(&f.project).join("journal.json");
+        let mut value: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        value["format"] = serde_json::json!(3);
+        value.as_object_mut().unwrap().remove("borrowed");
+        value.as_object_mut().unwrap().remove("replaced_push");
+        fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+        let read = f.engine.read_journal(&f.project).unwrap().unwrap();
+        assert_eq!((read.phase, read.borrowed.len()), (Phase::Swap, 0));
+        assert_completed(&f);
+    }
+
+    #[test]
+    fn a_swap_stopped_while_borrowing_gives_the_files_back() {
+        let f = fixture();
+        // drizzle/ held two files of the target byte for byte, to be moved into the new tree instead of written;
+        // the swap stopped after moving the first, so the new tree is incomplete.
+        let drizzle = f.project.drizzle();
+        write(&drizzle, &[("0000_a.sql", "new"), ("meta/_journal.json", "{}")]);
+        let before = tree_bytes(&drizzle);
+        let new = f.project.root.join(STAGING).join("new");
+        fs::create_dir_all(&new).unwrap();
+        fs::rename(drizzle.join("0000_a.sql"), new.join("0000_a.sql")).unwrap();
+        let mut journal = f.engine.read_journal(&f.project).unwrap().unwrap();
+        journal.borrowed = vec!["0000_a.sql".into(), "meta/_journal.json".into()];
+        f.engine.write_journal(&f.project, &journal).unwrap();
+        f.engine.recover(&f.project, &NullSink).unwrap();
+        assert_eq!(tree_bytes(&drizzle), before, "drizzle/ is as it was, the moved file given back");
+        assert!(!f.project.root.join(STAGING).exists());
+        assert!(f.engine.read_journal(&f.project).unwrap().is_none());
     }
 
     #[test]

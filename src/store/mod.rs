@@ -606,6 +606,20 @@ impl Store {
         }
     }
 
+    /// The archive of a push when it can be had without the network (a local store, or the cache of a remote one),
+    /// verified; `None` otherwise.
+    pub fn archive_at_hand(&self, record: &PushRecord) -> Option<Vec<u8>> {
+        if !self.remote {
+            return self.archive(record).ok();
+        }
+        let path = self.cache_dir.as_ref()?.join(format!("{}.tar.zst", record.archive_blake3));
+        if !valid_hash(&record.archive_blake3) {
+            return None;
+        }
+        let bytes = crate::safefs::read_file(&path, MAX_ARCHIVE, false).ok()??;
+        record.check_archive(&bytes, "the cache").ok().map(|()| bytes)
+    }
+
     /// The archive of a push, verified against its record's blake3.
     pub fn archive(&self, record: &PushRecord) -> Result<Vec<u8>> {
         let key = Self::archive_key(&record.project_id, &record.archive_blake3);
