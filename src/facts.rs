@@ -352,18 +352,6 @@ pub fn save(path: &Path, folder: &Path, ids: impl IntoIterator<Item = Identity>)
     let _ = crate::fsutil::replace_unsynced(path, encode(folder, &files).as_bytes(), 0o600);
 }
 
-/// Forgets everything (tests).
-#[cfg(test)]
-pub fn forget() {
-    let mut facts = facts().lock().expect("facts");
-    *facts = Facts::default();
-}
-
-/// How many files are known (tests and the daemon's memory report).
-pub fn known_count() -> usize {
-    facts().lock().expect("facts").known.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,8 +87,9 @@ struct Watched {
     last_event: Option<Instant>,
     /// Since when the events that started after a quiet period are settling (cleared when the scan starts).
     settling: Option<Instant>,
-    /// The burst of hand changes being reported: one notification, updated, and one summary line at its end.
-    burst: Option<watch::Burst>,
+    /// The burst of hand changes being reported (how many so far): one notification, updated, and one summary line
+    /// at its end.
+    burst: Option<usize>,
 }
 
 /// Per-project watch details added to status by the daemon (an addition to the contract).
@@ -839,28 +840,18 @@ impl Daemon {
         let every =
             std::env::var("DREAMERD_UPLOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30u64).max(1);
         loop {
-            // Asleep while no watched project has a backup waiting (a rescan that finds one wakes it).
-            let waiting = |this: &Self| {
-                this.state
-                    .lock()
-                    .expect("state")
-                    .projects
-                    .values()
-                    .any(|w| w.status.as_ref().is_none_or(|s| s.backup_waiting.is_some()))
+            // Asleep while no watched project has a backup waiting (not scanned yet counts: it may have one; a rescan
+            // that finds one wakes it).
+            let waiting = |this: &Self| -> Vec<PathBuf> {
+                let state = this.state.lock().expect("state");
+                let waits = |w: &Watched| w.status.as_ref().is_none_or(|s| s.backup_waiting.is_some());
+                state.projects.iter().filter(|(_, w)| waits(w)).map(|(r, _)| r.clone()).collect()
             };
-            while !waiting(&self) {
+            while waiting(&self).is_empty() {
                 self.backup_waiting.notified().await;
             }
             tokio::time::sleep(std::time::Duration::from_secs(every)).await;
-            let roots: Vec<PathBuf> = self
-                .state
-                .lock()
-                .expect("state")
-                .projects
-                .iter()
-                .filter(|(_, w)| w.status.as_ref().is_none_or(|s| s.backup_waiting.is_some()))
-                .map(|(r, _)| r.clone())
-                .collect();
+            let roots = waiting(&self);
             for root in roots {
                 let this = self.clone();
                 let spec = self.spec(&root);

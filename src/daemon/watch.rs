@@ -626,10 +626,9 @@ impl Daemon {
             let Some(w) = state.projects.get_mut(root) else { return };
             let was_open = w.burst.is_some();
             if hand_made {
-                let b = w.burst.get_or_insert(Burst { changes: 0 });
-                b.changes += new.len();
+                *w.burst.get_or_insert(0) += new.len();
             }
-            let changes = w.burst.as_ref().map_or(0, |b| b.changes);
+            let changes = w.burst.unwrap_or(0);
             let quiet_since = w.last_event.is_none_or(|t| t.elapsed() >= debounce);
             // Over too once the folder matches again (a restore, an edit undone): the next change is a new burst.
             let settled = (!pending && quiet_since) || status.violations.is_empty();
@@ -641,9 +640,8 @@ impl Daemon {
             }
             (was_open, changes, ended)
         };
-        let any_new = !new.is_empty();
         let shown = shown(root);
-        let out_dir = if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) };
+        let out_dir = out_dir(&status);
         let by_git = new.iter().any(|v| v.source.is_some());
         if by_git {
             // git brought a folder no push made: said as such, with the commit; never undone automatically.
@@ -668,18 +666,8 @@ impl Daemon {
             );
         } else if !new.is_empty() && burst_open {
             // Later files of a burst already warned about: the same notification, updated; one line at its end.
-            self.emit(json!({"type": "violation", "root": root, "violations": capped(&new), "more": new.len().saturating_sub(EVENT_VIOLATIONS)}));
-            let auto = self.loaded().engine.config.watch.on_violation == OnViolation::Restore;
-            if !auto {
-                self.desktop.notify_as(
-                    Some(&burst_key(root)),
-                    format!("{out_dir} changed by hand in {}: {changes} change(s)", project_name(root)),
-                    format!(
-                        "{}\n\nOnly `dreamer push` may write {out_dir}. Run `dreamer database restore` in {shown}.",
-                        list_violations(&status.violations)
-                    ),
-                );
-            }
+            self.emit(violation_event(root, &new));
+            self.notify_burst(root, &out_dir, changes, &status.violations);
         } else if !new.is_empty() {
             // The first change at once; the rest of a burst is one line at its end (every file is in status and
             // events).
@@ -700,29 +688,15 @@ impl Daemon {
             );
             self.emit(json!({"type": "arrived", "root": root, "push_id": push, "relation": relation}));
         }
-        if any_new || cleared {
-            let (watched, violated) = {
-                let state = self.state.lock().expect("state");
-                let violated = state
-                    .projects
-                    .values()
-                    .filter(|w| w.status.as_ref().is_some_and(|s| s.state == ProjectState::Violated))
-                    .count();
-                (state.projects.len(), violated)
-            };
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&format!(
-                "watching {watched} project(s), {violated} violated"
-            ))]);
-        }
+        // (The STATUS= line follows at the end of the rescan.)
         if let Some(ended) = burst_ended {
-            if ended.changes > 1 {
+            if ended > 1 {
                 tracing::warn!(
                     project = %shown,
-                    changes = ended.changes,
+                    changes = ended,
                     violations = status.violations.len(),
-                    "{} change(s) to {out_dir} by hand in that burst; {} file(s) differ from the last push now (`dreamerd status` \
-                     lists them)",
-                    ended.changes,
+                    "{ended} change(s) to {out_dir} by hand in that burst; {} file(s) differ from the last push now \
+                     (`dreamerd status` lists them)",
                     status.violations.len()
                 );
             }
@@ -732,8 +706,7 @@ impl Daemon {
             tracing::info!(project = %shown, "{out_dir} matches the last push again; violation cleared");
             self.emit(json!({"type": "cleared", "root": root}));
         }
-        let quiet = self.state.lock().expect("state").pending.is_empty();
-        if cleared || burst_ended.is_some() || quiet {
+        if self.state.lock().expect("state").pending.is_empty() {
             // What a scan or a burst of 20,000 files took is given back to the system once the daemon is quiet,
             // not kept for the next one.
             trim_memory();
@@ -746,8 +719,8 @@ impl Daemon {
 
     /// The first hand changes of a burst: one warning line, one event, one notification (updated by the rest).
     fn warn_first(self: &Arc<Self>, root: &Path, out_dir: &str, new: &[crate::manifest::Violation]) {
-        let shown = shown(root);
         let first = &new[0];
+        let shown = shown(root);
         match &first.from {
             Some(from) => tracing::warn!(
                 project = %shown,
@@ -763,18 +736,32 @@ impl Daemon {
                 "{out_dir} changed by hand: run `dreamer database restore` to put it back"
             ),
         }
-        self.emit(json!({"type": "violation", "root": root, "violations": capped(new), "more": new.len().saturating_sub(EVENT_VIOLATIONS)}));
-        if self.loaded().engine.config.watch.on_violation != OnViolation::Restore {
-            let count = if new.len() > 1 { format!(": {} change(s)", new.len()) } else { String::new() };
-            self.desktop.notify_as(
-                Some(&burst_key(root)),
-                format!("{out_dir} changed by hand in {}{count}", project_name(root)),
-                format!(
-                    "{}\n\nOnly `dreamer push` may write {out_dir}. Run `dreamer database restore` in {shown}.",
-                    list_violations(new)
-                ),
-            );
+        self.emit(violation_event(root, new));
+        self.notify_burst(root, out_dir, new.len(), new);
+    }
+
+    /// The burst's desktop notification, shown or updated in place (none when violations are restored at once: the
+    /// restore says so).
+    fn notify_burst(
+        &self,
+        root: &Path,
+        out_dir: &str,
+        changes: usize,
+        listed: &[crate::manifest::Violation],
+    ) {
+        if self.loaded().engine.config.watch.on_violation == OnViolation::Restore {
+            return;
         }
+        let count = if changes > 1 { format!(": {changes} change(s)") } else { String::new() };
+        self.desktop.notify_as(
+            Some(&burst_key(root)),
+            format!("{out_dir} changed by hand in {}{count}", project_name(root)),
+            format!(
+                "{}\n\nOnly `dreamer push` may write {out_dir}. Run `dreamer database restore` in {}.",
+                list_violations(listed),
+                shown(root)
+            ),
+        );
     }
 
     /// Called by a rescan as soon as the folder is judged, before the database is read: hand changes that open a
@@ -802,11 +789,10 @@ impl Daemon {
                 return;
             }
             w.reported.extend(new.iter().map(violation_key));
-            w.burst = Some(Burst { changes: new.len() });
+            w.burst = Some(new.len());
             new
         };
-        let out_dir = if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) };
-        self.warn_first(root, &out_dir, &new);
+        self.warn_first(root, &out_dir(status), &new);
     }
 
     /// `watch.on_violation = "restore"`: puts drizzle/ back at once and says so.
@@ -845,12 +831,9 @@ fn project_name(root: &Path) -> String {
     root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| root.display().to_string())
 }
 
-/// At most a handful of lines: a burst of 50 files is one short notification.
-/// A burst of hand changes to one project's migration folder, being reported.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Burst {
-    /// How many changes it has had so far.
-    changes: usize,
+/// The migration folder as messages name it (`drizzle/`).
+fn out_dir(status: &ProjectStatus) -> String {
+    if status.out.is_empty() { "drizzle/".to_string() } else { format!("{}/", status.out) }
 }
 
 /// The key of a project's burst notification.
@@ -861,8 +844,10 @@ fn burst_key(root: &Path) -> String {
 /// At most this many violations go into one event (`more` counts the rest; status lists them all).
 const EVENT_VIOLATIONS: usize = 100;
 
-fn capped(violations: &[crate::manifest::Violation]) -> &[crate::manifest::Violation] {
-    &violations[..violations.len().min(EVENT_VIOLATIONS)]
+/// A `violation` event: the first [`EVENT_VIOLATIONS`] new violations, and how many more there were.
+fn violation_event(root: &Path, new: &[crate::manifest::Violation]) -> serde_json::Value {
+    let shown = &new[..new.len().min(EVENT_VIOLATIONS)];
+    json!({"type": "violation", "root": root, "violations": shown, "more": new.len() - shown.len()})
 }
 
 /// Gives freed heap memory back to the system (glibc keeps it otherwise).
@@ -874,6 +859,7 @@ fn trim_memory() {
     }
 }
 
+/// At most a handful of lines: a burst of 50 files is one short notification.
 fn list_violations(violations: &[crate::manifest::Violation]) -> String {
     let mut lines: Vec<String> =
         violations.iter().take(5).map(|v| v.human().trim_end().to_string()).collect();

@@ -142,21 +142,26 @@ pub fn read_in(folder: &Folder) -> Result<Option<Vec<Entry>>, String> {
     Ok(Some(entries))
 }
 
+/// A tag is a file name, never a path out of the folder.
+fn plain_tag(entry: &Entry) -> Result<(), String> {
+    if safefs::plain_name(&entry.tag) {
+        Ok(())
+    } else {
+        Err(format!("{:?} is not a migration name", entry.tag))
+    }
+}
+
 /// The sha256 of a migration's SQL (what the migrator records), read only when the file changed since it was last
 /// hashed.
 pub fn sql_hash(folder: &Folder, entry: &Entry) -> Result<Option<String>, String> {
-    if !safefs::plain_name(&entry.tag) {
-        return Err(format!("{:?} is not a migration name", entry.tag));
-    }
+    plain_tag(entry)?;
     crate::facts::cached("sql-sha256", folder, &entry.file, MAX_FILE, super::database::sql_hash)
         .map_err(|e| e.to_string())
 }
 
 /// The text of a migration's SQL, as the migrator reads it.
 pub fn sql(folder: &Folder, entry: &Entry) -> Result<Option<Vec<u8>>, String> {
-    if !safefs::plain_name(&entry.tag) {
-        return Err(format!("{:?} is not a migration name", entry.tag));
-    }
+    plain_tag(entry)?;
     folder.read(&entry.file, MAX_FILE).map_err(|e| e.to_string())
 }
 

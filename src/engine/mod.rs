@@ -571,7 +571,6 @@ impl Engine {
     }
 }
 
-/// A tree scanned without the entries at `excluded` (paths relative to it).
 /// A tree scanned without the entries at `excluded` (paths relative to it), and the files it found.
 pub(crate) fn scan_excluding(
     dir: &Path,

@@ -304,8 +304,9 @@ impl Engine {
         early(&status);
         let (drift, database, known_faults) = self.checked_drift(project);
         drop(view);
-        let found = std::mem::replace(&mut status.drift, drift);
-        status.drift.extend(found);
+        // The database's drift first, then what the folder's judgement added (a layout mismatch).
+        let judged = std::mem::replace(&mut status.drift, drift);
+        status.drift.extend(judged);
         (status.database, status.known_faults) = (database, known_faults);
         self.name_database_push(project, &mut status);
         // Loud, never guarding the wrong folder in silence: one the config moved since the last push, or one that is

@@ -258,11 +258,11 @@ impl Engine {
         // so nothing is read twice) are moved across once the journal says so. Never linked: drizzle-kit rewrites
         // files in place, and a link would change the quarantined copy too.
         let keep = project.not_migrations();
+        let current = if target.is_some() { self.scan_out(project).ok() } else { None };
         // A tree that is a stored push (restoring from one push to another) needs no quarantine copy.
-        journal.replaced_push =
-            if target.is_some() { self.stored_push_of_tree(project, &project.drizzle()) } else { None };
-        let borrowed: Vec<String> = match (target, self.scan_out(project)) {
-            (Some((_, files)), Ok(tree)) => files
+        journal.replaced_push = current.as_ref().and_then(|tree| self.stored_push_of(project, tree));
+        let borrowed: Vec<String> = match (target, &current) {
+            (Some((_, files)), Some(tree)) => files
                 .iter()
                 .filter(|f| !keep.contains(&f.path))
                 .filter(|f| {
@@ -518,7 +518,11 @@ impl Engine {
 
     /// [`Engine::stored_push_with`] for a tree on disk (regular files and directories only).
     pub(crate) fn stored_push_of_tree(&self, project: &Project, dir: &Path) -> Option<String> {
-        let tree = manifest::scan(dir).ok()?;
+        self.stored_push_of(project, &manifest::scan(dir).ok()?)
+    }
+
+    /// [`Engine::stored_push_with`] for a scanned tree (regular files and directories only).
+    fn stored_push_of(&self, project: &Project, tree: &manifest::Tree) -> Option<String> {
         if !tree.exists || tree.nodes.contains_key(".") || tree.specials().next().is_some() {
             return None;
         }

@@ -18,7 +18,6 @@ use crate::{fsutil, safefs};
 /// The format of a cache entry; an entry of another format is simply evaluated again.
 pub const FORMAT: u32 = 1;
 const MAX_ENTRY: u64 = 1 << 20;
-const MAX_INPUT: u64 = 16 << 20;
 const CHECK: &str = "dreamerd 2026-11-26 config cache: check";
 const SEAL: &str = "dreamerd 2026-11-26 config cache: seal database url";
 
@@ -49,7 +48,8 @@ fn entry_path(dir: &Path, config: &Path, env: Option<&Env>) -> PathBuf {
     dir.join(format!("{}.json", &h.finalize().to_hex()[..32]))
 }
 
-/// The hash of everything an evaluation depended on. `extra` are the files read besides the config's inputs.
+/// The hash of everything an evaluation depended on: the bytes of `files`, and the values of the environment
+/// variables `names` (all of `env` when `None`).
 fn material(
     salt: &str,
     config: &Path,
@@ -61,19 +61,7 @@ fn material(
     h.update(salt.as_bytes());
     h.update(b"\0");
     h.update(config.as_os_str().as_encoded_bytes());
-    for f in files {
-        h.update(b"\0f");
-        h.update(f.as_os_str().as_encoded_bytes());
-        match safefs::read_file(f, MAX_INPUT, true) {
-            Ok(Some(bytes)) => {
-                h.update(b"\x01");
-                h.update(blake3::hash(&bytes).as_bytes());
-            }
-            _ => {
-                h.update(b"\x00");
-            }
-        }
-    }
+    h.update(super::layout::fingerprint(files).as_bytes());
     let value = |k: &str| env.and_then(|e| e.get(k));
     match names {
         Some(names) => {
@@ -96,11 +84,13 @@ fn material(
     *h.finalize().as_bytes()
 }
 
-fn keystream(material: &[u8; 32], len: usize) -> Vec<u8> {
+/// `bytes` sealed, or unsealed (the same operation), under a key derived from the material: XOR with blake3's
+/// keyed output stream.
+fn seal(material: &[u8; 32], bytes: &[u8]) -> Vec<u8> {
     let key = blake3::derive_key(SEAL, material);
-    let mut out = vec![0; len];
-    blake3::Hasher::new_keyed(&key).finalize_xof().fill(&mut out);
-    out
+    let mut stream = vec![0; bytes.len()];
+    blake3::Hasher::new_keyed(&key).finalize_xof().fill(&mut stream);
+    bytes.iter().zip(stream).map(|(a, b)| a ^ b).collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -141,11 +131,7 @@ pub fn lookup(
     })?;
     let db_url = match &entry.db_url {
         None => None,
-        Some(sealed) => {
-            let sealed = unhex(sealed)?;
-            let plain: Vec<u8> = sealed.iter().zip(keystream(&m, sealed.len())).map(|(a, b)| a ^ b).collect();
-            Some(super::Secret::new(String::from_utf8(plain).ok()?))
-        }
+        Some(sealed) => Some(super::Secret::new(String::from_utf8(seal(&m, &unhex(sealed)?)).ok()?)),
     };
     Some(Resolved {
         layout: entry.layout,
@@ -166,10 +152,7 @@ pub fn store(
 ) {
     let Some(dir) = folder() else { return };
     let m = material(salt, config, &files(&resolved.inputs), resolved.env_read.as_deref(), env);
-    let db_url = resolved.db_url.as_ref().map(|url| {
-        let plain = url.expose().as_bytes();
-        hex(&plain.iter().zip(keystream(&m, plain.len())).map(|(a, b)| a ^ b).collect::<Vec<u8>>())
-    });
+    let db_url = resolved.db_url.as_ref().map(|url| hex(&seal(&m, url.expose().as_bytes())));
     let entry = Entry {
         format: FORMAT,
         config: config.to_path_buf(),
@@ -202,6 +185,15 @@ mod tests {
         assert_eq!(unhex("abc"), None);
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex("é1"), None);
+    }
+
+    #[test]
+    fn sealing_round_trips_only_under_the_same_material() {
+        let url = b"postgres://me:hunter2@db/app";
+        let sealed = seal(&[1; 32], url);
+        assert_ne!(&sealed[..], &url[..]);
+        assert_eq!(seal(&[1; 32], &sealed), url);
+        assert_ne!(seal(&[2; 32], &sealed), url);
     }
 
     #[test]

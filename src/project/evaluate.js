@@ -12,6 +12,8 @@ try {
     ownKeys(t) { envListed = true; return Reflect.ownKeys(t); },
   });
 } catch (e) { envListed = true; }
+// Under bun, Bun.env and import.meta.env read the environment past the proxy: all of it counts.
+if (typeof Bun !== 'undefined') envListed = true;
 const [configPath, kitDir] = process.argv.slice(1);
 let api = null;
 try { api = require(require.resolve('tsx/cjs/api', { paths: [kitDir] })); } catch (e) {}

@@ -226,7 +226,7 @@ fn cache() -> &'static Mutex<CacheMap> {
 }
 
 /// A hash of the bytes of `files` (a missing file counts as missing).
-fn fingerprint(files: &[PathBuf]) -> blake3::Hash {
+pub(super) fn fingerprint(files: &[PathBuf]) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     for f in files {
         h.update(f.as_os_str().as_encoded_bytes());

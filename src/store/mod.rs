@@ -612,11 +612,20 @@ impl Store {
         if !self.remote {
             return self.archive(record).ok();
         }
-        let path = self.cache_dir.as_ref()?.join(format!("{}.tar.zst", record.archive_blake3));
+        self.cached_archive(record)
+    }
+
+    /// Where the cache keeps a push's archive (remote stores only).
+    fn cache_path(&self, record: &PushRecord) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|d| d.join(format!("{}.tar.zst", record.archive_blake3)))
+    }
+
+    /// The archive of a push from the cache, verified; `None` when it is not there (or not whole).
+    fn cached_archive(&self, record: &PushRecord) -> Option<Vec<u8>> {
         if !valid_hash(&record.archive_blake3) {
             return None;
         }
-        let bytes = crate::safefs::read_file(&path, MAX_ARCHIVE, false).ok()??;
+        let bytes = crate::safefs::read_file(&self.cache_path(record)?, MAX_ARCHIVE, false).ok()??;
         record.check_archive(&bytes, "the cache").ok().map(|()| bytes)
     }
 
@@ -626,13 +635,10 @@ impl Store {
         if !valid_hash(&record.archive_blake3) {
             return Err(Error::Corrupt(format!("push {} names no valid archive", record.id)));
         }
-        let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{}.tar.zst", record.archive_blake3)));
-        if let Some(path) = &cached
-            && let Ok(Some(bytes)) = crate::safefs::read_file(path, MAX_ARCHIVE, false)
-            && record.check_archive(&bytes, "the cache").is_ok()
-        {
+        if let Some(bytes) = self.cached_archive(record) {
             return Ok(bytes);
         }
+        let cached = self.cache_path(record);
         let bytes = self.blobs.get(&key, MAX_ARCHIVE)?.ok_or_else(|| {
             Error::Corrupt(format!(
                 "the archive of push {} ({key}) is missing from {}",
