@@ -14,22 +14,38 @@
 //! (`facts/<checkout>.json`, format [`FORMAT`], written atomically). Nothing here is ever needed: a lost, stale or
 //! corrupt file only costs reading again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use foldhash::fast::FixedState;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::safefs::{Folder, Found};
 
-/// The format of a saved facts file; one of another format is ignored (and rebuilt).
-pub const FORMAT: u32 = 1;
+/// The format of a saved facts file (see [`HEADER`]); one of another format is ignored (and rebuilt).
+pub const FORMAT: u32 = 2;
 /// How much older than the moment it was read a file's times must be for what was read to be trusted again.
 pub const SLACK_NS: i64 = 2_000_000_000;
 const MAX_SAVED: u64 = 256 << 20;
+/// How many memos of one kind a checkout keeps (the states it went back and forth between most recently).
+const MEMOS_KEPT: usize = 4;
+
+/// A blake3 digest.
+pub type Digest = [u8; 32];
+
+/// A digest in hex, as manifests and records write it.
+pub fn hex(d: &Digest) -> String {
+    blake3::Hash::from_bytes(*d).to_hex().to_string()
+}
+
+/// A digest from its hex form.
+pub fn unhex(s: &str) -> Option<Digest> {
+    blake3::Hash::from_hex(s).ok().map(|h| *h.as_bytes())
+}
 
 /// Who a file is, as far as its contents can tell without reading them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,6 +74,12 @@ impl Identity {
     pub fn of_file(file: &std::fs::File) -> io::Result<Identity> {
         Ok(Identity::of(&rustix::fs::fstat(file)?))
     }
+
+    /// True when a file of this identity cannot be rewritten without the identity changing, `now` being the moment
+    /// it was looked at: its times are older than that by [`SLACK_NS`].
+    pub fn settled_at(&self, now: i64) -> bool {
+        self.mtime.max(self.ctime) < now.saturating_sub(SLACK_NS)
+    }
 }
 
 /// What is known of one identity.
@@ -66,7 +88,7 @@ struct Known {
     id: Identity,
     /// When it was read (nanoseconds since the epoch, taken before the read).
     read_at: i64,
-    blake3: String,
+    blake3: Digest,
     /// Moved by dreamerd itself (a restore borrows the files it keeps): the change time is the move's, and only the
     /// modification time (which a move keeps) must be older than the read.
     moved: bool,
@@ -82,17 +104,71 @@ impl Known {
     }
 }
 
+/// A result computed from a whole state (a folder's contents and a database file's identity), kept under a digest of
+/// that state: the next check of the very same state takes it instead of reading everything again.
+#[derive(Debug, Clone)]
+struct Memo {
+    owner: Arc<PathBuf>,
+    kind: Box<str>,
+    key: Digest,
+    json: Box<str>,
+    /// When it was last used, in this process's order of uses (the least recent are dropped first).
+    used: u64,
+}
+
+/// Facts drawn from one content: (kind, compact JSON) pairs.
+type ContentFacts = Vec<(Box<str>, Box<str>)>;
+
 #[derive(Default)]
 struct Facts {
     /// By (device, inode): one entry per file, its latest identity.
-    known: HashMap<(u64, u64), Known>,
-    /// Facts drawn from contents, by their blake3 then by kind, as compact JSON (parsed only when asked for): a file
-    /// touched or copied with the same bytes is not parsed again.
-    by_content: HashMap<String, BTreeMap<String, String>>,
-    /// The facts files loaded into this process.
+    known: HashMap<(u64, u64), Known, FixedState>,
+    /// Facts drawn from contents, by their blake3, as compact JSON (parsed only when asked for): a file touched or
+    /// copied with the same bytes is not parsed again.
+    by_content: HashMap<Digest, ContentFacts, FixedState>,
+    memos: Vec<Memo>,
+    uses: u64,
+    /// The checkouts whose facts were loaded into this process.
     loaded: HashSet<PathBuf>,
-    /// Whether anything was learnt since the last save.
-    dirty: bool,
+    /// Content facts files loaded checkouts have, not read yet.
+    content_pending: Vec<PathBuf>,
+    /// The checkouts whose identities or memos changed since their last save.
+    dirty: HashSet<Arc<PathBuf>, FixedState>,
+    /// Counts the changes to content facts; each checkout's content file was written at (or read after) `saved`.
+    content_changes: u64,
+    content_saved: HashMap<Arc<PathBuf>, u64, FixedState>,
+    /// Each checkout's `.ids` file as this process last read or wrote it: another process (a command beside the
+    /// daemon) that wrote it since left memos worth keeping.
+    ids_files: HashMap<Arc<PathBuf>, Option<Identity>, FixedState>,
+}
+
+impl Facts {
+    /// Keeps the [`MEMOS_KEPT`] most recently used memos of each kind of `owner`.
+    fn prune_memos(&mut self, owner: &Arc<PathBuf>) {
+        let mut kinds: Vec<Box<str>> =
+            self.memos.iter().filter(|m| m.owner == *owner).map(|m| m.kind.clone()).collect();
+        kinds.sort();
+        kinds.dedup();
+        for kind in kinds {
+            let mut mine: Vec<(u64, Digest)> = self
+                .memos
+                .iter()
+                .filter(|m| m.owner == *owner && m.kind == kind)
+                .map(|m| (m.used, m.key))
+                .collect();
+            if mine.len() <= MEMOS_KEPT {
+                continue;
+            }
+            mine.sort_unstable_by(|a, b| b.cmp(a));
+            let dropped: Vec<Digest> = mine[MEMOS_KEPT..].iter().map(|(_, key)| *key).collect();
+            self.memos.retain(|m| !(m.owner == *owner && m.kind == kind && dropped.contains(&m.key)));
+        }
+    }
+
+    /// A fact of `kind` drawn from the content `blake3` (see [`Facts::content_ready`]).
+    fn content_fact(&self, blake3: &Digest, kind: &str) -> Option<&str> {
+        self.by_content.get(blake3)?.iter().find(|(k, _)| &**k == kind).map(|(_, json)| &**json)
+    }
 }
 
 fn facts() -> &'static Mutex<Facts> {
@@ -100,36 +176,66 @@ fn facts() -> &'static Mutex<Facts> {
     FACTS.get_or_init(Mutex::default)
 }
 
+fn lock() -> std::sync::MutexGuard<'static, Facts> {
+    // A panic elsewhere while holding it leaves a cache, never an invariant: carry on with it.
+    facts().lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The identity of the file at `path` (never followed), if there is one.
+fn file_identity(path: &Path) -> Option<Identity> {
+    rustix::fs::lstat(path).ok().map(|st| Identity::of(&st))
+}
+
 /// Now, in nanoseconds since the epoch.
 pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
+/// Known hashes looked up under one lock (a scan asks for thousands in a row).
+pub struct Lookup(std::sync::MutexGuard<'static, Facts>);
+
+impl Lookup {
+    /// The blake3 of the file with identity `id`, when it was read before and can be trusted.
+    pub fn hash(&self, id: &Identity) -> Option<Digest> {
+        let k = self.0.known.get(&(id.dev, id.ino))?;
+        (k.id == *id && k.settled()).then_some(k.blake3)
+    }
+}
+
+/// Starts a [`Lookup`]; nothing else can learn a fact while it lives.
+pub fn lookup() -> Lookup {
+    Lookup(lock())
+}
+
 /// The blake3 of the file with identity `id`, when it was read before and can be trusted.
-pub fn known_hash(id: &Identity) -> Option<String> {
-    let facts = facts().lock().expect("facts");
-    let k = facts.known.get(&(id.dev, id.ino))?;
-    (k.id == *id && k.settled()).then(|| k.blake3.clone())
+pub fn known_hash(id: &Identity) -> Option<Digest> {
+    lookup().hash(id)
 }
 
 /// Records the blake3 of a file read at `read_at`.
-pub fn note_hash(id: Identity, read_at: i64, blake3: &str) {
-    let mut facts = facts().lock().expect("facts");
+pub fn note_hash(id: Identity, read_at: i64, blake3: Digest) {
+    let mut facts = lock();
     let facts = &mut *facts;
     let k = facts.known.entry((id.dev, id.ino)).or_insert_with(|| Known {
         id,
         read_at: i64::MIN,
-        blake3: String::new(),
+        blake3,
         moved: false,
         owner: None,
     });
-    if k.id != id || k.blake3 != blake3 {
-        (k.id, k.blake3, k.moved) = (id, blake3.to_string(), false);
+    let changed = if k.id != id || k.blake3 != blake3 || k.read_at == i64::MIN {
+        (k.id, k.blake3, k.moved) = (id, blake3, false);
         k.read_at = read_at;
-        facts.dirty = true;
+        true
     } else if read_at > k.read_at {
         k.read_at = read_at;
-        facts.dirty = true;
+        true
+    } else {
+        false
+    };
+    // A file nobody owns yet is claimed (and saved) by the next save of the checkout whose scan saw it.
+    if changed && let Some(owner) = k.owner.clone() {
+        facts.dirty.insert(owner);
     }
 }
 
@@ -137,35 +243,101 @@ pub fn note_hash(id: Identity, read_at: i64, blake3: &str) {
 /// change time moved with the rename. What was known stays known, so a restore never reads again what it kept.
 pub fn note_moved(before: Identity, after: Identity) {
     let same_file = Identity { ctime: after.ctime, ..before } == after;
-    let mut facts = facts().lock().expect("facts");
+    let mut facts = lock();
     let Some(k) = facts.known.get(&(before.dev, before.ino)) else { return };
     if !same_file || k.id != before || !k.settled() {
         return;
     }
     let moved = Known { id: after, read_at: now_ns(), moved: true, ..k.clone() };
+    if let Some(owner) = moved.owner.clone() {
+        facts.dirty.insert(owner);
+    }
     facts.known.insert((after.dev, after.ino), moved);
-    facts.dirty = true;
+}
+
+/// One scan's moment of a folder, while an operation judges it.
+struct Moment {
+    /// The facts file of the checkout scanned.
+    owner: Arc<PathBuf>,
+    folder: PathBuf,
+    /// The digest of the whole tree the scan found (see [`crate::manifest::Tree::digest`]).
+    tree: Digest,
+    /// The regular files it found.
+    seen: Vec<crate::manifest::Seen>,
+    /// Their places in `seen` by absolute path, built at the first look (a check whose memo holds never looks).
+    index: OnceLock<HashMap<PathBuf, usize, FixedState>>,
+}
+
+impl Moment {
+    fn get(&self, path: &Path) -> Option<(Identity, Digest)> {
+        let index = self.index.get_or_init(|| {
+            let mut index = HashMap::with_capacity_and_hasher(self.seen.len(), FixedState::default());
+            index.extend(self.seen.iter().enumerate().map(|(i, (p, _, _))| (p.clone(), i)));
+            index
+        });
+        index.get(path).map(|&i| (self.seen[i].1, self.seen[i].2))
+    }
 }
 
 thread_local! {
-    /// The files the scan of the operation running on this thread found (path, identity, blake3).
-    static VIEW: std::cell::RefCell<HashMap<PathBuf, (Identity, String)>> = std::cell::RefCell::default();
+    /// The scans of the operations running on this thread, innermost last.
+    static VIEW: std::cell::RefCell<Vec<Moment>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Ends a [`view`] when dropped.
+/// Ends a [`view`] when dropped, saving what was learnt.
 pub struct View(());
 
 impl Drop for View {
     fn drop(&mut self) {
-        VIEW.with(|v| v.borrow_mut().clear());
+        if let Some(m) = VIEW.with(|v| v.borrow_mut().pop()) {
+            save(&m.owner, &m.folder, m.seen.iter().map(|(_, id, _)| *id));
+        }
     }
 }
 
-/// While the returned guard lives, [`cached`] on this thread takes the files a scan just found as they were found:
-/// an operation judges one moment of the folder, and reads nothing twice.
-pub fn view(seen: Vec<crate::manifest::Seen>) -> View {
-    VIEW.with(|v| *v.borrow_mut() = seen.into_iter().map(|(p, id, b)| (p, (id, b))).collect());
+/// While the returned guard lives, [`cached`] on this thread takes the files a scan of `folder` (the checkout whose
+/// facts file is `owner`) just found as they were found, and [`memo`] keys on the tree it found: an operation judges
+/// one moment of the folder, and reads nothing twice. Dropping it saves the checkout's facts.
+pub fn view(owner: &Path, folder: &Path, tree: Digest, seen: Vec<crate::manifest::Seen>) -> View {
+    let moment = Moment {
+        owner: Arc::new(owner.to_path_buf()),
+        folder: folder.to_path_buf(),
+        tree,
+        seen,
+        index: OnceLock::new(),
+    };
+    VIEW.with(|v| v.borrow_mut().push(moment));
     View(())
+}
+
+/// The digest of the tree the innermost [`view`] of this thread holds.
+pub fn view_tree() -> Option<Digest> {
+    VIEW.with(|v| v.borrow().last().map(|m| m.tree))
+}
+
+/// The memo of kind `kind` kept under `key` by the checkout of this thread's innermost [`view`].
+pub fn memo<T: DeserializeOwned>(kind: &str, key: &Digest) -> Option<T> {
+    let owner = VIEW.with(|v| v.borrow().last().map(|m| m.owner.clone()))?;
+    let mut facts = lock();
+    facts.uses += 1;
+    let used = facts.uses;
+    let m = facts.memos.iter_mut().find(|m| m.key == *key && &*m.kind == kind && m.owner == owner)?;
+    m.used = used;
+    serde_json::from_str(&m.json).ok()
+}
+
+/// Keeps `value` as the memo of kind `kind` under `key` for the checkout of this thread's innermost [`view`] (with
+/// none, nothing is kept). Each checkout keeps the [`MEMOS_KEPT`] most recently used of a kind.
+pub fn remember<T: Serialize>(kind: &str, key: Digest, value: &T) {
+    let Some(owner) = VIEW.with(|v| v.borrow().last().map(|m| m.owner.clone())) else { return };
+    let Ok(json) = serde_json::to_string(value) else { return };
+    let mut facts = lock();
+    facts.uses += 1;
+    let used = facts.uses;
+    facts.memos.retain(|m| !(m.key == key && &*m.kind == kind && m.owner == owner));
+    facts.memos.push(Memo { owner: owner.clone(), kind: kind.into(), key, json: json.into(), used });
+    facts.prune_memos(&owner);
+    facts.dirty.insert(owner);
 }
 
 /// A fact of kind `kind` drawn from the regular file at `rel` below `folder` by `compute` (given its bytes, read
@@ -178,25 +350,27 @@ pub fn cached<T: Serialize + DeserializeOwned>(
     cap: u64,
     compute: impl FnOnce(&[u8]) -> T,
 ) -> io::Result<Option<T>> {
-    let known = |facts: &Facts, blake3: &str| -> Option<T> {
-        serde_json::from_str::<T>(facts.by_content.get(blake3)?.get(kind)?).ok()
+    let known = |facts: &mut Facts, blake3: &Digest| -> Option<T> {
+        facts.content_ready();
+        serde_json::from_str::<T>(facts.content_fact(blake3, kind)?).ok()
     };
     // What the scan of this very operation found: no second look at the file, and no second read of one changed too
     // recently to be trusted across operations.
-    let in_view = VIEW.with(|v| v.borrow().get(&folder.shown(rel)).cloned());
+    let path = folder.shown(rel);
+    let in_view = VIEW.with(|v| v.borrow().last().and_then(|m| m.get(&path)));
     if let Some((_, blake3)) = &in_view
-        && let Some(t) = known(&facts().lock().expect("facts"), blake3)
+        && let Some(t) = known(&mut lock(), blake3)
     {
         return Ok(Some(t));
     }
     if in_view.is_none()
         && let Some(id) = folder.identity(rel)?
     {
-        let facts = facts().lock().expect("facts");
-        if let Some(k) = facts.known.get(&(id.dev, id.ino))
-            && k.id == id
-            && k.settled()
-            && let Some(t) = known(&facts, &k.blake3)
+        let mut facts = lock();
+        let trusted =
+            facts.known.get(&(id.dev, id.ino)).filter(|k| k.id == id && k.settled()).map(|k| k.blake3);
+        if let Some(blake3) = trusted
+            && let Some(t) = known(&mut facts, &blake3)
         {
             return Ok(Some(t));
         }
@@ -209,54 +383,206 @@ pub fn cached<T: Serialize + DeserializeOwned>(
         Found::Not(_) => return folder.read(rel, cap).map(|_| None),
     };
     let id = Identity::of_file(&file)?;
-    let bytes = crate::safefs::read_capped(file, cap, &folder.shown(rel))?;
-    let blake3 = blake3::hash(&bytes).to_hex().to_string();
-    note_hash(id, read_at, &blake3);
+    let bytes = crate::safefs::read_capped(file, cap, &path)?;
+    let blake3 = *blake3::hash(&bytes).as_bytes();
+    note_hash(id, read_at, blake3);
     // The same bytes were seen before (the file was touched, copied, or moved): nothing to parse.
-    if let Some(t) = known(&facts().lock().expect("facts"), &blake3) {
+    if let Some(t) = known(&mut lock(), &blake3) {
         return Ok(Some(t));
     }
     let value = compute(&bytes);
     if let Ok(json) = serde_json::to_string(&value) {
-        let mut facts = facts().lock().expect("facts");
-        facts.by_content.entry(blake3).or_default().insert(kind.to_string(), json);
-        facts.dirty = true;
+        let mut facts = lock();
+        let found = facts.by_content.entry(blake3).or_default();
+        found.retain(|(k, _)| &**k != kind);
+        found.push((kind.into(), json.into()));
+        facts.content_changes += 1;
     }
     Ok(Some(value))
 }
 
-/// The first line of a saved facts file. The format is text, one file per line, fields separated by tabs (compact
-/// JSON never holds a raw tab or newline): `dev ino size mtime ctime read_at flags blake3 [kind json]...` (flags: `m`
-/// for a file dreamerd moved itself, else `-`); the second line
-/// is the folder scanned, as JSON, for people reading the state folder.
+/// The first line of a saved facts file (`facts/<checkout>.ids`), followed by the folder scanned as JSON on a line of its
+/// own (for people reading the state folder), then binary, little-endian: the number of files (u64), one record of
+/// [`RECORD`] bytes per file (`dev ino size mtime ctime read_at flags` as 64-bit integers, flags bit 0 for a file
+/// dreamerd moved itself, then the blake3), the number of memos (u32), each `u32 len, kind, 32-byte key, u32 len,
+/// json`, and last the blake3 of everything before it (a torn or damaged file is ignored). Format 1 (the text file
+/// `facts/<checkout>.json` of dreamerd 0.4.0) is read once and replaced.
 const HEADER: &str = "dreamerd-facts";
+/// The first line of `facts/<checkout>.content`: the facts drawn from contents, one line per content and kind,
+/// `blake3 kind json`, read only when a check needs one (a check whose memo holds needs none).
+const CONTENT_HEADER: &str = "dreamerd-facts-content\t1";
+const RECORD: usize = 7 * 8 + 32;
 
-fn encode(folder: &Path, files: &[(Known, BTreeMap<String, String>)]) -> String {
-    let mut out =
-        format!("{HEADER}\t{FORMAT}\n{}\n", serde_json::to_string(folder).expect("a path serialises"));
-    for (k, facts) in files {
+/// `base` with `.ext` added (a checkout's key may hold dots of its own).
+fn with_ext(base: &Path, ext: &str) -> PathBuf {
+    let mut path = base.as_os_str().to_owned();
+    path.push(".");
+    path.push(ext);
+    path.into()
+}
+
+fn ids_path(base: &Path) -> PathBuf {
+    with_ext(base, "ids")
+}
+
+fn content_path(base: &Path) -> PathBuf {
+    with_ext(base, "content")
+}
+
+fn legacy_path(base: &Path) -> PathBuf {
+    with_ext(base, "json")
+}
+
+/// A memo as saved: kind, key, JSON.
+type SavedMemo = (Box<str>, Digest, Box<str>);
+/// A content fact as saved: blake3, kind, JSON.
+type ContentLine = (Digest, Box<str>, Box<str>);
+
+/// What a facts file holds.
+#[derive(Default)]
+struct Saved {
+    files: Vec<(Known, ContentFacts)>,
+    /// (kind, key, json)
+    memos: Vec<SavedMemo>,
+}
+
+fn encode_ids(folder: &Path, saved: &Saved) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + saved.files.len() * RECORD);
+    out.extend_from_slice(
+        format!("{HEADER}\t{FORMAT}\n{}\n", serde_json::to_string(folder).expect("a path serialises"))
+            .as_bytes(),
+    );
+    out.extend_from_slice(&(saved.files.len() as u64).to_le_bytes());
+    for (k, _) in &saved.files {
         let i = &k.id;
-        let flags = if k.moved { "m" } else { "-" };
-        out += &format!(
-            "{}\t{}\t{}\t{}\t{}\t{}\t{flags}\t{}",
-            i.dev, i.ino, i.size, i.mtime, i.ctime, k.read_at, k.blake3
-        );
-        for (kind, json) in facts {
-            out += &format!("\t{kind}\t{json}");
+        for n in [i.dev, i.ino, i.size, i.mtime as u64, i.ctime as u64, k.read_at as u64, u64::from(k.moved)]
+        {
+            out.extend_from_slice(&n.to_le_bytes());
         }
-        out.push('\n');
+        out.extend_from_slice(&k.blake3);
+    }
+    out.extend_from_slice(&(saved.memos.len() as u32).to_le_bytes());
+    for (kind, key, json) in &saved.memos {
+        out.extend_from_slice(&(kind.len() as u32).to_le_bytes());
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(json.as_bytes());
+    }
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+/// Reads fields off a byte slice, `None` past its end.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn line(&mut self) -> Option<&'a [u8]> {
+        let end = self.0.iter().position(|&b| b == b'\n')?;
+        let line = self.take(end + 1)?;
+        Some(&line[..end])
+    }
+
+    fn text(&mut self) -> Option<Box<str>> {
+        let len = self.u32()? as usize;
+        std::str::from_utf8(self.take(len)?).ok().map(Box::from)
+    }
+}
+
+/// The files of a `.ids` file, handed to `file` one by one (without content facts: never gathered in between), and its
+/// memos; `None` for one of another format or damaged anywhere.
+fn decode_ids(bytes: &[u8], file: &mut dyn FnMut(Known)) -> Option<Vec<SavedMemo>> {
+    let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if blake3::hash(body).as_bytes() != sum {
+        return None;
+    }
+    let mut c = Cursor(body);
+    if c.line()? != format!("{HEADER}\t{FORMAT}").as_bytes() {
+        return None;
+    }
+    c.line()?;
+    let count = usize::try_from(c.u64()?).ok()?;
+    if count.checked_mul(RECORD)? > c.0.len() {
+        return None;
+    }
+    for _ in 0..count {
+        let mut n = [0u64; 7];
+        for v in &mut n {
+            *v = c.u64()?;
+        }
+        let [dev, ino, size, mtime, ctime, read_at, flags] = n;
+        if flags > 1 {
+            return None;
+        }
+        let blake3: Digest = c.take(32)?.try_into().ok()?;
+        let id = Identity { dev, ino, size, mtime: mtime as i64, ctime: ctime as i64 };
+        file(Known { id, read_at: read_at as i64, blake3, moved: flags == 1, owner: None });
+    }
+    let mut memos = Vec::new();
+    for _ in 0..c.u32()? {
+        let kind = c.text()?;
+        let key: Digest = c.take(32)?.try_into().ok()?;
+        memos.push((kind, key, c.text()?));
+    }
+    c.0.is_empty().then_some(memos)
+}
+
+fn encode_content(facts: &[(Digest, &ContentFacts)]) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{CONTENT_HEADER}\n");
+    for (blake3, found) in facts {
+        for (kind, json) in *found {
+            let _ = writeln!(out, "{}\t{kind}\t{json}", blake3::Hash::from_bytes(*blake3).to_hex());
+        }
     }
     out
 }
 
-/// The files of a saved facts file; `None` for one of another format or damaged anywhere.
-fn decode(text: &str) -> Option<Vec<(Known, BTreeMap<String, String>)>> {
+/// The content facts of a `.content` file; `None` when damaged anywhere.
+fn decode_content(text: &str) -> Option<Vec<ContentLine>> {
     let mut lines = text.split('\n');
-    if lines.next()? != format!("{HEADER}\t{FORMAT}") {
+    if lines.next()? != CONTENT_HEADER {
+        return None;
+    }
+    let mut out = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let mut f = line.splitn(3, '\t');
+        let (blake3, kind, json) = (unhex(f.next()?)?, f.next()?, f.next()?);
+        if kind.is_empty() || json.contains('\t') {
+            return None;
+        }
+        out.push((blake3, kind.into(), json.into()));
+    }
+    Some(out)
+}
+
+/// A text facts file of format 1 (dreamerd 0.4.0): `dev ino size mtime ctime read_at flags blake3 [kind json]...`
+/// per line; `None` when damaged anywhere.
+fn decode_legacy(text: &str) -> Option<Saved> {
+    let mut lines = text.split('\n');
+    if lines.next()? != format!("{HEADER}\t1") {
         return None;
     }
     lines.next()?;
-    let mut out = Vec::new();
+    let mut out = Saved::default();
     for line in lines.filter(|l| !l.is_empty()) {
         let mut f = line.split('\t');
         let mut num = || f.next()?.parse::<i64>().ok();
@@ -266,90 +592,182 @@ fn decode(text: &str) -> Option<Vec<(Known, BTreeMap<String, String>)>> {
             "-" => false,
             _ => return None,
         };
-        let blake3 = f.next()?;
-        if blake3.len() != 64 || !blake3.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        let mut facts = BTreeMap::new();
+        let blake3 = unhex(f.next()?)?;
+        let mut facts = ContentFacts::new();
         while let Some(kind) = f.next() {
-            facts.insert(kind.to_string(), f.next()?.to_string());
+            facts.push((kind.into(), f.next()?.into()));
         }
         let id = Identity { dev: dev as u64, ino: ino as u64, size: size as u64, mtime, ctime };
-        out.push((Known { id, read_at, blake3: blake3.to_string(), moved, owner: None }, facts));
+        out.files.push((Known { id, read_at, blake3, moved, owner: None }, facts));
     }
     Some(out)
 }
 
-/// Loads a checkout's facts file into this process, once per process; a missing, corrupt or other-format file is
-/// ignored.
-pub fn load(path: &Path) {
-    {
-        let mut facts = facts().lock().expect("facts");
-        if !facts.loaded.insert(path.to_path_buf()) {
-            return;
+impl Facts {
+    /// Reads the content facts files loaded checkouts left for later.
+    fn content_ready(&mut self) {
+        for path in std::mem::take(&mut self.content_pending) {
+            let Ok(Some(bytes)) = crate::safefs::read_file(&path, MAX_SAVED, false) else { continue };
+            let Some(found) = std::str::from_utf8(&bytes).ok().and_then(decode_content) else { continue };
+            for (blake3, kind, json) in found {
+                self.add_content(blake3, kind, json);
+            }
         }
     }
-    let Ok(Some(bytes)) = crate::safefs::read_file(path, MAX_SAVED, false) else { return };
-    let Some(files) = std::str::from_utf8(&bytes).ok().and_then(decode) else { return };
-    let owner = Arc::new(path.to_path_buf());
-    let mut facts = facts().lock().expect("facts");
-    facts.known.reserve(files.len());
-    for (mut k, found) in files {
-        k.owner = Some(owner.clone());
-        if !found.is_empty() {
-            facts.by_content.entry(k.blake3.clone()).or_default().extend(found);
+
+    fn add_content(&mut self, blake3: Digest, kind: Box<str>, json: Box<str>) {
+        let known = self.by_content.entry(blake3).or_default();
+        if !known.iter().any(|(k, _)| *k == kind) {
+            known.push((kind, json));
         }
-        facts.known.entry((k.id.dev, k.id.ino)).or_insert(k);
     }
 }
 
-/// The scan of `folder` saw these identities: they belong to the checkout whose facts file is `path`. What that
-/// checkout owned and no longer holds is forgotten (so memory follows the folder, not its history), and the file is
-/// written again when anything changed. Best effort.
-pub fn save(path: &Path, folder: &Path, ids: impl IntoIterator<Item = Identity>) {
-    let owner = Arc::new(path.to_path_buf());
-    let seen: HashSet<(u64, u64)> = ids.into_iter().map(|i| (i.dev, i.ino)).collect();
-    let files = {
-        let mut facts = facts().lock().expect("facts");
-        let before = facts.known.len();
-        facts.known.retain(|key, k| {
-            seen.contains(key) || !(k.owner.is_none() || k.owner.as_deref() == Some(&owner))
-        });
-        let mut changed = facts.dirty || facts.known.len() != before;
-        for key in &seen {
-            if let Some(k) = facts.known.get_mut(key)
-                && k.owner.as_deref() != Some(&owner)
-            {
-                k.owner = Some(owner.clone());
-                changed = true;
-            }
-        }
-        if !changed {
+/// Loads a checkout's facts (`base` with the extensions `.ids` and `.content`) into this process, once per process;
+/// a missing, corrupt or other-format file is ignored. The content facts are read only once one is asked for.
+pub fn load(base: &Path) {
+    {
+        let mut facts = lock();
+        if !facts.loaded.insert(base.to_path_buf()) {
             return;
         }
-        facts.dirty = false;
-        // Facts of contents no file has any more are forgotten too.
-        let live: HashSet<&str> = facts.known.values().map(|k| k.blake3.as_str()).collect();
-        let dead: Vec<String> =
-            facts.by_content.keys().filter(|b| !live.contains(b.as_str())).cloned().collect();
-        for b in dead {
-            facts.by_content.remove(&b);
+    }
+    let owner = Arc::new(base.to_path_buf());
+    let add = |facts: &mut Facts, mut k: Known| {
+        k.owner = Some(owner.clone());
+        facts.known.entry((k.id.dev, k.id.ino)).or_insert(k);
+    };
+    let add_memos = |facts: &mut Facts, memos: Vec<SavedMemo>| {
+        for (kind, key, json) in memos {
+            if !facts.memos.iter().any(|m| m.key == key && m.kind == kind && m.owner == owner) {
+                facts.memos.push(Memo { owner: owner.clone(), kind, key, json, used: 0 });
+            }
         }
-        let mut files: Vec<(Known, BTreeMap<String, String>)> = facts
+    };
+    let on_disk = file_identity(&ids_path(base));
+    if let Ok(Some(bytes)) = crate::safefs::read_file(&ids_path(base), MAX_SAVED, false) {
+        let mut facts = lock();
+        let facts = &mut *facts;
+        facts.ids_files.insert(owner.clone(), on_disk);
+        // Sized from the file: one table, never grown.
+        facts.known.reserve(bytes.len() / RECORD);
+        if let Some(memos) = decode_ids(&bytes, &mut |k| add(facts, k)) {
+            add_memos(facts, memos);
+            facts.content_pending.push(content_path(base));
+            facts.content_saved.insert(owner.clone(), facts.content_changes);
+            return;
+        }
+    }
+    // What the previous release wrote: read whole, written again in this format at the next save.
+    let Ok(Some(bytes)) = crate::safefs::read_file(&legacy_path(base), MAX_SAVED, false) else { return };
+    let Some(saved) = std::str::from_utf8(&bytes).ok().and_then(decode_legacy) else { return };
+    let mut facts = lock();
+    let facts = &mut *facts;
+    facts.dirty.insert(owner.clone());
+    for (k, found) in saved.files {
+        for (kind, json) in found {
+            facts.add_content(k.blake3, kind, json);
+        }
+        add(facts, k);
+    }
+    add_memos(facts, saved.memos);
+}
+
+/// The scan of `folder` saw these identities: they belong to the checkout whose facts are kept at `base`. What that
+/// checkout owned and no longer holds is forgotten (so memory follows the folder, not its history), and its files
+/// are written again when anything changed. Best effort.
+pub fn save(base: &Path, folder: &Path, ids: impl IntoIterator<Item = Identity>) {
+    let owner = Arc::new(base.to_path_buf());
+    let on_disk = file_identity(&ids_path(base));
+    let (ids_file, content) = {
+        let mut facts = lock();
+        let facts = &mut *facts;
+        if on_disk.is_some() && facts.ids_files.get(&owner).is_none_or(|&last| last != on_disk) {
+            // Written by another process since: its memos join ours (the least recently used go first).
+            if let Ok(Some(bytes)) = crate::safefs::read_file(&ids_path(base), MAX_SAVED, false)
+                && let Some(memos) = decode_ids(&bytes, &mut |_| {})
+            {
+                for (kind, key, json) in memos {
+                    if !facts.memos.iter().any(|m| m.key == key && m.kind == kind && m.owner == owner) {
+                        facts.memos.push(Memo { owner: owner.clone(), kind, key, json, used: 0 });
+                        facts.dirty.insert(owner.clone());
+                    }
+                }
+                facts.prune_memos(&owner);
+            }
+            facts.ids_files.insert(owner.clone(), on_disk);
+        }
+        let mut changed = facts.dirty.remove(&owner);
+        let mut ids: Vec<Identity> = ids.into_iter().collect();
+        // One per file (a file linked under two names is one).
+        ids.sort_unstable_by_key(|i| (i.dev, i.ino));
+        ids.dedup_by_key(|i| (i.dev, i.ino));
+        let mut held = 0;
+        for id in &ids {
+            if let Some(k) = facts.known.get_mut(&(id.dev, id.ino)) {
+                held += 1;
+                if k.owner.as_deref() != Some(&owner) {
+                    k.owner = Some(owner.clone());
+                    changed = true;
+                }
+            }
+        }
+        // What the checkout owned and the scan did not see is forgotten; the common case (it saw all it owns) needs
+        // no set to tell.
+        let owned = facts.known.values().filter(|k| k.owner.as_deref() == Some(&owner)).count();
+        if owned != held {
+            let seen: HashSet<(u64, u64), FixedState> = ids.iter().map(|i| (i.dev, i.ino)).collect();
+            let before = facts.known.len();
+            facts.known.retain(|key, k| seen.contains(key) || k.owner.as_deref() != Some(&owner));
+            changed |= facts.known.len() != before;
+        }
+        let content_stale = facts.content_saved.get(&owner).is_none_or(|&n| n < facts.content_changes);
+        if !changed && !content_stale {
+            return;
+        }
+        let mut files: Vec<(Known, ContentFacts)> = facts
             .known
             .values()
             .filter(|k| k.owner.as_deref() == Some(&owner))
-            .map(|k| (k.clone(), facts.by_content.get(&k.blake3).cloned().unwrap_or_default()))
+            .map(|k| (k.clone(), Vec::new()))
             .collect();
         files.sort_by_key(|(k, _)| (k.id.dev, k.id.ino));
-        files
+        let memos = facts
+            .memos
+            .iter()
+            .filter(|m| m.owner == owner)
+            .map(|m| (m.kind.clone(), m.key, m.json.clone()))
+            .collect();
+        let saved = Saved { files, memos };
+        let content = content_stale.then(|| {
+            facts.content_saved.insert(owner.clone(), facts.content_changes);
+            facts.content_ready();
+            // Facts of contents no file has any more are forgotten.
+            let live: HashSet<Digest, FixedState> = facts.known.values().map(|k| k.blake3).collect();
+            facts.by_content.retain(|b, _| live.contains(b));
+            let mut mine: Vec<Digest> = saved.files.iter().map(|(k, _)| k.blake3).collect();
+            mine.sort_unstable();
+            mine.dedup();
+            let found: Vec<(Digest, &ContentFacts)> =
+                mine.iter().filter_map(|b| Some((*b, facts.by_content.get(b)?))).collect();
+            encode_content(&found)
+        });
+        (encode_ids(folder, &saved), content)
     };
-    let Some(dir) = path.parent() else { return };
+    let Some(dir) = base.parent() else { return };
     if crate::fsutil::create_private_dir(dir).is_err() {
         return;
     }
-    // A cache: atomic, never synced (a torn file after a power cut only costs reading again).
-    let _ = crate::fsutil::replace_unsynced(path, encode(folder, &files).as_bytes(), 0o600);
+    // A cache: atomic, never synced (a torn file after a power cut only costs reading again). The content facts
+    // first: ids without their content facts only cost parsing again.
+    if let Some(content) = content {
+        let _ = crate::fsutil::replace_unsynced(&content_path(base), content.as_bytes(), 0o600);
+    }
+    if crate::fsutil::replace_unsynced(&ids_path(base), &ids_file, 0o600).is_ok() {
+        let written = file_identity(&ids_path(base));
+        lock().ids_files.insert(owner, written);
+    }
+    let _ = std::fs::remove_file(legacy_path(base));
 }
 
 #[cfg(test)]
@@ -361,6 +779,16 @@ mod tests {
         Identity::of(&rustix::fs::stat(path).unwrap())
     }
 
+    fn digest(bytes: &[u8]) -> Digest {
+        *blake3::hash(bytes).as_bytes()
+    }
+
+    fn ids_of(bytes: &[u8]) -> Option<Saved> {
+        let mut files = Vec::new();
+        let memos = decode_ids(bytes, &mut |k| files.push((k, Vec::new())))?;
+        Some(Saved { files, memos })
+    }
+
     #[test]
     fn a_fact_is_trusted_only_once_the_file_settled() {
         let dir = tempfile::tempdir().unwrap();
@@ -368,10 +796,10 @@ mod tests {
         fs::write(&f, "create a").unwrap();
         let id = id_of(&f);
         // Read right after it was written: a rewrite within the same timestamp tick would keep this identity.
-        note_hash(id, id.ctime + 1_000_000, "aa");
+        note_hash(id, id.ctime + 1_000_000, [0xaa; 32]);
         assert_eq!(known_hash(&id), None, "a racily clean file is read again");
-        note_hash(id, id.ctime + SLACK_NS + 1, "aa");
-        assert_eq!(known_hash(&id).as_deref(), Some("aa"));
+        note_hash(id, id.ctime + SLACK_NS + 1, [0xaa; 32]);
+        assert_eq!(known_hash(&id), Some([0xaa; 32]));
         let changed = Identity { ctime: id.ctime + 1, ..id };
         assert_eq!(known_hash(&changed), None, "another identity is another file");
     }
@@ -384,7 +812,7 @@ mod tests {
         let real = crate::manifest::scan(dir.path()).unwrap().files()[0].blake3.clone();
         // What is known and settled is not read again: a planted hash shows through.
         let planted = "f".repeat(64);
-        note_hash(id_of(&f), now_ns() + SLACK_NS * 10, &planted);
+        note_hash(id_of(&f), now_ns() + SLACK_NS * 10, [0xff; 32]);
         assert_eq!(crate::manifest::scan(dir.path()).unwrap().files()[0].blake3, planted);
         // Any write gives another identity (the change time moves), and the file is read again.
         fs::write(&f, "create b").unwrap();
@@ -403,12 +831,12 @@ mod tests {
         let f = dir.path().join("0000_a.sql");
         fs::write(&f, "create b").unwrap();
         let id = id_of(&f);
-        note_hash(id, id.ctime.max(id.mtime) + 1_000_000, &blake3::hash(b"create a").to_hex());
+        note_hash(id, id.ctime.max(id.mtime) + 1_000_000, digest(b"create a"));
         let seen = crate::manifest::scan(dir.path()).unwrap().files()[0].blake3.clone();
         assert_eq!(seen, blake3::hash(b"create b").to_hex().to_string());
         // The same record, had it been taken long enough after the change, would have been trusted.
-        note_hash(id, id.ctime.max(id.mtime) + SLACK_NS + 1, &blake3::hash(b"create a").to_hex());
-        assert_eq!(known_hash(&id), Some(blake3::hash(b"create a").to_hex().to_string()));
+        note_hash(id, id.ctime.max(id.mtime) + SLACK_NS + 1, digest(b"create a"));
+        assert_eq!(known_hash(&id), Some(digest(b"create a")));
     }
 
     #[test]
@@ -423,7 +851,7 @@ mod tests {
         };
         assert_eq!(cached("t", &folder, "a.json", 100, parse).unwrap().as_deref(), Some("1"));
         let id = id_of(&dir.path().join("a.json"));
-        note_hash(id, now_ns() + SLACK_NS * 10, &blake3::hash(b"1").to_hex());
+        note_hash(id, now_ns() + SLACK_NS * 10, digest(b"1"));
         assert_eq!(cached("t", &folder, "a.json", 100, parse).unwrap().as_deref(), Some("1"));
         assert_eq!(calls.get(), 1, "a settled file's fact is not computed again");
         fs::write(dir.path().join("a.json"), "2").unwrap();
@@ -443,22 +871,100 @@ mod tests {
         let k = Known {
             id: Identity { dev: 1, ino: 2, size: 3, mtime: 4, ctime: 5 },
             read_at: 6,
-            blake3: "a".repeat(64),
+            blake3: [0xaa; 32],
             moved: true,
             owner: None,
         };
-        let facts: BTreeMap<String, String> = [("sql-sha256".to_string(), "\"x\\ty\"".to_string())].into();
-        let text = encode(Path::new("/p/drizzle"), &[(k.clone(), facts.clone())]);
-        let back = decode(&text).unwrap();
+        let memo: SavedMemo = ("database-check".into(), [7; 32], "[[],{\"checked\":true}]".into());
+        let saved = Saved { files: vec![(k.clone(), Vec::new())], memos: vec![memo.clone()] };
+        let bytes = encode_ids(Path::new("/p/drizzle"), &saved);
+        assert!(bytes.starts_with(b"dreamerd-facts\t2\n\"/p/drizzle\"\n"));
+        let back = ids_of(&bytes).unwrap();
         assert_eq!(
-            (back[0].0.id, back[0].0.read_at, &back[0].0.blake3, &back[0].1),
-            (k.id, 6, &k.blake3, &facts)
+            (back.files[0].0.id, back.files[0].0.read_at, back.files[0].0.blake3),
+            (k.id, 6, k.blake3)
         );
-        assert!(back[0].0.moved);
-        assert!(decode(&text.replace("\tm\t", "\tx\t")).is_none(), "unknown flags");
-        assert!(decode(&text.replace("dreamerd-facts\t1", "dreamerd-facts\t2")).is_none(), "another format");
-        assert!(decode(&text.replace(&"a".repeat(64), "zz")).is_none());
-        assert!(decode(&text.replace("\t4\t", "\tfour\t")).is_none());
-        assert!(decode("").is_none());
+        assert!(back.files[0].0.moved);
+        assert_eq!(back.memos, vec![memo]);
+        // Any damage (a torn write, a flipped byte, another format) is ignored.
+        assert!(ids_of(&bytes[..bytes.len() - 1]).is_none());
+        for at in [3, 20, bytes.len() / 2, bytes.len() - 40] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1;
+            assert!(ids_of(&bad).is_none(), "byte {at} flipped");
+        }
+        let other = String::from_utf8_lossy(&bytes).replace("facts\t2", "facts\t3");
+        assert!(ids_of(other.as_bytes()).is_none(), "another format");
+        assert!(ids_of(b"").is_none());
+
+        let facts: ContentFacts = vec![("sql-sha256".into(), "\"x\\ty\"".into())];
+        let text = encode_content(&[([0xbb; 32], &facts)]);
+        assert_eq!(
+            decode_content(&text).unwrap(),
+            vec![([0xbb; 32], "sql-sha256".into(), "\"x\\ty\"".into())]
+        );
+        assert!(decode_content(&text.replace("\tsql-sha256\t", "\t\t")).is_none());
+        assert!(decode_content(&text.replace(&"bb".repeat(32), "zz")).is_none());
+    }
+
+    #[test]
+    fn a_facts_file_of_the_previous_release_is_read_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("facts").join("p100-13baa078775e");
+        fs::create_dir_all(base.parent().unwrap()).unwrap();
+        // Written by dreamerd 0.4.0 (format 1, text), verbatim.
+        let text = "dreamerd-facts\t1\n\"/tmp/prof/p100/drizzle\"\n\
+            65024\t10436882\t13739\t1795693640138079639\t1795693640138079639\t1795693642768251694\t-\t\
+            4870185ef2056afb1c0e3e595b3a719d6b0167e460a905aa24d46b8bc8fadf1a\n\
+            65024\t10436914\t13575\t1795693639559397811\t1795693639559397811\t1795693642768695842\tm\t\
+            6e7ff9574421b7bfb34daa9cb31b78fe822e9cabdc72eaecc4a2c23f974d4f9e\tsql-sha256\t\
+            \"d3868c1393177c53ca2ae568967eca89bca05c5d81e7d95e50482f8819e95d37\"\n";
+        let back = decode_legacy(text).unwrap();
+        assert_eq!(back.files.len(), 2);
+        let (k, facts) = &back.files[1];
+        assert_eq!((k.id.ino, k.id.size, k.moved), (10436914, 13575, true));
+        assert_eq!(hex(&k.blake3), "6e7ff9574421b7bfb34daa9cb31b78fe822e9cabdc72eaecc4a2c23f974d4f9e");
+        assert_eq!(&*facts[0].0, "sql-sha256");
+        assert!(decode_legacy(&text.replace("\tm\t", "\tx\t")).is_none(), "unknown flags");
+
+        // Loaded from the state folder, and written in this format at the next save.
+        fs::write(legacy_path(&base), text).unwrap();
+        load(&base);
+        let ids = back.files.iter().map(|(k, _)| k.id);
+        save(&base, Path::new("/tmp/prof/p100/drizzle"), ids);
+        assert!(!legacy_path(&base).exists(), "the old file is replaced");
+        let saved = ids_of(&fs::read(ids_path(&base)).unwrap()).unwrap();
+        assert_eq!(saved.files.len(), 2);
+        let content = decode_content(&fs::read_to_string(content_path(&base)).unwrap()).unwrap();
+        assert_eq!(content.len(), 1);
+        assert_eq!(hex(&content[0].0), "6e7ff9574421b7bfb34daa9cb31b78fe822e9cabdc72eaecc4a2c23f974d4f9e");
+        assert_eq!(&*content[0].2, "\"d3868c1393177c53ca2ae568967eca89bca05c5d81e7d95e50482f8819e95d37\"");
+    }
+
+    #[test]
+    fn memos_are_kept_per_checkout_and_only_the_latest_few() {
+        let dir = tempfile::tempdir().unwrap();
+        let owner = dir.path().join("facts").join("c");
+        assert_eq!(memo::<u32>("k", &[1; 32]), None, "no view, no memo");
+        {
+            let _v = view(&owner, dir.path(), [0; 32], Vec::new());
+            for n in 0..(MEMOS_KEPT as u8 + 2) {
+                remember("k", [n; 32], &u32::from(n));
+            }
+            assert_eq!(memo::<u32>("k", &[0; 32]), None, "the oldest are dropped");
+            assert_eq!(memo::<u32>("k", &[5; 32]), Some(5));
+            assert_eq!(memo::<u32>("other", &[5; 32]), None, "memos are by kind");
+            let other = dir.path().join("facts").join("d");
+            let _w = view(&other, dir.path(), [0; 32], Vec::new());
+            assert_eq!(memo::<u32>("k", &[5; 32]), None, "memos are by checkout");
+        }
+        let saved = ids_of(&fs::read(ids_path(&owner)).unwrap()).unwrap();
+        assert_eq!(saved.memos.len(), MEMOS_KEPT);
+        // Another process loads them.
+        lock().memos.retain(|m| *m.owner != owner);
+        lock().loaded.remove(&owner);
+        load(&owner);
+        let _v = view(&owner, dir.path(), [0; 32], Vec::new());
+        assert_eq!(memo::<u32>("k", &[5; 32]), Some(5));
     }
 }

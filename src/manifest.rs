@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::facts::Identity;
+pub use crate::facts::{Digest, Identity};
 pub use crate::safefs::SpecialKind;
 use crate::safefs::{Folder, FolderAt, Found};
 
@@ -71,6 +71,29 @@ impl Tree {
             .collect()
     }
 
+    /// A digest of everything the scan found: every path with its size and blake3, or what else is there. Two scans
+    /// with the same digest found the same folder, byte for byte.
+    pub fn digest(&self) -> Digest {
+        let mut h = blake3::Hasher::new();
+        h.update(if self.exists { b"tree 1\n" } else { b"none 1\n" });
+        for (path, node) in &self.nodes {
+            h.update(path.as_bytes());
+            match node {
+                Node::File { size, blake3 } => {
+                    h.update(b"\0f");
+                    h.update(&size.to_le_bytes());
+                    h.update(blake3.as_bytes());
+                }
+                Node::Special(kind) => {
+                    h.update(b"\0s");
+                    h.update(kind.described().as_bytes());
+                }
+            }
+            h.update(b"\n");
+        }
+        *h.finalize().as_bytes()
+    }
+
     /// Entries that are neither regular files nor directories.
     pub fn specials(&self) -> impl Iterator<Item = (&String, SpecialKind)> {
         self.nodes.iter().filter_map(|(p, n)| match n {
@@ -81,17 +104,17 @@ impl Tree {
 }
 
 /// Hashes one file by streaming it; never loads it whole.
-pub fn hash_file(file: &mut File) -> io::Result<(u64, String)> {
+pub fn hash_file(file: &mut File) -> io::Result<(u64, Digest)> {
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(file)?;
     let size = hasher.count();
-    Ok((size, hasher.finalize().to_hex().to_string()))
+    Ok((size, *hasher.finalize().as_bytes()))
 }
 
 /// The blake3 of the regular file at `rel` below `folder`; `None` when there is none (or something else is there).
 pub fn hash_in(folder: &Folder, rel: &str) -> io::Result<Option<String>> {
     match folder.file(rel)? {
-        Found::File(mut f) => Ok(Some(hash_file(&mut f)?.1)),
+        Found::File(mut f) => Ok(Some(crate::facts::hex(&hash_file(&mut f)?.1))),
         Found::Missing | Found::Not(_) => Ok(None),
     }
 }
@@ -102,7 +125,7 @@ pub fn scan(dir: &Path) -> io::Result<Tree> {
 }
 
 /// A regular file a scan found: where, who, and its blake3.
-pub type Seen = (std::path::PathBuf, Identity, String);
+pub type Seen = (std::path::PathBuf, Identity, Digest);
 
 /// [`scan`], and the regular files found with their identities (see [`crate::facts`]). A file whose identity is
 /// known and settled is not read again; the others are hashed on every core.
@@ -139,54 +162,104 @@ fn walk(
     ids: &mut Vec<Seen>,
 ) -> io::Result<()> {
     use rustix::fs::FileType;
+    let rel_of = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            let mut rel = String::with_capacity(prefix.len() + 1 + name.len());
+            rel.push_str(prefix);
+            rel.push('/');
+            rel.push_str(name);
+            rel
+        }
+    };
+    let mut files = Vec::new();
     for (name, hint) in folder.entries()? {
-        let Some(name) = name.to_str() else {
-            // Never hashed under a lossy name that would not open again: reported, never archived.
-            let shown = name.to_string_lossy();
-            let rel = if prefix.is_empty() { shown.into_owned() } else { format!("{prefix}/{shown}") };
-            out.insert(rel, Node::Special(SpecialKind::NonUtf8Name));
-            continue;
+        let name = match name.into_string() {
+            Ok(name) => name,
+            Err(name) => {
+                // Never hashed under a lossy name that would not open again: reported, never archived.
+                out.insert(rel_of(&name.to_string_lossy()), Node::Special(SpecialKind::NonUtf8Name));
+                continue;
+            }
         };
-        let rel = if prefix.is_empty() { name.to_string() } else { format!("{prefix}/{name}") };
         // A file can vanish between readdir and open: that is simply "not there".
         let kind = match hint {
             Some(FileType::Directory) => Some(SpecialKind::Directory),
             Some(FileType::RegularFile) => Some(SpecialKind::File),
-            _ => folder.kind(name)?,
+            _ => folder.kind(&name)?,
         };
         match kind {
             None => {}
-            Some(SpecialKind::Directory) => match folder.sub(name)? {
+            Some(SpecialKind::Directory) => match folder.sub(&name)? {
                 FolderAt::Folder(sub) => {
+                    let rel = rel_of(&name);
                     out.insert(rel.clone(), Node::Special(SpecialKind::Directory));
                     walk(&Arc::new(sub), &rel, out, todo, ids)?;
                 }
                 FolderAt::Missing => {}
                 FolderAt::Not(kind) => {
-                    out.insert(rel, Node::Special(kind));
+                    out.insert(rel_of(&name), Node::Special(kind));
                 }
             },
-            Some(SpecialKind::File) => {
-                let known = folder.identity(name)?.and_then(|id| Some((id, crate::facts::known_hash(&id)?)));
-                match known {
-                    Some((id, blake3)) => {
-                        ids.push((folder.shown(name), id, blake3.clone()));
-                        out.insert(rel, Node::File { size: id.size, blake3 });
-                    }
-                    None => todo.push((folder.clone(), name.to_string(), rel)),
-                }
-            }
+            Some(SpecialKind::File) => files.push(name),
             Some(kind) => {
-                out.insert(rel, Node::Special(kind));
+                out.insert(rel_of(&name), Node::Special(kind));
             }
+        }
+    }
+    // Every file's identity (the stat calls are most of a warm scan: spread over the cores, as git's preload does),
+    // then what is known of it, under one lock.
+    let found = identities(folder, &files)?;
+    ids.reserve(files.len());
+    let known = crate::facts::lookup();
+    for (name, id) in files.into_iter().zip(found) {
+        let rel = rel_of(&name);
+        match id.and_then(|id| Some((id, known.hash(&id)?))) {
+            Some((id, blake3)) => {
+                ids.push((folder.shown(&name), id, blake3));
+                out.insert(rel, Node::File { size: id.size, blake3: crate::facts::hex(&blake3) });
+            }
+            None => todo.push((folder.clone(), name, rel)),
         }
     }
     Ok(())
 }
 
+/// The identities of the regular files `names` of `folder` (`None`: not a regular file any more), stat'ed on every
+/// core when there are many.
+fn identities(folder: &Folder, names: &[String]) -> io::Result<Vec<Option<Identity>>> {
+    const PER_THREAD: usize = 256;
+    let cores = cores();
+    let threads = cores.min(names.len() / PER_THREAD).max(1);
+    if threads == 1 {
+        return names.iter().map(|n| folder.identity(n)).collect();
+    }
+    let chunk = names.len().div_ceil(threads);
+    let stat = |part: &[String]| part.iter().map(|n| folder.identity(n)).collect::<io::Result<Vec<_>>>();
+    std::thread::scope(|scope| {
+        // The first part on this thread, the others on their own.
+        let mut parts = names.chunks(chunk);
+        let first = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts.map(|part| scope.spawn(move || stat(part))).collect();
+        let mut all = Vec::with_capacity(names.len());
+        all.extend(stat(first)?);
+        for p in others {
+            all.extend(p.join().expect("a stat thread panicked")?);
+        }
+        Ok(all)
+    })
+}
+
+/// The cores this process may use, asked once (std reads the cgroup's files for it every time).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Hashes the files to read, on as many threads as there are cores (never more than one per few files).
 fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Seen>)>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = cores();
     let threads = cores.min(todo.len().div_ceil(8)).max(1);
     if threads == 1 {
         return todo.iter().filter_map(|t| hash_one(t).transpose()).collect();
@@ -220,9 +293,9 @@ fn hash_one((folder, name, rel): &ToHash) -> io::Result<Option<(String, Node, Op
         Found::File(mut f) => {
             let id = Identity::of_file(&f)?;
             let (size, blake3) = hash_file(&mut f)?;
-            crate::facts::note_hash(id, read_at, &blake3);
-            let seen = (folder.shown(name), id, blake3.clone());
-            Some((rel.clone(), Node::File { size, blake3 }, Some(seen)))
+            crate::facts::note_hash(id, read_at, blake3);
+            let seen = (folder.shown(name), id, blake3);
+            Some((rel.clone(), Node::File { size, blake3: crate::facts::hex(&blake3) }, Some(seen)))
         }
         Found::Missing => None,
         // Replaced by something else between readdir and open.

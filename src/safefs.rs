@@ -365,7 +365,9 @@ impl Folder {
 
 /// Reads at most `cap` bytes of `file`; more is an error naming `shown`.
 pub fn read_capped(file: File, cap: u64, shown: &Path) -> io::Result<Vec<u8>> {
-    let mut data = Vec::new();
+    // Sized once from what the file says it holds (a file that grows meanwhile is still read to its end).
+    let expected = rustix::fs::fstat(&file).map_or(0, |st| st.st_size.max(0) as u64).min(cap + 1);
+    let mut data = Vec::with_capacity(expected as usize + 1);
     file.take(cap + 1).read_to_end(&mut data)?;
     if data.len() as u64 > cap {
         return Err(io::Error::new(

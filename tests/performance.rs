@@ -86,14 +86,20 @@ fn the_stat_cache_never_hides_a_change_and_a_damaged_one_is_rebuilt() {
     let w = stand_in_world();
     w.push_ok();
     assert_eq!(w.json("dreamerd", &["check"]).0, 0);
-    let facts = || -> Vec<std::path::PathBuf> {
-        fs::read_dir(w.state().join("facts")).unwrap().flatten().map(|e| e.path()).collect()
+    let files = || -> Vec<std::path::PathBuf> {
+        let mut all: Vec<_> =
+            fs::read_dir(w.state().join("facts")).unwrap().flatten().map(|e| e.path()).collect();
+        all.sort();
+        all
     };
-    assert_eq!(facts().len(), 1, "one stat cache per checkout");
-    let saved = fs::read_to_string(&facts()[0]).unwrap();
-    assert!(saved.starts_with("dreamerd-facts\t1\n"), "{saved}");
-    let mode = fs::metadata(&facts()[0]).unwrap().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    let names: Vec<String> =
+        files().iter().map(|p| p.extension().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["content", "ids"], "one stat cache per checkout, its content facts beside it");
+    let facts = || files().into_iter().find(|p| p.extension().is_some_and(|e| e == "ids")).unwrap();
+    assert!(fs::read(facts()).unwrap().starts_with(b"dreamerd-facts\t2\n"));
+    for file in files() {
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600, "{}", file.display());
+    }
     // Same size, rewritten at once: seen.
     let sql = "drizzle/0000_step.sql";
     let body = w.read(sql);
@@ -103,15 +109,21 @@ fn the_stat_cache_never_hides_a_change_and_a_damaged_one_is_rebuilt() {
     assert_eq!(v["violations"], json!([{"kind": "modified", "path": "0000_step.sql"}]));
     w.write(sql, &body);
     assert_eq!(w.json("dreamerd", &["check"]).0, 0, "written back: clean again");
-    // Damaged in every way a file can be: ignored, then written again.
-    for damage in ["", "garbage", "dreamerd-facts\t9\n\"x\"\n", "dreamerd-facts\t1\n\"x\"\n1\t2\t3\n"] {
-        fs::write(&facts()[0], damage).unwrap();
+    // Damaged in every way a file can be (torn, a byte flipped, another format): ignored, then written again.
+    let good = fs::read(facts()).unwrap();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x20;
+    let damages: [&[u8]; 5] =
+        [b"", b"garbage", b"dreamerd-facts\t9\n\"x\"\n", &good[..good.len() - 7], &flipped];
+    for damage in damages {
+        fs::write(facts(), damage).unwrap();
         w.write(sql, "-- changed");
         let (code, v) = w.json("dreamerd", &["check"]);
         assert_eq!(code, 1, "{damage:?}: {v}");
         w.write(sql, &body);
         assert_eq!(w.json("dreamerd", &["check"]).0, 0, "{damage:?}");
-        assert!(fs::read_to_string(&facts()[0]).unwrap().starts_with("dreamerd-facts\t1\n"), "rebuilt");
+        assert!(fs::read(facts()).unwrap().starts_with(b"dreamerd-facts\t2\n"), "rebuilt");
     }
 }
 
@@ -145,4 +157,63 @@ fn a_restore_moves_what_it_keeps_and_writes_only_what_differs() {
     assert_eq!(quarantined["meta/_journal.json"], b"hand edit");
     // And the stat cache still knows the moved files: the next check is clean and reads what changed only.
     assert_eq!(w.json("dreamerd", &["check"]).0, 0);
+}
+
+/// A check of an unchanged folder and database takes the result the last check computed (the checkout's memo). It
+/// must never hide a change to either.
+#[test]
+fn a_remembered_check_never_hides_a_change_to_the_folder_or_the_database() {
+    let w = World::drizzle();
+    w.push_ok();
+    let check = |w: &World| {
+        let (code, v) = w.json("dreamerd", &["check"]);
+        let drift: Vec<String> =
+            v["drift"].as_array().unwrap().iter().map(|d| d["code"].as_str().unwrap().to_string()).collect();
+        (code, drift, v)
+    };
+    // A memo is kept only for a database file older than the stat cache's margin (2 s): let the push's settle.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, drift, v) = check(&w);
+    assert_eq!((code, drift.len()), (0, 0), "{v}");
+    let memos = || -> usize {
+        let dir = w.state().join("facts");
+        let ids =
+            fs::read_dir(&dir).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "ids"));
+        let bytes = fs::read(ids.unwrap().path()).unwrap();
+        bytes.windows(b"database-check".len()).filter(|win| *win == b"database-check").count()
+    };
+    assert_eq!(memos(), 1, "the check's result is kept");
+    assert_eq!(check(&w).0, 0, "and taken");
+    // The database forgets what it applied, behind dreamerd's back.
+    let db = rusqlite::Connection::open(w.path("local.db")).unwrap();
+    let rows: Vec<(String, i64)> = db
+        .prepare("SELECT hash, created_at FROM __drizzle_migrations")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    db.execute("DELETE FROM __drizzle_migrations", []).unwrap();
+    let (code, drift, v) = check(&w);
+    assert_eq!((code, drift.as_slice()), (1, ["migration-pending".to_string()].as_slice()), "{v}");
+    let (_, drift, _) = check(&w);
+    assert_eq!(drift, ["migration-pending"], "the same state, the same answer");
+    // A fault planted in the folder is found however the database stands.
+    w.write("drizzle/0009_mine.sql", "CREATE TABLE mine (id integer);");
+    let (code, drift, v) = check(&w);
+    assert_eq!(code, 1, "{v}");
+    assert!(drift.contains(&"sql-not-in-journal".to_string()), "{v}");
+    fs::remove_file(w.path("drizzle/0009_mine.sql")).unwrap();
+    // The row back, as it was: the database matches again.
+    for (hash, created_at) in &rows {
+        db.execute("INSERT INTO __drizzle_migrations (hash, created_at) VALUES (?1, ?2)", (hash, created_at))
+            .unwrap();
+    }
+    drop(db);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, drift, v) = check(&w);
+    assert_eq!((code, drift.len()), (0, 0), "{v}");
+    assert_eq!(check(&w).1.len(), 0);
+    assert!(memos() >= 2, "each state its memo: {}", memos());
 }

@@ -164,6 +164,64 @@ pub fn checked_file(path: &Path) -> Result<Option<PathBuf>, String> {
     }
 }
 
+/// What a check of `db` reads besides the migration folder, as bytes that change whenever it may have changed, and
+/// whether that holds right now (every file of the database is older than the stat cache's margin, so a write in the
+/// same timestamp tick cannot hide); `None` for a server, whose state only asking it tells.
+pub fn fingerprint(db: &Result<Database, String>) -> Option<(Vec<u8>, bool)> {
+    let mut out = Vec::new();
+    let file = match db {
+        Err(why) => {
+            out.extend_from_slice(b"none\0");
+            out.extend_from_slice(why.as_bytes());
+            return Some((out, true));
+        }
+        Ok(Database::Server(_)) => return None,
+        Ok(Database::File(t)) => t,
+    };
+    out.extend_from_slice(b"file\0");
+    out.extend_from_slice(file.table.as_bytes());
+    out.push(0);
+    out.extend_from_slice(file.path.as_os_str().as_encoded_bytes());
+    out.push(0);
+    let (Some(parent), Some(name)) = (file.path.parent(), file.path.file_name()) else {
+        return Some((out, true));
+    };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let now = crate::facts::now_ns();
+    let mut settled = true;
+    match fs::canonicalize(parent) {
+        Ok(dir) => {
+            out.extend_from_slice(dir.as_os_str().as_encoded_bytes());
+            for suffix in ["", "-wal", "-journal"] {
+                let mut name = name.to_os_string();
+                name.push(suffix);
+                out.push(0);
+                match rustix::fs::lstat(dir.join(&name)) {
+                    Ok(st) => {
+                        let id = crate::facts::Identity::of(&st);
+                        settled &= id.settled_at(now);
+                        for n in
+                            [id.dev, id.ino, id.size, id.mtime as u64, id.ctime as u64, u64::from(st.st_mode)]
+                        {
+                            out.extend_from_slice(&n.to_le_bytes());
+                        }
+                    }
+                    Err(rustix::io::Errno::NOENT) => out.extend_from_slice(b"absent"),
+                    Err(e) => {
+                        out.extend_from_slice(e.to_string().as_bytes());
+                        settled = false;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            out.extend_from_slice(e.to_string().as_bytes());
+            settled = false;
+        }
+    }
+    Some((out, settled))
+}
+
 fn open_read_only(path: &Path) -> Result<Connection, String> {
     let flags =
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;

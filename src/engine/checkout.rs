@@ -130,8 +130,17 @@ impl Baseline {
 pub struct Baseline {
     pub record: PushRecord,
     pub source: Source,
-    /// The checkout file, when the baseline is the checkout's own.
-    pub checkout: Option<Checkout>,
+    /// What the checkout file says besides its push, when the baseline is the checkout's own.
+    pub checkout: Option<Standing>,
+}
+
+/// What a checkout file says besides the push it stands on.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    pub via: Via,
+    pub previous: Option<String>,
+    pub relation: Option<Relation>,
+    pub open: Option<OpenCustom>,
 }
 
 impl Engine {
@@ -223,10 +232,11 @@ impl Engine {
         if let Some(checkout) = self.checkout(project)?
             && checkout.push.project_id == id
         {
+            let Checkout { push, via, previous, relation, open, .. } = checkout;
             return Ok(Some(Baseline {
-                record: checkout.push.clone(),
+                record: push,
                 source: Source::Checkout,
-                checkout: Some(checkout),
+                checkout: Some(Standing { via, previous, relation, open }),
             }));
         }
         if let Some(record) = self.pending_record(project)?

@@ -293,26 +293,61 @@ impl Engine {
         self.scan_seen(project).map(|(tree, _)| tree)
     }
 
-    /// [`Engine::scan_out`], and the files it found with their identities and blake3 (for [`crate::facts::view`]).
-    pub(crate) fn scan_seen(
-        &self,
-        project: &Project,
-    ) -> Result<(crate::manifest::Tree, Vec<crate::manifest::Seen>)> {
+    /// [`Engine::scan_out`], and a [`crate::facts::view`] of what it found, active on this thread until dropped (the
+    /// checkout's facts are saved then).
+    pub(crate) fn scan_seen(&self, project: &Project) -> Result<(crate::manifest::Tree, crate::facts::View)> {
         let out = project.drizzle();
         self.load_facts(project);
         let (tree, seen) = scan_excluding(&out, &project.not_migrations()).ctx("read", &out)?;
-        crate::facts::save(&self.facts_path(project), &out, seen.iter().map(|(_, id, _)| *id));
-        Ok((tree, seen))
+        let view = crate::facts::view(&self.facts_path(project), &out, tree.digest(), seen);
+        Ok((tree, view))
     }
 
-    /// Where this checkout's facts (its stat cache) are kept.
+    /// Where this checkout's facts (its stat cache) are kept: `facts/<checkout>` with the extensions of
+    /// [`crate::facts::load`].
     fn facts_path(&self, project: &Project) -> PathBuf {
-        self.dirs.state.join("facts").join(format!("{}.json", project.local_key()))
+        self.dirs.state.join("facts").join(project.local_key())
     }
 
     /// Loads this checkout's facts, once per process, before anything reads its migration folder.
     pub(crate) fn load_facts(&self, project: &Project) {
         crate::facts::load(&self.facts_path(project));
+    }
+
+    /// [`database::check`] of the project, taken from the checkout's memo when the folder (as this thread's
+    /// [`crate::facts::view`] found it) and the database file are the very ones it was computed from. A database server
+    /// is always asked.
+    fn remembered_check(&self, project: &Project) -> (Vec<crate::drizzle::Drift>, database::Checked) {
+        const KIND: &str = "database-check";
+        let drizzle = project.drizzle();
+        let db = self.database_to_check(project);
+        let (Some(tree), Some((print, settled))) = (crate::facts::view_tree(), database::fingerprint(&db))
+        else {
+            return database::check(&drizzle, db);
+        };
+        let mut key = blake3::Hasher::new();
+        // What computed it: another build may judge the same state otherwise.
+        key.update(concat!(env!("CARGO_PKG_VERSION"), "\0memo 1\0").as_bytes());
+        key.update(drizzle.as_os_str().as_encoded_bytes());
+        key.update(b"\0");
+        key.update(&tree);
+        key.update(&print);
+        let key = *key.finalize().as_bytes();
+        if let Some(found) = crate::facts::memo(KIND, &key) {
+            return found;
+        }
+        let found = database::check(&drizzle, db);
+        // Kept only for a state that cannot change without its key changing: a database file whose times are older
+        // than the margin, no fault that depends on the clock, and the folder still the one scanned (nothing wrote
+        // to it while it was read).
+        let timeless = !found.0.iter().any(|d| d.code == "journal-future");
+        if settled
+            && timeless
+            && scan_excluding(&drizzle, &project.not_migrations()).is_ok_and(|(t, _)| t.digest() == tree)
+        {
+            crate::facts::remember(KIND, key, &found);
+        }
+        found
     }
 
     /// Journal faults and the drift between the migration folder and the database.
@@ -333,10 +368,20 @@ impl Engine {
         &self,
         project: &Project,
     ) -> (Vec<crate::drizzle::Drift>, database::Checked, usize) {
-        let (mut drift, checked) = database::check(&project.drizzle(), self.database_to_check(project));
+        let open = self.checkout(project).ok().flatten().and_then(|c| c.open);
+        self.checked_drift_open(project, open.as_ref())
+    }
+
+    /// [`Engine::checked_drift`] with the checkout's open custom migration already read.
+    pub(crate) fn checked_drift_open(
+        &self,
+        project: &Project,
+        open: Option<&checkout::OpenCustom>,
+    ) -> (Vec<crate::drizzle::Drift>, database::Checked, usize) {
+        let (mut drift, checked) = self.remembered_check(project);
         drift.extend(kit_mismatch(project));
         let (mut drift, left_out) = self.new_faults(project, drift);
-        if let Ok(Some(open)) = self.checkout(project).map(|c| c.and_then(|c| c.open)) {
+        if let Some(open) = open {
             drift.retain(|d| {
                 !(d.code == "migration-pending" && d.migration.as_ref() == Some(&open.migration))
             });

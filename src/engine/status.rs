@@ -259,8 +259,12 @@ impl Engine {
         }
         status.interrupted = self.interrupted(project);
         // The folder once: its scan is what the faults and the drift read (nothing is read twice).
-        let (tree, seen) = self.scan_seen(project)?;
-        let view = crate::facts::view(seen);
+        let (tree, view) = self.scan_seen(project)?;
+        // The checkout file was read for the baseline when it is its own: not read again for the drift.
+        let open = match &baseline {
+            Some(b) if b.checkout.is_some() => b.open().cloned(),
+            _ => self.checkout(project).ok().flatten().and_then(|c| c.open),
+        };
         if let Some(found) = baseline {
             status.violations = found.violations(&tree);
             status.custom =
@@ -302,7 +306,7 @@ impl Engine {
             self.adopt_arrived(project, &other, None);
         }
         early(&status);
-        let (drift, database, known_faults) = self.checked_drift(project);
+        let (drift, database, known_faults) = self.checked_drift_open(project, open.as_ref());
         drop(view);
         // The database's drift first, then what the folder's judgement added (a layout mismatch).
         let judged = std::mem::replace(&mut status.drift, drift);
