@@ -294,11 +294,16 @@ impl Engine {
         let drizzle = project.drizzle();
         let new = staging.join("new");
         let borrowed = journal.borrowed.clone();
+        // The folders of the new tree, each made once (not once per file moved into it).
+        let mut made = std::collections::HashSet::new();
         for (i, rel) in borrowed.iter().enumerate() {
             let moved = (|| -> std::io::Result<()> {
                 let (from, to) = (drizzle.join(rel), new.join(rel));
-                if let Some(parent) = to.parent() {
+                if let Some(parent) = to.parent()
+                    && !made.contains(parent)
+                {
                     fs::create_dir_all(parent)?;
+                    made.insert(parent.to_path_buf());
                 }
                 let before = rustix::fs::lstat(&from)?;
                 fs::rename(&from, &to)?;
