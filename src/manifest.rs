@@ -20,6 +20,13 @@ pub struct FileEntry {
     pub blake3: String,
 }
 
+impl FileEntry {
+    /// Whether a file of `size` bytes with the blake3 `digest` is this entry's.
+    pub fn is(&self, size: u64, digest: &Digest) -> bool {
+        size == self.size && crate::facts::unhex(&self.blake3).is_some_and(|d| d == *digest)
+    }
+}
+
 /// The hash of a whole tree: blake3 over one line per file (`<blake3> <size> <json path>`), in path order. A push's
 /// manifest is stored under it, the committed sum carries it as its `root`, and the index finds a push by it.
 pub fn tree_hash(files: &[FileEntry]) -> String {
@@ -41,7 +48,7 @@ pub fn file_line(f: &FileEntry) -> String {
 pub enum Node {
     File {
         size: u64,
-        blake3: String,
+        blake3: Digest,
     },
     /// Anything that is not a regular file; never followed or read.
     Special(SpecialKind),
@@ -64,7 +71,7 @@ impl Tree {
             .iter()
             .filter_map(|(path, node)| match node {
                 Node::File { size, blake3 } => {
-                    Some(FileEntry { path: path.clone(), size: *size, blake3: blake3.clone() })
+                    Some(FileEntry { path: path.clone(), size: *size, blake3: crate::facts::hex(blake3) })
                 }
                 Node::Special(_) => None,
             })
@@ -82,7 +89,7 @@ impl Tree {
                 Node::File { size, blake3 } => {
                     h.update(b"\0f");
                     h.update(&size.to_le_bytes());
-                    h.update(blake3.as_bytes());
+                    h.update(blake3);
                 }
                 Node::Special(kind) => {
                     h.update(b"\0s");
@@ -218,7 +225,7 @@ fn walk(
         match id.and_then(|id| Some((id, known.hash(&id)?))) {
             Some((id, blake3)) => {
                 ids.push((folder.shown(&name), id, blake3));
-                out.insert(rel, Node::File { size: id.size, blake3: crate::facts::hex(&blake3) });
+                out.insert(rel, Node::File { size: id.size, blake3 });
             }
             None => todo.push((folder.clone(), name, rel)),
         }
@@ -295,7 +302,7 @@ fn hash_one((folder, name, rel): &ToHash) -> io::Result<Option<(String, Node, Op
             let (size, blake3) = hash_file(&mut f)?;
             crate::facts::note_hash(id, read_at, blake3);
             let seen = (folder.shown(name), id, blake3);
-            Some((rel.clone(), Node::File { size, blake3: crate::facts::hex(&blake3) }, Some(seen)))
+            Some((rel.clone(), Node::File { size, blake3 }, Some(seen)))
         }
         Found::Missing => None,
         // Replaced by something else between readdir and open.
@@ -387,7 +394,7 @@ pub fn diff(baseline: &[FileEntry], tree: &Tree) -> Vec<Violation> {
     for entry in baseline {
         match tree.nodes.get(&entry.path) {
             Some(Node::File { size, blake3 }) => {
-                if *size != entry.size || *blake3 != entry.blake3 {
+                if !entry.is(*size, blake3) {
                     out.push(Violation::new(ViolationKind::Modified, &entry.path));
                 }
             }
@@ -400,9 +407,12 @@ pub fn diff(baseline: &[FileEntry], tree: &Tree) -> Vec<Violation> {
     }
 
     // Deleted files wait, by content, for a created file with the same content: that pair is a rename.
-    let mut by_content: HashMap<(u64, &str), VecDeque<&str>> = HashMap::new();
+    let mut by_content: HashMap<(u64, Digest), VecDeque<&str>> = HashMap::new();
     for d in &deleted {
-        by_content.entry((d.size, d.blake3.as_str())).or_default().push_back(&d.path);
+        // A manifest's blake3 that is not one (a damaged record) matches nothing.
+        if let Some(digest) = crate::facts::unhex(&d.blake3) {
+            by_content.entry((d.size, digest)).or_default().push_back(&d.path);
+        }
     }
     let mut renamed_from = std::collections::HashSet::new();
     for (path, node) in &tree.nodes {
@@ -411,7 +421,7 @@ pub fn diff(baseline: &[FileEntry], tree: &Tree) -> Vec<Violation> {
         }
         match node {
             Node::File { size, blake3 } => {
-                match by_content.get_mut(&(*size, blake3.as_str())).and_then(VecDeque::pop_front) {
+                match by_content.get_mut(&(*size, *blake3)).and_then(VecDeque::pop_front) {
                     Some(from) => {
                         renamed_from.insert(from);
                         out.push(Violation {

@@ -267,7 +267,7 @@ impl Engine {
                 .filter(|f| !keep.contains(&f.path))
                 .filter(|f| {
                     matches!(tree.nodes.get(&f.path),
-                        Some(manifest::Node::File { size, blake3 }) if *size == f.size && *blake3 == f.blake3)
+                        Some(manifest::Node::File { size, blake3 }) if f.is(*size, blake3))
                 })
                 .map(|f| f.path.clone())
                 .collect(),

@@ -138,6 +138,8 @@ impl World {
             .env("XDG_STATE_HOME", self.xdg("state"))
             .env("XDG_DATA_HOME", self.xdg("data"))
             .env("XDG_RUNTIME_DIR", self.xdg("run"))
+            // Caches follow HOME (tests look for them there), whatever the shell running the tests exports.
+            .env_remove("XDG_CACHE_HOME")
             // No test talks to the desktop of whoever runs it; the notification test brings its own bus.
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env_remove("DREAMERD_CONFIG")
