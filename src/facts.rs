@@ -145,24 +145,25 @@ struct Facts {
 impl Facts {
     /// Keeps the [`MEMOS_KEPT`] most recently used memos of each kind of `owner`.
     fn prune_memos(&mut self, owner: &Arc<PathBuf>) {
-        let mut kinds: Vec<Box<str>> =
-            self.memos.iter().filter(|m| m.owner == *owner).map(|m| m.kind.clone()).collect();
-        kinds.sort();
-        kinds.dedup();
-        for kind in kinds {
-            let mut mine: Vec<(u64, Digest)> = self
-                .memos
-                .iter()
-                .filter(|m| m.owner == *owner && m.kind == kind)
-                .map(|m| (m.used, m.key))
-                .collect();
-            if mine.len() <= MEMOS_KEPT {
-                continue;
+        self.memos.sort_by_key(|m| std::cmp::Reverse(m.used));
+        let mut kept: HashMap<Box<str>, usize> = HashMap::new();
+        self.memos.retain(|m| {
+            if m.owner != *owner {
+                return true;
             }
-            mine.sort_unstable_by(|a, b| b.cmp(a));
-            let dropped: Vec<Digest> = mine[MEMOS_KEPT..].iter().map(|(_, key)| *key).collect();
-            self.memos.retain(|m| !(m.owner == *owner && m.kind == kind && dropped.contains(&m.key)));
+            let n = kept.entry(m.kind.clone()).or_default();
+            *n += 1;
+            *n <= MEMOS_KEPT
+        });
+    }
+
+    /// A memo read from a facts file, unless this process has it already (as one it used: never older).
+    fn add_memo(&mut self, owner: &Arc<PathBuf>, kind: Box<str>, key: Digest, json: Box<str>) -> bool {
+        if self.memos.iter().any(|m| m.key == key && m.kind == kind && m.owner == *owner) {
+            return false;
         }
+        self.memos.push(Memo { owner: owner.clone(), kind, key, json, used: 0 });
+        true
     }
 
     /// A fact of `kind` drawn from the content `blake3` (see [`Facts::content_ready`]).
@@ -205,11 +206,6 @@ impl Lookup {
 /// Starts a [`Lookup`]; nothing else can learn a fact while it lives.
 pub fn lookup() -> Lookup {
     Lookup(lock())
-}
-
-/// The blake3 of the file with identity `id`, when it was read before and can be trusted.
-pub fn known_hash(id: &Identity) -> Option<Digest> {
-    lookup().hash(id)
 }
 
 /// Records the blake3 of a file read at `read_at`.
@@ -446,14 +442,14 @@ struct Saved {
     memos: Vec<SavedMemo>,
 }
 
-fn encode_ids(folder: &Path, saved: &Saved) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + saved.files.len() * RECORD);
+fn encode_ids(folder: &Path, files: &[Known], memos: &[SavedMemo]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + files.len() * RECORD);
     out.extend_from_slice(
         format!("{HEADER}\t{FORMAT}\n{}\n", serde_json::to_string(folder).expect("a path serialises"))
             .as_bytes(),
     );
-    out.extend_from_slice(&(saved.files.len() as u64).to_le_bytes());
-    for (k, _) in &saved.files {
+    out.extend_from_slice(&(files.len() as u64).to_le_bytes());
+    for k in files {
         let i = &k.id;
         for n in [i.dev, i.ino, i.size, i.mtime as u64, i.ctime as u64, k.read_at as u64, u64::from(k.moved)]
         {
@@ -461,8 +457,8 @@ fn encode_ids(folder: &Path, saved: &Saved) -> Vec<u8> {
         }
         out.extend_from_slice(&k.blake3);
     }
-    out.extend_from_slice(&(saved.memos.len() as u32).to_le_bytes());
-    for (kind, key, json) in &saved.memos {
+    out.extend_from_slice(&(memos.len() as u32).to_le_bytes());
+    for (kind, key, json) in memos {
         out.extend_from_slice(&(kind.len() as u32).to_le_bytes());
         out.extend_from_slice(kind.as_bytes());
         out.extend_from_slice(key);
@@ -639,9 +635,7 @@ pub fn load(base: &Path) {
     };
     let add_memos = |facts: &mut Facts, memos: Vec<SavedMemo>| {
         for (kind, key, json) in memos {
-            if !facts.memos.iter().any(|m| m.key == key && m.kind == kind && m.owner == owner) {
-                facts.memos.push(Memo { owner: owner.clone(), kind, key, json, used: 0 });
-            }
+            facts.add_memo(&owner, kind, key, json);
         }
     };
     let on_disk = file_identity(&ids_path(base));
@@ -687,13 +681,14 @@ pub fn save(base: &Path, folder: &Path, ids: impl IntoIterator<Item = Identity>)
             if let Ok(Some(bytes)) = crate::safefs::read_file(&ids_path(base), MAX_SAVED, false)
                 && let Some(memos) = decode_ids(&bytes, &mut |_| {})
             {
+                let mut added = false;
                 for (kind, key, json) in memos {
-                    if !facts.memos.iter().any(|m| m.key == key && m.kind == kind && m.owner == owner) {
-                        facts.memos.push(Memo { owner: owner.clone(), kind, key, json, used: 0 });
-                        facts.dirty.insert(owner.clone());
-                    }
+                    added |= facts.add_memo(&owner, kind, key, json);
                 }
-                facts.prune_memos(&owner);
+                if added {
+                    facts.prune_memos(&owner);
+                    facts.dirty.insert(owner.clone());
+                }
             }
             facts.ids_files.insert(owner.clone(), on_disk);
         }
@@ -725,34 +720,29 @@ pub fn save(base: &Path, folder: &Path, ids: impl IntoIterator<Item = Identity>)
         if !changed && !content_stale {
             return;
         }
-        let mut files: Vec<(Known, ContentFacts)> = facts
-            .known
-            .values()
-            .filter(|k| k.owner.as_deref() == Some(&owner))
-            .map(|k| (k.clone(), Vec::new()))
-            .collect();
-        files.sort_by_key(|(k, _)| (k.id.dev, k.id.ino));
-        let memos = facts
+        let mut files: Vec<Known> =
+            facts.known.values().filter(|k| k.owner.as_deref() == Some(&owner)).cloned().collect();
+        files.sort_by_key(|k| (k.id.dev, k.id.ino));
+        let memos: Vec<SavedMemo> = facts
             .memos
             .iter()
             .filter(|m| m.owner == owner)
             .map(|m| (m.kind.clone(), m.key, m.json.clone()))
             .collect();
-        let saved = Saved { files, memos };
         let content = content_stale.then(|| {
             facts.content_saved.insert(owner.clone(), facts.content_changes);
             facts.content_ready();
             // Facts of contents no file has any more are forgotten.
             let live: HashSet<Digest, FixedState> = facts.known.values().map(|k| k.blake3).collect();
             facts.by_content.retain(|b, _| live.contains(b));
-            let mut mine: Vec<Digest> = saved.files.iter().map(|(k, _)| k.blake3).collect();
+            let mut mine: Vec<Digest> = files.iter().map(|k| k.blake3).collect();
             mine.sort_unstable();
             mine.dedup();
             let found: Vec<(Digest, &ContentFacts)> =
                 mine.iter().filter_map(|b| Some((*b, facts.by_content.get(b)?))).collect();
             encode_content(&found)
         });
-        (encode_ids(folder, &saved), content)
+        (encode_ids(folder, &files, &memos), content)
     };
     let Some(dir) = base.parent() else { return };
     if crate::fsutil::create_private_dir(dir).is_err() {
@@ -777,6 +767,10 @@ mod tests {
 
     fn id_of(path: &Path) -> Identity {
         Identity::of(&rustix::fs::stat(path).unwrap())
+    }
+
+    fn known_hash(id: &Identity) -> Option<Digest> {
+        lookup().hash(id)
     }
 
     fn digest(bytes: &[u8]) -> Digest {
@@ -876,8 +870,8 @@ mod tests {
             owner: None,
         };
         let memo: SavedMemo = ("database-check".into(), [7; 32], "[[],{\"checked\":true}]".into());
-        let saved = Saved { files: vec![(k.clone(), Vec::new())], memos: vec![memo.clone()] };
-        let bytes = encode_ids(Path::new("/p/drizzle"), &saved);
+        let bytes =
+            encode_ids(Path::new("/p/drizzle"), std::slice::from_ref(&k), std::slice::from_ref(&memo));
         assert!(bytes.starts_with(b"dreamerd-facts\t2\n\"/p/drizzle\"\n"));
         let back = ids_of(&bytes).unwrap();
         assert_eq!(

@@ -236,26 +236,7 @@ fn walk(
 /// The identities of the regular files `names` of `folder` (`None`: not a regular file any more), stat'ed on every
 /// core when there are many.
 fn identities(folder: &Folder, names: &[String]) -> io::Result<Vec<Option<Identity>>> {
-    const PER_THREAD: usize = 256;
-    let cores = cores();
-    let threads = cores.min(names.len() / PER_THREAD).max(1);
-    if threads == 1 {
-        return names.iter().map(|n| folder.identity(n)).collect();
-    }
-    let chunk = names.len().div_ceil(threads);
-    let stat = |part: &[String]| part.iter().map(|n| folder.identity(n)).collect::<io::Result<Vec<_>>>();
-    std::thread::scope(|scope| {
-        // The first part on this thread, the others on their own.
-        let mut parts = names.chunks(chunk);
-        let first = parts.next().unwrap_or_default();
-        let others: Vec<_> = parts.map(|part| scope.spawn(move || stat(part))).collect();
-        let mut all = Vec::with_capacity(names.len());
-        all.extend(stat(first)?);
-        for p in others {
-            all.extend(p.join().expect("a stat thread panicked")?);
-        }
-        Ok(all)
-    })
+    on_cores(names, 256, |n| folder.identity(n))
 }
 
 /// The cores this process may use, asked once (std reads the cgroup's files for it every time).
@@ -264,33 +245,41 @@ fn cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Hashes the files to read, on as many threads as there are cores (never more than one per few files).
-fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Seen>)>> {
-    let cores = cores();
-    let threads = cores.min(todo.len().div_ceil(8)).max(1);
+/// `f` of each item, in order, on as many threads as there are cores but never one for fewer than `per_thread`
+/// items (this thread works too); threads take the next item as they finish one.
+fn on_cores<T: Sync, R: Send>(
+    items: &[T],
+    per_thread: usize,
+    f: impl Fn(&T) -> io::Result<R> + Sync,
+) -> io::Result<Vec<R>> {
+    let threads = cores().min(items.len() / per_thread.max(1)).max(1);
     if threads == 1 {
-        return todo.iter().filter_map(|t| hash_one(t).transpose()).collect();
+        return items.iter().map(f).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> io::Result<Vec<(String, Node, Option<Seen>)>> {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(t) = todo.get(i) else { return Ok(done) };
-                        done.extend(hash_one(t)?);
-                    }
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(todo.len());
-        for w in workers {
-            all.extend(w.join().expect("a hashing thread panicked")?);
+    let work = || -> io::Result<Vec<(usize, R)>> {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(item) = items.get(i) else { return Ok(done) };
+            done.push((i, f(item)?));
+        }
+    };
+    let mut all = std::thread::scope(|scope| -> io::Result<Vec<(usize, R)>> {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work()?;
+        for other in others {
+            all.extend(other.join().expect("a worker thread panicked")?);
         }
         Ok(all)
-    })
+    })?;
+    all.sort_unstable_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Hashes the files to read, on every core.
+fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Seen>)>> {
+    Ok(on_cores(&todo, 8, hash_one)?.into_iter().flatten().collect())
 }
 
 /// One file read and hashed, and remembered; `None` when it vanished.

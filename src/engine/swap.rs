@@ -814,16 +814,23 @@ mod tests {
         assert_completed(&f);
     }
 
+    /// The journal on disk as an earlier release wrote it: its format, without the fields that came later.
+    fn rewrite_journal(f: &Fixture, format: u32, later_fields: &[&str]) {
+        let path = f.engine.ops_dir(&f.project).join("journal.json");
+        let mut value: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        value["format"] = serde_json::json!(format);
+        for field in later_fields {
+            value.as_object_mut().unwrap().remove(*field);
+        }
+        fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+    }
+
     #[test]
     fn a_swap_journal_the_previous_release_wrote_is_finished() {
         let f = fixture();
         unpack_new(&f);
         // What dreamerd 0.3.0 wrote: format 2, no `database_copy`.
-        let path = f.engine.ops_dir(&f.project).join("journal.json");
-        let mut value: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        value["format"] = serde_json::json!(2);
-        value.as_object_mut().unwrap().remove("database_copy");
-        fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+        rewrite_journal(&f, 2, &["database_copy"]);
         let read = f.engine.read_journal(&f.project).unwrap().unwrap();
         assert_eq!((read.phase, read.database_copy.as_ref()), (Phase::Swap, None));
         assert_completed(&f);
@@ -834,12 +841,7 @@ mod tests {
         let f = fixture();
         unpack_new(&f);
         // What dreamerd 0.4.0 wrote: format 3, nothing borrowed from drizzle/.
-        let path = f.engine.ops_dir(&f.project).join("journal.json");
-        let mut value: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        value["format"] = serde_json::json!(3);
-        value.as_object_mut().unwrap().remove("borrowed");
-        value.as_object_mut().unwrap().remove("replaced_push");
-        fs::write(&path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+        rewrite_journal(&f, 3, &["borrowed", "replaced_push"]);
         let read = f.engine.read_journal(&f.project).unwrap().unwrap();
         assert_eq!((read.phase, read.borrowed.len()), (Phase::Swap, 0));
         assert_completed(&f);
