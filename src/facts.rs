@@ -75,6 +75,17 @@ impl Identity {
         Ok(Identity::of(&rustix::fs::fstat(file)?))
     }
 
+    /// The identity as bytes, for keys.
+    pub fn to_bytes(&self) -> [u8; 40] {
+        let mut out = [0; 40];
+        for (slot, n) in
+            out.chunks_exact_mut(8).zip([self.dev, self.ino, self.size, self.mtime as u64, self.ctime as u64])
+        {
+            slot.copy_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
     /// True when a file of this identity cannot be rewritten without the identity changing, `now` being the moment
     /// it was looked at: its times are older than that by [`SLACK_NS`].
     pub fn settled_at(&self, now: i64) -> bool {
@@ -140,6 +151,11 @@ struct Facts {
     /// Each checkout's `.ids` file as this process last read or wrote it: another process (a command beside the
     /// daemon) that wrote it since left memos worth keeping.
     ids_files: HashMap<Arc<PathBuf>, Option<Identity>, FixedState>,
+    /// Set by a long-running process (the daemon): a checkout's facts leave memory when its last view ends, saved,
+    /// and are read again by the next scan, so that memory does not grow with the folders watched.
+    transient: bool,
+    /// How many views of each checkout are open, on any thread.
+    viewing: HashMap<Arc<PathBuf>, usize, FixedState>,
 }
 
 impl Facts {
@@ -183,7 +199,7 @@ fn lock() -> std::sync::MutexGuard<'static, Facts> {
 }
 
 /// The identity of the file at `path` (never followed), if there is one.
-fn file_identity(path: &Path) -> Option<Identity> {
+pub fn identity(path: &Path) -> Option<Identity> {
     rustix::fs::lstat(path).ok().map(|st| Identity::of(&st))
 }
 
@@ -287,7 +303,53 @@ impl Drop for View {
     fn drop(&mut self) {
         if let Some(m) = VIEW.with(|v| v.borrow_mut().pop()) {
             save(&m.owner, &m.folder, m.seen.iter().map(|(_, id, _)| *id));
+            let mut facts = lock();
+            if facts.close_view(&m.owner) && facts.transient {
+                facts.forget(&m.owner);
+            }
         }
+    }
+}
+
+/// Makes this process keep a checkout's facts in memory only while a view of it is open (see `Facts::transient`).
+pub fn transient() {
+    lock().transient = true;
+}
+
+impl Facts {
+    fn open_view(&mut self, owner: &Arc<PathBuf>) {
+        *self.viewing.entry(owner.clone()).or_default() += 1;
+    }
+
+    /// Ends a view of `owner`; true when it was the last one open.
+    fn close_view(&mut self, owner: &Arc<PathBuf>) -> bool {
+        let Some(n) = self.viewing.get_mut(owner) else { return false };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.viewing.remove(owner);
+        true
+    }
+
+    /// Drops what this process holds of a checkout's facts once they are saved; the next [`load`] reads them again.
+    fn forget(&mut self, owner: &Arc<PathBuf>) {
+        if self.dirty.contains(owner) {
+            // Not saved (a full disk?): kept for the next save.
+            return;
+        }
+        self.loaded.remove(&**owner);
+        self.known.retain(|_, k| k.owner.as_ref() != Some(owner));
+        self.memos.retain(|m| m.owner != *owner);
+        self.ids_files.remove(owner);
+        self.content_saved.remove(owner);
+        let content = content_path(owner);
+        self.content_pending.retain(|p| *p != content);
+        let live: HashSet<Digest, FixedState> = self.known.values().map(|k| k.blake3).collect();
+        self.by_content.retain(|b, _| live.contains(b));
+        self.known.shrink_to_fit();
+        self.by_content.shrink_to_fit();
+        self.memos.shrink_to_fit();
     }
 }
 
@@ -302,6 +364,7 @@ pub fn view(owner: &Path, folder: &Path, tree: Digest, seen: Vec<crate::manifest
         seen,
         index: OnceLock::new(),
     };
+    lock().open_view(&moment.owner);
     VIEW.with(|v| v.borrow_mut().push(moment));
     View(())
 }
@@ -638,7 +701,7 @@ pub fn load(base: &Path) {
             facts.add_memo(&owner, kind, key, json);
         }
     };
-    let on_disk = file_identity(&ids_path(base));
+    let on_disk = identity(&ids_path(base));
     if let Ok(Some(bytes)) = crate::safefs::read_file(&ids_path(base), MAX_SAVED, false) {
         let mut facts = lock();
         let facts = &mut *facts;
@@ -672,7 +735,7 @@ pub fn load(base: &Path) {
 /// are written again when anything changed. Best effort.
 pub fn save(base: &Path, folder: &Path, ids: impl IntoIterator<Item = Identity>) {
     let owner = Arc::new(base.to_path_buf());
-    let on_disk = file_identity(&ids_path(base));
+    let on_disk = identity(&ids_path(base));
     let (ids_file, content) = {
         let mut facts = lock();
         let facts = &mut *facts;
@@ -754,7 +817,7 @@ pub fn save(base: &Path, folder: &Path, ids: impl IntoIterator<Item = Identity>)
         let _ = crate::fsutil::replace_unsynced(&content_path(base), content.as_bytes(), 0o600);
     }
     if crate::fsutil::replace_unsynced(&ids_path(base), &ids_file, 0o600).is_ok() {
-        let written = file_identity(&ids_path(base));
+        let written = identity(&ids_path(base));
         lock().ids_files.insert(owner, written);
     }
     let _ = std::fs::remove_file(legacy_path(base));
@@ -933,6 +996,37 @@ mod tests {
         assert_eq!(content.len(), 1);
         assert_eq!(hex(&content[0].0), "6e7ff9574421b7bfb34daa9cb31b78fe822e9cabdc72eaecc4a2c23f974d4f9e");
         assert_eq!(&*content[0].2, "\"d3868c1393177c53ca2ae568967eca89bca05c5d81e7d95e50482f8819e95d37\"");
+    }
+
+    #[test]
+    fn a_transient_process_forgets_a_checkout_once_its_last_view_ends() {
+        let mut facts = Facts::default();
+        let (a, b) = (Arc::new(PathBuf::from("/state/facts/a")), Arc::new(PathBuf::from("/state/facts/b")));
+        for (n, owner) in [(1u8, &a), (2, &b)] {
+            facts.loaded.insert(owner.to_path_buf());
+            let id = Identity { dev: 1, ino: u64::from(n), size: 1, mtime: 0, ctime: 0 };
+            let k = Known { id, read_at: 0, blake3: [n; 32], moved: false, owner: Some(owner.clone()) };
+            facts.known.insert((1, u64::from(n)), k);
+            facts.add_content([n; 32], "kind".into(), "{}".into());
+            facts.add_memo(owner, "memo".into(), [n; 32], "1".into());
+            facts.content_pending.push(content_path(owner));
+        }
+        facts.open_view(&a);
+        facts.open_view(&a);
+        assert!(!facts.close_view(&a), "another view of it is open");
+        assert!(facts.close_view(&a), "the last one");
+        assert!(!facts.close_view(&a), "none open");
+        facts.forget(&a);
+        assert_eq!(facts.known.values().map(|k| k.blake3[0]).collect::<Vec<_>>(), [2]);
+        assert_eq!(facts.by_content.keys().map(|k| k[0]).collect::<Vec<_>>(), [2], "its contents' facts too");
+        assert_eq!(facts.memos.iter().map(|m| m.key[0]).collect::<Vec<_>>(), [2]);
+        assert_eq!(facts.content_pending, [content_path(&b)]);
+        assert!(!facts.loaded.contains(&**a), "the next load reads its file again");
+        // Facts not saved yet stay.
+        facts.dirty.insert(b.clone());
+        facts.forget(&b);
+        assert_eq!(facts.known.len(), 1);
+        assert!(facts.loaded.contains(&**b));
     }
 
     #[test]

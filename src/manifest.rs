@@ -81,24 +81,26 @@ impl Tree {
     /// A digest of everything the scan found: every path with its size and blake3, or what else is there. Two scans
     /// with the same digest found the same folder, byte for byte.
     pub fn digest(&self) -> Digest {
-        let mut h = blake3::Hasher::new();
-        h.update(if self.exists { b"tree 1\n" } else { b"none 1\n" });
+        // Written out whole, then hashed at once: blake3 hashes a large buffer on every SIMD lane, and 2,000 small
+        // updates one block at a time.
+        let mut text = Vec::with_capacity(self.nodes.keys().map(|p| p.len() + 48).sum::<usize>() + 8);
+        text.extend_from_slice(if self.exists { b"tree 1\n" } else { b"none 1\n" });
         for (path, node) in &self.nodes {
-            h.update(path.as_bytes());
+            text.extend_from_slice(path.as_bytes());
             match node {
                 Node::File { size, blake3 } => {
-                    h.update(b"\0f");
-                    h.update(&size.to_le_bytes());
-                    h.update(blake3);
+                    text.extend_from_slice(b"\0f");
+                    text.extend_from_slice(&size.to_le_bytes());
+                    text.extend_from_slice(blake3);
                 }
                 Node::Special(kind) => {
-                    h.update(b"\0s");
-                    h.update(kind.described().as_bytes());
+                    text.extend_from_slice(b"\0s");
+                    text.extend_from_slice(kind.described().as_bytes());
                 }
             }
-            h.update(b"\n");
+            text.push(b'\n');
         }
-        *h.finalize().as_bytes()
+        *blake3::hash(&text).as_bytes()
     }
 
     /// Entries that are neither regular files nor directories.
@@ -373,9 +375,29 @@ pub fn escaped(name: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// True when the tree holds exactly the baseline's files, in the baseline's order, and nothing else but folders:
+/// the common case, judged in one ordered walk without building maps.
+fn holds_exactly(baseline: &[FileEntry], tree: &Tree) -> bool {
+    let mut expected = baseline.iter();
+    for (path, node) in &tree.nodes {
+        match node {
+            Node::File { size, blake3 } => match expected.next() {
+                Some(entry) if entry.path == *path && entry.is(*size, blake3) => {}
+                _ => return false,
+            },
+            Node::Special(SpecialKind::Directory) => {}
+            Node::Special(_) => return false,
+        }
+    }
+    expected.next().is_none()
+}
+
 /// Compares `tree` with the files of a manifest. Identical content that moved is one `renamed`; moved and
 /// changed is a `deleted` plus a `created`. The result is sorted by path.
 pub fn diff(baseline: &[FileEntry], tree: &Tree) -> Vec<Violation> {
+    if holds_exactly(baseline, tree) {
+        return Vec::new();
+    }
     let mut out = Vec::new();
     let mut deleted: Vec<&FileEntry> = Vec::new();
     let known: HashMap<&str, &FileEntry> = baseline.iter().map(|f| (f.path.as_str(), f)).collect();

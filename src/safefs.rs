@@ -347,9 +347,19 @@ impl Folder {
 
     /// The names in this folder (not `.` and `..`), with their type where the filesystem says it.
     pub fn entries(&self) -> io::Result<Vec<(OsString, Option<rustix::fs::FileType>)>> {
-        let mut dir = rustix::fs::Dir::read_from(&self.fd)?;
+        use rustix::fs::{Mode, OFlags};
+        // Its own descriptor (its own offset), read with one large buffer: ext4 fills a hashed directory's listing
+        // per call, and small buffers (growing from 768 bytes) cost a dozen calls on a folder of 2,000 migrations.
+        let fd = rustix::fs::openat(
+            &self.fd,
+            c".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut buf = Vec::with_capacity(DIR_BUFFER);
+        let mut dir = rustix::fs::RawDir::new(&fd, buf.spare_capacity_mut());
         let mut out = Vec::new();
-        while let Some(entry) = dir.read() {
+        while let Some(entry) = dir.next() {
             let entry = entry?;
             let name = entry.file_name().to_bytes();
             if name == b"." || name == b".." {
@@ -362,6 +372,9 @@ impl Folder {
         Ok(out)
     }
 }
+
+/// The buffer a folder's entries are read with (as glibc's readdir).
+const DIR_BUFFER: usize = 32 << 10;
 
 /// Reads at most `cap` bytes of `file`; more is an error naming `shown`.
 pub fn read_capped(file: File, cap: u64, shown: &Path) -> io::Result<Vec<u8>> {

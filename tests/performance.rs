@@ -161,6 +161,66 @@ fn a_restore_moves_what_it_keeps_and_writes_only_what_differs() {
 
 /// A check of an unchanged folder and database takes the result the last check computed (the checkout's memo). It
 /// must never hide a change to either.
+/// How many memos of `kind` the checkout's stat cache holds.
+fn memos_of(w: &World, kind: &str) -> usize {
+    let dir = w.state().join("facts");
+    let ids =
+        fs::read_dir(&dir).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "ids"));
+    let bytes = fs::read(ids.unwrap().path()).unwrap();
+    // A memo's kind is written after its length (u32, little-endian).
+    let needle = [&(kind.len() as u32).to_le_bytes()[..], kind.as_bytes()].concat();
+    bytes.windows(needle.len()).filter(|win| *win == needle).count()
+}
+
+#[test]
+fn a_remembered_clean_folder_follows_the_folder_the_schema_and_the_checkout_file() {
+    let w = World::drizzle();
+    w.push_ok();
+    let status = |w: &World| w.json("dreamerd", &["check"]);
+    // Kept only once the checkout file settled (older than the stat cache's 2 s margin).
+    let (code, v) = status(&w);
+    assert_eq!((code, v["state"].as_str()), (0, Some("clean")), "{v}");
+    assert_eq!(memos_of(&w, "clean"), 0, "an unsettled checkout file is never remembered");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, first) = status(&w);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(memos_of(&w, "clean"), 1, "a clean folder is remembered");
+    let (code, again) = status(&w);
+    assert_eq!((code, &again["last_push"]), (0, &first["last_push"]), "and taken, the same");
+    // A hand edit changes the folder: judged afresh.
+    let sql = fs::read_dir(w.path("drizzle"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sql"))
+        .unwrap();
+    let before = fs::read(&sql).unwrap();
+    fs::write(&sql, b"DROP TABLE users;").unwrap();
+    let (code, v) = status(&w);
+    assert_eq!((code, v["state"].as_str()), (1, Some("violated")), "{v}");
+    assert_eq!(v["violations"][0]["kind"], "modified", "{v}");
+    fs::write(&sql, &before).unwrap();
+    assert_eq!(status(&w).0, 0, "the same bytes back: clean again");
+    // The schema is read afresh each time: a change shows as pending.
+    let schema = fs::read_to_string(w.path("src/schema.ts")).unwrap();
+    w.write("src/schema.ts", &format!("{schema}\n// edited\n"));
+    let (_, v) = status(&w);
+    assert_eq!(v["schema_pending"], true, "{v}");
+    w.write("src/schema.ts", &schema);
+    // The checkout file rewritten (as another process would) with the folder unchanged: read afresh, even once it
+    // settled again.
+    let checkouts = w.state().join("checkouts");
+    let file = fs::read_dir(&checkouts).unwrap().flatten().next().unwrap().path();
+    let text = fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"via\": \"push\""), "{text}");
+    fs::write(&file, text.replace("\"via\": \"push\"", "\"via\": \"restore\"")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (code, v) = status(&w);
+    assert_eq!((code, &v["last_push"]["via"]), (0, &json!("restore")), "{v}");
+    let (_, v) = status(&w);
+    assert_eq!(v["last_push"]["via"], "restore", "and remembered as such: {v}");
+}
+
 #[test]
 fn a_remembered_check_never_hides_a_change_to_the_folder_or_the_database() {
     let w = World::drizzle();
@@ -175,13 +235,7 @@ fn a_remembered_check_never_hides_a_change_to_the_folder_or_the_database() {
     std::thread::sleep(std::time::Duration::from_millis(2100));
     let (code, drift, v) = check(&w);
     assert_eq!((code, drift.len()), (0, 0), "{v}");
-    let memos = || -> usize {
-        let dir = w.state().join("facts");
-        let ids =
-            fs::read_dir(&dir).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "ids"));
-        let bytes = fs::read(ids.unwrap().path()).unwrap();
-        bytes.windows(b"database-check".len()).filter(|win| *win == b"database-check").count()
-    };
+    let memos = || memos_of(&w, "database-check");
     assert_eq!(memos(), 1, "the check's result is kept");
     assert_eq!(check(&w).0, 0, "and taken");
     // The database forgets what it applied, behind dreamerd's back.

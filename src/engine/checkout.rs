@@ -144,7 +144,7 @@ pub struct Standing {
 }
 
 impl Engine {
-    fn checkout_path(&self, project: &Project) -> PathBuf {
+    pub(super) fn checkout_path(&self, project: &Project) -> PathBuf {
         self.dirs.state.join("checkouts").join(format!("{}.json", project.local_key()))
     }
 

@@ -181,7 +181,41 @@ impl ProjectStatus {
     }
 }
 
+/// The memo kind of a folder judged clean against its checkout's last push.
+const CLEAN: &str = "clean";
+
+/// What status keeps of a folder it judged clean against the checkout's own last push: all a status of the very
+/// same folder and checkout file needs, without reading the push's file list again.
+#[derive(Debug, Serialize, Deserialize)]
+struct Clean {
+    last_push: LastPush,
+    schema_blake3: Option<String>,
+}
+
 impl Engine {
+    /// The key of the [`Clean`] memo of this thread's [`crate::facts::view`] of the folder: the folder's digest, the
+    /// project id, and the identity of the checkout file, which must have settled (a rewrite within the same
+    /// timestamp tick could otherwise keep it). `None`: nothing may be remembered now.
+    fn clean_key(&self, project: &Project) -> Option<crate::facts::Digest> {
+        let tree = crate::facts::view_tree()?;
+        let id = self.project_id(project).ok()??;
+        let checkout = self.checkout_path(project);
+        let identity = crate::facts::identity(&checkout)?;
+        if !identity.settled_at(crate::facts::now_ns()) {
+            return None;
+        }
+        let mut key = blake3::Hasher::new();
+        // Bump "clean N" whenever the folder's judgement changes (see remembered_check).
+        key.update(concat!(env!("CARGO_PKG_VERSION"), "\0clean 1\0").as_bytes());
+        key.update(id.as_bytes());
+        key.update(b"\0");
+        key.update(checkout.as_os_str().as_encoded_bytes());
+        key.update(b"\0");
+        key.update(&identity.to_bytes());
+        key.update(&tree);
+        Some(*key.finalize().as_bytes())
+    }
+
     /// The operation a crash left unfinished on this project, as status shows it. Read-only.
     pub fn interrupted(&self, project: &Project) -> Option<Interrupted> {
         match self.read_journal(project) {
@@ -216,15 +250,13 @@ impl Engine {
     ) -> Result<ProjectStatus> {
         self.state_format()?;
         self.load_facts(project);
-        let baseline = self.baseline_of(project)?;
-        let last_push = baseline.as_ref().map(LastPush::of);
         let schema = project.schema_hash()?;
         let mut status = ProjectStatus {
             root: project.root.clone(),
             state: ProjectState::NoBaseline,
             violations: Vec::new(),
             schema_pending: schema.is_some(),
-            last_push,
+            last_push: None,
             drift: Vec::new(),
             interrupted: None,
             config: project.config.clone(),
@@ -246,27 +278,55 @@ impl Engine {
             migration_layout: super::migration_layout(project),
             database_push: None,
         };
-        if project.unresolved() {
-            status.state = ProjectState::Unresolved;
-            status.schema_pending = false;
-            status.database = database::Checked::no("the config could not be evaluated");
-            return Ok(status);
-        }
-        if self.is_busy(project) {
-            status.state = ProjectState::Busy;
-            status.schema_pending = false;
+        let stopped = match () {
+            _ if project.unresolved() => Some(ProjectState::Unresolved),
+            _ if self.is_busy(project) => Some(ProjectState::Busy),
+            _ => None,
+        };
+        if let Some(state) = stopped {
+            (status.state, status.schema_pending) = (state, false);
+            status.last_push = self.baseline_of(project)?.as_ref().map(LastPush::of);
+            if state == ProjectState::Unresolved {
+                status.database = database::Checked::no("the config could not be evaluated");
+            }
             return Ok(status);
         }
         status.interrupted = self.interrupted(project);
         // The folder once: its scan is what the faults and the drift read (nothing is read twice).
         let (tree, view) = self.scan_seen(project)?;
-        // The checkout file was read for the baseline when it is its own: not read again for the drift.
+        let clean_key = self.clean_key(project);
+        let remembered = clean_key.as_ref().and_then(|key| crate::facts::memo::<Clean>(CLEAN, key));
+        let baseline = match remembered {
+            Some(_) => None,
+            None => self.baseline_of(project)?,
+        };
+        status.last_push = baseline.as_ref().map(LastPush::of);
+        // The checkout file was read for the baseline when it is its own: not read again for the drift (a
+        // remembered clean folder has a checkout without an open custom migration).
         let open = match &baseline {
+            _ if remembered.is_some() => None,
             Some(b) if b.checkout.is_some() => b.open().cloned(),
             _ => self.checkout(project).ok().flatten().and_then(|c| c.open),
         };
-        if let Some(found) = baseline {
+        if let Some(clean) = remembered {
+            status.schema_pending = schema != clean.schema_blake3;
+            status.last_push = Some(clean.last_push);
+            status.state = ProjectState::Clean;
+        } else if let Some(found) = baseline {
             status.violations = found.violations(&tree);
+            // Remembered for the next check of the very same folder and checkout file: the checkout's last push
+            // itself (no open custom migration), and nothing to report.
+            if let Some(key) = clean_key
+                && status.violations.is_empty()
+                && found.source == super::Source::Checkout
+                && found.open().is_none()
+            {
+                let clean = Clean {
+                    last_push: LastPush::of(&found),
+                    schema_blake3: found.record.schema_blake3.clone(),
+                };
+                crate::facts::remember(CLEAN, key, &clean);
+            }
             status.custom =
                 found.open().map(|o| CustomShown { migration: o.migration.clone(), file: o.file.clone() });
             let base = found.record;
