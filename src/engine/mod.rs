@@ -370,6 +370,9 @@ impl Engine {
         project: &Project,
     ) -> (Vec<crate::drizzle::Drift>, database::Checked, usize) {
         let open = self.checkout(project).ok().flatten().and_then(|c| c.open);
+        // The folder as it is now, scanned once: the check reads the files as the scan found them, and takes the
+        // checkout's memo of the very same folder and database (the daemon's status asks this at every request).
+        let _view = self.scan_seen(project).ok().map(|(_, view)| view);
         self.checked_drift_open(project, open.as_ref())
     }
 
