@@ -233,10 +233,12 @@ fn a_remembered_check_never_hides_a_change_to_the_folder_or_the_database() {
     };
     // A memo is kept only for a database file older than the stat cache's margin (2 s): let the push's settle.
     std::thread::sleep(std::time::Duration::from_millis(2100));
+    let memos = || memos_of(&w, "database-check");
+    // (The push's precheck may have kept one of the folder before the push.)
+    let before = memos();
     let (code, drift, v) = check(&w);
     assert_eq!((code, drift.len()), (0, 0), "{v}");
-    let memos = || memos_of(&w, "database-check");
-    assert_eq!(memos(), 1, "the check's result is kept");
+    assert_eq!(memos(), before + 1, "the check's result is kept");
     assert_eq!(check(&w).0, 0, "and taken");
     // The database forgets what it applied, behind dreamerd's back.
     let db = rusqlite::Connection::open(w.path("local.db")).unwrap();
@@ -269,5 +271,5 @@ fn a_remembered_check_never_hides_a_change_to_the_folder_or_the_database() {
     let (code, drift, v) = check(&w);
     assert_eq!((code, drift.len()), (0, 0), "{v}");
     assert_eq!(check(&w).1.len(), 0);
-    assert!(memos() >= 2, "each state its memo: {}", memos());
+    assert!(memos() >= before + 2, "each state its memo: {}", memos());
 }
