@@ -10,9 +10,10 @@
 //! identity it had. Like git, a fact is trusted only when the file's times are older than the moment it was read by
 //! a safe margin ([`SLACK_NS`]); a file changed more recently is read again every time until it has settled.
 //!
-//! The daemon keeps what it learnt in memory; commands load and save it per checkout in the state folder
-//! (`facts/<checkout>.json`, format [`FORMAT`], written atomically). Nothing here is ever needed: a lost, stale or
-//! corrupt file only costs reading again.
+//! Each checkout's facts are loaded and saved in the state folder (`facts/<checkout>.ids` and `.content`, format
+//! [`FORMAT`], replaced atomically), with the memos of whole checks ([`memo`]). A command keeps them in memory for its
+//! life; the daemon ([`transient`]) only while a scan of the checkout runs. Nothing here is ever needed: a lost,
+//! stale or corrupt file only costs reading again.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -339,7 +340,13 @@ impl Facts {
             return;
         }
         self.loaded.remove(&**owner);
-        self.known.retain(|_, k| k.owner.as_ref() != Some(owner));
+        // What no scan claimed (files hashed outside any view: a push's staging) goes too once no scan runs here at
+        // all, so that nothing piles up in a process that lives for weeks.
+        let idle = self.viewing.is_empty();
+        self.known.retain(|_, k| match &k.owner {
+            Some(o) => o != owner,
+            None => !idle,
+        });
         self.memos.retain(|m| m.owner != *owner);
         self.ids_files.remove(owner);
         self.content_saved.remove(owner);
@@ -383,6 +390,19 @@ pub fn memo<T: DeserializeOwned>(kind: &str, key: &Digest) -> Option<T> {
     let m = facts.memos.iter_mut().find(|m| m.key == *key && &*m.kind == kind && m.owner == owner)?;
     m.used = used;
     serde_json::from_str(&m.json).ok()
+}
+
+/// The key of a memo: what computed it (this build's version and `salt`, which a change to the computation bumps,
+/// since a build of the same version would otherwise take an old result) and the state it was computed from.
+pub fn memo_key(salt: &str, state: &[&[u8]]) -> Digest {
+    let mut key = blake3::Hasher::new();
+    key.update(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes());
+    key.update(salt.as_bytes());
+    for part in state {
+        key.update(b"\0");
+        key.update(part);
+    }
+    *key.finalize().as_bytes()
 }
 
 /// Keeps `value` as the memo of kind `kind` under `key` for the checkout of this thread's innermost [`view`] (with
@@ -452,9 +472,7 @@ pub fn cached<T: Serialize + DeserializeOwned>(
     let value = compute(&bytes);
     if let Ok(json) = serde_json::to_string(&value) {
         let mut facts = lock();
-        let found = facts.by_content.entry(blake3).or_default();
-        found.retain(|(k, _)| &**k != kind);
-        found.push((kind.into(), json.into()));
+        facts.add_content(blake3, kind.into(), json.into());
         facts.content_changes += 1;
     }
     Ok(Some(value))
@@ -609,7 +627,7 @@ fn encode_content(facts: &[(Digest, &ContentFacts)]) -> String {
     let mut out = format!("{CONTENT_HEADER}\n");
     for (blake3, found) in facts {
         for (kind, json) in *found {
-            let _ = writeln!(out, "{}\t{kind}\t{json}", blake3::Hash::from_bytes(*blake3).to_hex());
+            let _ = writeln!(out, "{}\t{kind}\t{json}", hex(blake3));
         }
     }
     out
@@ -674,11 +692,11 @@ impl Facts {
         }
     }
 
+    /// The fact of `kind` drawn from the content `blake3` (replacing one of that kind).
     fn add_content(&mut self, blake3: Digest, kind: Box<str>, json: Box<str>) {
         let known = self.by_content.entry(blake3).or_default();
-        if !known.iter().any(|(k, _)| *k == kind) {
-            known.push((kind, json));
-        }
+        known.retain(|(k, _)| *k != kind);
+        known.push((kind, json));
     }
 }
 
@@ -1011,13 +1029,22 @@ mod tests {
             facts.add_memo(owner, "memo".into(), [n; 32], "1".into());
             facts.content_pending.push(content_path(owner));
         }
+        // A file hashed outside any scan (nobody owns it).
+        let id = Identity { dev: 1, ino: 9, size: 1, mtime: 0, ctime: 0 };
+        facts.known.insert((1, 9), Known { id, read_at: 0, blake3: [9; 32], moved: false, owner: None });
         facts.open_view(&a);
         facts.open_view(&a);
+        facts.open_view(&b);
         assert!(!facts.close_view(&a), "another view of it is open");
         assert!(facts.close_view(&a), "the last one");
         assert!(!facts.close_view(&a), "none open");
         facts.forget(&a);
-        assert_eq!(facts.known.values().map(|k| k.blake3[0]).collect::<Vec<_>>(), [2]);
+        let mut left: Vec<u8> = facts.known.values().map(|k| k.blake3[0]).collect();
+        left.sort();
+        assert_eq!(left, [2, 9], "an unowned fact stays while a scan (of b) runs: it may claim it");
+        assert!(facts.close_view(&b));
+        facts.forget(&a);
+        assert_eq!(facts.known.values().map(|k| k.blake3[0]).collect::<Vec<_>>(), [2], "then it goes");
         assert_eq!(facts.by_content.keys().map(|k| k[0]).collect::<Vec<_>>(), [2], "its contents' facts too");
         assert_eq!(facts.memos.iter().map(|m| m.key[0]).collect::<Vec<_>>(), [2]);
         assert_eq!(facts.content_pending, [content_path(&b)]);

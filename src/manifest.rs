@@ -78,6 +78,23 @@ impl Tree {
             .collect()
     }
 
+    /// True when the tree holds exactly `files`, in their order, and nothing else but folders: judged in one ordered
+    /// walk, without building maps (a folder that is exactly its push is the common case).
+    pub fn holds_exactly(&self, files: &[FileEntry]) -> bool {
+        let mut expected = files.iter();
+        for (path, node) in &self.nodes {
+            match node {
+                Node::File { size, blake3 } => match expected.next() {
+                    Some(entry) if entry.path == *path && entry.is(*size, blake3) => {}
+                    _ => return false,
+                },
+                Node::Special(SpecialKind::Directory) => {}
+                Node::Special(_) => return false,
+            }
+        }
+        expected.next().is_none()
+    }
+
     /// A digest of everything the scan found: every path with its size and blake3, or what else is there. Two scans
     /// with the same digest found the same folder, byte for byte.
     pub fn digest(&self) -> Digest {
@@ -375,27 +392,10 @@ pub fn escaped(name: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-/// True when the tree holds exactly the baseline's files, in the baseline's order, and nothing else but folders:
-/// the common case, judged in one ordered walk without building maps.
-fn holds_exactly(baseline: &[FileEntry], tree: &Tree) -> bool {
-    let mut expected = baseline.iter();
-    for (path, node) in &tree.nodes {
-        match node {
-            Node::File { size, blake3 } => match expected.next() {
-                Some(entry) if entry.path == *path && entry.is(*size, blake3) => {}
-                _ => return false,
-            },
-            Node::Special(SpecialKind::Directory) => {}
-            Node::Special(_) => return false,
-        }
-    }
-    expected.next().is_none()
-}
-
 /// Compares `tree` with the files of a manifest. Identical content that moved is one `renamed`; moved and
 /// changed is a `deleted` plus a `created`. The result is sorted by path.
 pub fn diff(baseline: &[FileEntry], tree: &Tree) -> Vec<Violation> {
-    if holds_exactly(baseline, tree) {
+    if tree.holds_exactly(baseline) {
         return Vec::new();
     }
     let mut out = Vec::new();

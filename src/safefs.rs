@@ -510,6 +510,25 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_larger_than_one_read_is_listed_whole() {
+        let d = tempfile::tempdir().unwrap();
+        // About 60 bytes an entry: 3,000 of them take several reads of the 32 KiB buffer.
+        let mut want: Vec<OsString> =
+            (0..3000).map(|i| OsString::from(format!("{i:04}_a_migration_with_a_long_name.sql"))).collect();
+        for name in &want {
+            fs::write(d.path().join(name), "").unwrap();
+        }
+        let f = Folder::open(d.path()).unwrap().unwrap();
+        for _ in 0..2 {
+            // Twice: each listing reads from the start.
+            let mut names: Vec<OsString> = f.entries().unwrap().into_iter().map(|(n, _)| n).collect();
+            names.sort();
+            want.sort();
+            assert_eq!(names, want);
+        }
+    }
+
+    #[test]
     fn the_folder_itself_may_not_be_a_link_but_its_parent_may() {
         let d = tempfile::tempdir().unwrap();
         fs::create_dir_all(d.path().join("real/drizzle")).unwrap();

@@ -200,11 +200,8 @@ pub fn fingerprint(db: &Result<Database, String>) -> Option<(Vec<u8>, bool)> {
                     Ok(st) => {
                         let id = crate::facts::Identity::of(&st);
                         settled &= id.settled_at(now);
-                        for n in
-                            [id.dev, id.ino, id.size, id.mtime as u64, id.ctime as u64, u64::from(st.st_mode)]
-                        {
-                            out.extend_from_slice(&n.to_le_bytes());
-                        }
+                        out.extend_from_slice(&id.to_bytes());
+                        out.extend_from_slice(&st.st_mode.to_le_bytes());
                     }
                     Err(rustix::io::Errno::NOENT) => out.extend_from_slice(b"absent"),
                     Err(e) => {

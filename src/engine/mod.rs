@@ -325,15 +325,8 @@ impl Engine {
         else {
             return database::check(&drizzle, db);
         };
-        let mut key = blake3::Hasher::new();
-        // What computed it: another build may judge the same state otherwise (bump "memo N" whenever the journal
-        // faults or the drift change, since a build of the same version would otherwise take the old result).
-        key.update(concat!(env!("CARGO_PKG_VERSION"), "\0memo 1\0").as_bytes());
-        key.update(drizzle.as_os_str().as_encoded_bytes());
-        key.update(b"\0");
-        key.update(&tree);
-        key.update(&print);
-        let key = *key.finalize().as_bytes();
+        // Bump "memo N" whenever the journal faults or the drift change.
+        let key = crate::facts::memo_key("memo 2", &[drizzle.as_os_str().as_encoded_bytes(), &tree, &print]);
         if let Some(found) = crate::facts::memo(KIND, &key) {
             return found;
         }

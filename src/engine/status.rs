@@ -204,16 +204,9 @@ impl Engine {
         if !identity.settled_at(crate::facts::now_ns()) {
             return None;
         }
-        let mut key = blake3::Hasher::new();
-        // Bump "clean N" whenever the folder's judgement changes (see remembered_check).
-        key.update(concat!(env!("CARGO_PKG_VERSION"), "\0clean 1\0").as_bytes());
-        key.update(id.as_bytes());
-        key.update(b"\0");
-        key.update(checkout.as_os_str().as_encoded_bytes());
-        key.update(b"\0");
-        key.update(&identity.to_bytes());
-        key.update(&tree);
-        Some(*key.finalize().as_bytes())
+        // Bump "clean N" whenever the folder's judgement changes.
+        let checkout = checkout.as_os_str().as_encoded_bytes();
+        Some(crate::facts::memo_key("clean 1", &[id.as_bytes(), checkout, &identity.to_bytes(), &tree]))
     }
 
     /// The operation a crash left unfinished on this project, as status shows it. Read-only.
@@ -303,10 +296,10 @@ impl Engine {
         status.last_push = baseline.as_ref().map(LastPush::of);
         // The checkout file was read for the baseline when it is its own: not read again for the drift (a
         // remembered clean folder has a checkout without an open custom migration).
-        let open = match &baseline {
-            _ if remembered.is_some() => None,
-            Some(b) if b.checkout.is_some() => b.open().cloned(),
-            _ => self.checkout(project).ok().flatten().and_then(|c| c.open),
+        let open = match (&remembered, &baseline) {
+            (Some(_), _) => None,
+            (None, Some(b)) if b.checkout.is_some() => b.open().cloned(),
+            (None, _) => self.checkout(project).ok().flatten().and_then(|c| c.open),
         };
         if let Some(clean) = remembered {
             status.schema_pending = schema != clean.schema_blake3;

@@ -704,12 +704,7 @@ fn put_back(from: &Path, to: &Path, paths: &[String]) {
 /// migrations) and nothing else but directories.
 pub(crate) fn holds_exactly(dir: &Path, files: &[FileEntry], keep: &[String]) -> bool {
     match super::scan_excluding(dir, keep) {
-        Ok((tree, _)) => {
-            tree.exists
-                && !tree.nodes.contains_key(".")
-                && tree.specials().next().is_none()
-                && tree.files() == files
-        }
+        Ok((tree, _)) => tree.exists && !tree.nodes.contains_key(".") && tree.holds_exactly(files),
         Err(_) => false,
     }
 }
