@@ -251,6 +251,16 @@ fn each_store_fault_is_one_line_that_names_the_cause_and_changes_nothing() {
         ),
         "cannot be reached",
     );
+    // A port that takes the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fails(
+        &format!(
+            "[store]\nurl = \"s3://bucket/x\"\nendpoint = \"http://{}\"\nallow_http = true\ntimeout_secs = 1\n",
+            silent.local_addr().unwrap()
+        ),
+        "did not answer within 3s",
+    );
+    drop(silent);
     // TLS spoken to a server that does not speak it.
     fails(
         &format!(

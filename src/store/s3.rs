@@ -265,6 +265,10 @@ fn classify(text: &str, location: &S3Location, credentials: &str) -> (String, St
     }
 }
 
+/// How much longer than `store.timeout_secs` the first probe of a store waits before it calls the store silent: the
+/// retries stop asking after `timeout_secs` but finish their last backoff (at most 0.8 s with four retries) and request.
+const REACH_GRACE_SECS: u64 = 2;
+
 /// Whether an error is a missing object (a missing bucket is reported the same way by object_store, and is not).
 fn missing_object(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. }) && !e.to_string().contains("NoSuchBucket")
@@ -338,7 +342,9 @@ impl super::Blobs for S3Blobs {
         // The store's marker, asked once: it answers, the bucket exists, the credentials work.
         let reached = self.reached.get_or_init(|| {
             let path = self.path("format.json");
-            let limit = Duration::from_secs(self.location.timeout_secs.min(10));
+            // Past the retries' own budget (`retry_timeout`, then one last backoff and request), so that a store
+            // refusing connections is told as such and only one that never answers meets this limit.
+            let limit = Duration::from_secs(self.location.timeout_secs.min(10) + REACH_GRACE_SECS);
             self.block(async {
                 // A listing: a missing bucket is an error here (a HEAD of a missing object would not say).
                 let listed = async {
