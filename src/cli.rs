@@ -79,7 +79,7 @@ enum DreamerdCommand {
     /// State of one project, or of every watched project (from the daemon).
     Status(StatusArgs),
     /// Verify drizzle/ against the last successful push, in-process (CI, git hooks). Exit 1 on violations.
-    Check(DirArg),
+    Check(CheckArgs),
     /// Add a project to the daemon's watch list (it persists across restarts).
     Watch(RequiredDir),
     /// Remove a project from the daemon's watch list.
@@ -220,6 +220,16 @@ struct EventsArgs {
 }
 
 #[derive(Debug, Args)]
+struct CheckArgs {
+    /// The project directory (default: the current directory, or its nearest ancestor that is a project).
+    dir: Option<PathBuf>,
+    /// Read every file's metadata even when the daemon, which watches the folder, vouches that nothing in it changed
+    /// since its last scan (`verified` says which was done).
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Debug, Args)]
 struct DirArg {
     /// The project directory (default: the current directory, or its nearest ancestor that is a project).
     dir: Option<PathBuf>,
@@ -324,7 +334,7 @@ enum Action {
     Daemon(Option<PathBuf>),
     Prune(bool),
     Status(StatusArgs),
-    Check(Option<PathBuf>),
+    Check(Option<PathBuf>, bool),
     Watch(PathBuf),
     Unwatch(PathBuf),
     Push(Option<PathBuf>, Option<String>, crate::engine::PushOptions),
@@ -357,7 +367,7 @@ pub fn main(flavor: Flavor) -> i32 {
                 DreamerdCommand::Unwatch(d) => Action::Unwatch(d.dir),
                 DreamerdCommand::Events(e) => Action::Events(e.follow),
                 DreamerdCommand::Stop => Action::Stop,
-                DreamerdCommand::Check(d) => Action::Check(d.dir),
+                DreamerdCommand::Check(c) => Action::Check(c.dir, c.full),
                 DreamerdCommand::Push(d) => Action::Push(d.dir, d.custom, d.answers.options()),
                 DreamerdCommand::Up(d) => Action::Up(d.dir, d.backed_up),
                 DreamerdCommand::Rebase(d) => Action::Rebase(d.dir, d.answers.options()),
@@ -717,9 +727,20 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             });
             Ok(0)
         }
-        Action::Check(dir) => {
+        Action::Check(dir, full) => {
             let project = Project::discover_with(dir.as_deref(), global.drizzle_config.as_deref())?;
-            let engine = project_engine(global, &project)?;
+            // A daemon that watches the folder may vouch for it (never started for this; any doubt is a full scan),
+            // asked while this process reads its settings and its stat cache.
+            let asking = (!full && !project.unresolved()).then(|| {
+                let (dirs, folder, excluded) =
+                    (Dirs::from_env(), project.drizzle(), project.not_migrations());
+                std::thread::spawn(move || crate::ipc::vouch(&dirs.ok()?, &folder, &excluded))
+            });
+            let mut engine = project_engine(global, &project)?;
+            if let Some(asking) = asking {
+                engine.load_facts(&project);
+                engine.vouched = asking.join().ok().flatten();
+            }
             let status = engine.status(&project)?;
             emit(global, &status, || human_status(&status));
             Ok(match status.state {

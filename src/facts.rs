@@ -275,20 +275,21 @@ struct Moment {
     folder: PathBuf,
     /// The digest of the whole tree the scan found (see [`crate::manifest::Tree::digest`]).
     tree: Digest,
-    /// The regular files it found.
-    seen: Vec<crate::manifest::Seen>,
+    /// The regular files it found; `None` for a folder the daemon's watch vouched for, which was not scanned.
+    seen: Option<Vec<crate::manifest::Seen>>,
     /// Their places in `seen` by absolute path, built at the first look (a check whose memo holds never looks).
     index: OnceLock<HashMap<PathBuf, usize, FixedState>>,
 }
 
 impl Moment {
     fn get(&self, path: &Path) -> Option<(Identity, Digest)> {
+        let seen = self.seen.as_ref()?;
         let index = self.index.get_or_init(|| {
-            let mut index = HashMap::with_capacity_and_hasher(self.seen.len(), FixedState::default());
-            index.extend(self.seen.iter().enumerate().map(|(i, (p, _, _))| (p.clone(), i)));
+            let mut index = HashMap::with_capacity_and_hasher(seen.len(), FixedState::default());
+            index.extend(seen.iter().enumerate().map(|(i, (p, _, _))| (p.clone(), i)));
             index
         });
-        index.get(path).map(|&i| (self.seen[i].1, self.seen[i].2))
+        index.get(path).map(|&i| (seen[i].1, seen[i].2))
     }
 }
 
@@ -303,7 +304,19 @@ pub struct View(());
 impl Drop for View {
     fn drop(&mut self) {
         if let Some(m) = VIEW.with(|v| v.borrow_mut().pop()) {
-            save(&m.owner, &m.folder, m.seen.iter().map(|(_, id, _)| *id));
+            match &m.seen {
+                Some(seen) => save(&m.owner, &m.folder, seen.iter().map(|(_, id, _)| *id)),
+                // Nothing was scanned: the checkout keeps every file it owns (and what was remembered is saved).
+                None => {
+                    let owned: Vec<Identity> = lock()
+                        .known
+                        .values()
+                        .filter(|k| k.owner.as_deref() == Some(&m.owner))
+                        .map(|k| k.id)
+                        .collect();
+                    save(&m.owner, &m.folder, owned);
+                }
+            }
             let mut facts = lock();
             if facts.close_view(&m.owner) && facts.transient {
                 facts.forget(&m.owner);
@@ -364,6 +377,17 @@ impl Facts {
 /// facts file is `owner`) just found as they were found, and [`memo`] keys on the tree it found: an operation judges
 /// one moment of the folder, and reads nothing twice. Dropping it saves the checkout's facts.
 pub fn view(owner: &Path, folder: &Path, tree: Digest, seen: Vec<crate::manifest::Seen>) -> View {
+    open(owner, folder, tree, Some(seen))
+}
+
+/// A [`view`] of a folder that was not scanned: the daemon, which watches it, vouched that it is still the tree
+/// `tree` its last scan found (see `crate::daemon`'s `vouch`). [`memo`] keys on that tree; [`cached`] reads files
+/// afresh (through the stat cache), as without a view.
+pub fn view_vouched(owner: &Path, folder: &Path, tree: Digest) -> View {
+    open(owner, folder, tree, None)
+}
+
+fn open(owner: &Path, folder: &Path, tree: Digest, seen: Option<Vec<crate::manifest::Seen>>) -> View {
     let moment = Moment {
         owner: Arc::new(owner.to_path_buf()),
         folder: folder.to_path_buf(),

@@ -24,8 +24,10 @@ use crate::fsutil;
 /// The protocol version; a CLI that finds another one restarts the daemon. 2: requests carry the drizzle config
 /// and the environment of the command that asked; 3: `push` carries `custom`, `restore` carries `with_database`, and `up`;
 /// 4: `restart`; 5: `push` carries `options` (answers to drizzle-kit 1.0's questions), `up` carries `backed_up`,
-/// and `rebase`.
-pub const PROTOCOL: u32 = 5;
+/// and `rebase`; 6: `vouch`.
+pub const PROTOCOL: u32 = 6;
+/// How long `check` waits for the daemon's vouch (its hello, then its answer) before it scans by itself.
+const VOUCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a client waits for the daemon's hello.
@@ -65,6 +67,14 @@ pub enum Request {
     },
     Unwatch {
         dir: PathBuf,
+    },
+    /// Whether the migration folder `folder` (with the files `excluded` left out) is still the tree the daemon's
+    /// last scan found, as its watch tells (protocol 6). Answered `{"vouched": Scanned}` or
+    /// `{"vouched": null, "reason": …}`.
+    Vouch {
+        folder: PathBuf,
+        #[serde(default)]
+        excluded: Vec<String>,
     },
     Push {
         dir: PathBuf,
@@ -344,6 +354,27 @@ impl Client {
             }
         }
     }
+}
+
+/// What a daemon already running (none is started for this) vouches for `folder`: still the tree its last scan
+/// found, as [`crate::engine::Scanned`] says; `None` when none runs, it speaks another protocol, it does not watch
+/// the folder, anything in it changed since, or it does not answer within [`VOUCH_TIMEOUT`].
+pub fn vouch(dirs: &Dirs, folder: &Path, excluded: &[String]) -> Option<crate::engine::Scanned> {
+    let stream = connect_raw(&socket_path(dirs)).ok()?;
+    stream.set_recv_timeout(Some(VOUCH_TIMEOUT)).ok()?;
+    stream.set_send_timeout(Some(VOUCH_TIMEOUT)).ok()?;
+    let mut client = Client { reader: BufReader::new(stream), hello: None };
+    match client.next_reply().ok()?? {
+        Reply::Hello { protocol: PROTOCOL, .. } => {}
+        _ => return None,
+    }
+    client.send(Request::Vouch { folder: folder.to_path_buf(), excluded: excluded.to_vec() }).ok()?;
+    let (_, data) = client.finish(|_| {}).ok()?;
+    let vouched: Option<crate::engine::Scanned> = serde_json::from_value(data["vouched"].clone()).ok()?;
+    if vouched.is_none() {
+        tracing::debug!(reason = %data["reason"], "the daemon does not vouch for the folder; scanning it");
+    }
+    vouched.filter(|v| v.folder == folder && v.excluded == excluded)
 }
 
 fn lost(e: io::Error) -> Error {

@@ -514,6 +514,32 @@ fn events_follow_streams_live() {
 }
 
 #[test]
+fn check_beside_a_daemon_of_another_protocol_scans_and_leaves_it_alone() {
+    let w = stand_in_world();
+    fs::create_dir_all(w.runtime()).unwrap();
+    fs::set_permissions(w.runtime(), fs::Permissions::from_mode(0o700)).unwrap();
+    // A daemon of an earlier release (protocol 5: no `vouch`), which would stop if asked.
+    let listener = std::os::unix::net::UnixListener::bind(w.socket()).unwrap();
+    let old = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(b"{\"type\":\"hello\",\"daemon_version\":\"0.4.0\",\"protocol\":5,\"pid\":1}\n")
+            .unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(conn).read_line(&mut line);
+        line
+    });
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!((code, v["verified"].as_str()), (0, Some("scan")), "{v}");
+    assert_eq!(
+        old.join().unwrap(),
+        "",
+        "check hung up after the hello: nothing asked of that daemon, no stop"
+    );
+    assert!(w.socket().exists(), "its socket is left alone");
+}
+
+#[test]
 fn a_daemon_of_another_protocol_is_stopped_and_replaced() {
     let w = stand_in_world();
     fs::create_dir_all(w.runtime()).unwrap();

@@ -328,14 +328,15 @@ fn the_project_file_the_configuration_and_the_ipc_decoder_never_panic() {
 /// Requests shaped like the real ones, with hostile values.
 fn request_like() -> impl Strategy<Value = String> {
     (
-        prop_oneof!["status|push|up|rebase|restore|watch|history|events|stop|restart", ".{0,6}"],
+        prop_oneof!["status|push|up|rebase|restore|watch|history|events|stop|restart|vouch", ".{0,6}"],
         any::<u32>(),
         json_value(),
         json_value(),
     )
         .prop_map(|(cmd, protocol, dir, options)| {
             serde_json::json!({"protocol": protocol, "cmd": cmd, "dir": dir, "options": options, "env": options,
-                               "settings": dir, "custom": options, "backed_up": dir})
+                               "settings": dir, "custom": options, "backed_up": dir, "folder": dir,
+                               "excluded": options})
             .to_string()
         })
 }

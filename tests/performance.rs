@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::{World, stand_in_world, tree_of};
 
@@ -272,4 +272,92 @@ fn a_remembered_check_never_hides_a_change_to_the_folder_or_the_database() {
     assert_eq!((code, drift.len()), (0, 0), "{v}");
     assert_eq!(check(&w).1.len(), 0);
     assert!(memos() >= before + 2, "each state its memo: {}", memos());
+}
+
+/// `check` while the daemon watches the project: the daemon vouches that nothing in the folder changed since its
+/// last scan, and no file is looked at. A change made right before a check is never vouched for: the check's cookie
+/// goes through the watcher after the change's event.
+#[test]
+fn a_watched_folder_is_vouched_for_by_the_daemon_and_never_past_a_change() {
+    let w = World::drizzle();
+    // A daemon that takes each file event late: a check right after a change must still wait for it.
+    w.set_env("DREAMERD_EVENT_LAG_MS", "100");
+    w.push_ok(); // through the daemon, which watches the project from then on
+    let check = |args: &[&str]| {
+        let mut all = vec!["check"];
+        all.extend_from_slice(args);
+        w.json("dreamerd", &all)
+    };
+    let vouched = || {
+        // The daemon rescans after the push's own changes; the clean memo waits for the checkout file to settle.
+        let mut last = Value::Null;
+        w.wait_for("the daemon to vouch for the folder", || {
+            last = check(&[]).1;
+            last["verified"] == "watch"
+        });
+        last
+    };
+    let v = vouched();
+    assert_eq!(
+        (v["state"].as_str(), v["violations"].as_array().map(Vec::len)),
+        (Some("clean"), Some(0)),
+        "{v}"
+    );
+    let (code, full) = check(&["--full"]);
+    assert_eq!((code, full["verified"].as_str()), (0, Some("scan")), "--full reads every file: {full}");
+    assert_eq!(full["last_push"], v["last_push"], "the same answer either way");
+    let sql = fs::read_dir(w.path("drizzle"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sql"))
+        .unwrap();
+    let name = sql.file_name().unwrap().to_str().unwrap().to_string();
+    let before = fs::read(&sql).unwrap();
+    for round in 0..3 {
+        // An edit, checked at once (the daemon has not even scanned it yet): the violation, from a scan.
+        fs::write(&sql, format!("DROP TABLE users; -- {round}")).unwrap();
+        let (code, v) = check(&[]);
+        assert_eq!((code, v["verified"].as_str()), (1, Some("scan")), "round {round}: {v}");
+        assert_eq!(v["violations"], json!([{"kind": "modified", "path": name}]), "round {round}");
+        fs::write(&sql, &before).unwrap();
+        vouched();
+    }
+    // A file created in the folder, and one deleted.
+    w.write("drizzle/9999_by_hand.sql", "SELECT 1;");
+    let (code, v) = check(&[]);
+    assert_eq!((code, v["verified"].as_str()), (1, Some("scan")), "{v}");
+    assert_eq!(v["violations"], json!([{"kind": "created", "path": "9999_by_hand.sql"}]));
+    fs::remove_file(w.path("drizzle/9999_by_hand.sql")).unwrap();
+    vouched();
+    fs::remove_file(&sql).unwrap();
+    let (code, v) = check(&[]);
+    assert_eq!((code, v["violations"][0]["kind"].as_str()), (1, Some("deleted")), "{v}");
+    fs::write(&sql, &before).unwrap();
+    vouched();
+    // The daemon asked about a folder it does not watch says why it does not vouch.
+    let answer =
+        raw_request(&w, &json!({"protocol": 6, "cmd": "vouch", "folder": "/nowhere", "excluded": []}));
+    assert_eq!(answer["data"]["vouched"], Value::Null, "{answer}");
+    assert!(answer["data"]["reason"].as_str().unwrap().contains("no watched project"), "{answer}");
+    // No daemon: a scan, the same answer.
+    assert_eq!(w.run("dreamerd", &["stop"]).code, 0);
+    w.wait_for("the daemon to stop", || w.daemon_pid().is_none());
+    let (code, v) = check(&[]);
+    assert_eq!((code, v["verified"].as_str()), (0, Some("scan")), "{v}");
+}
+
+/// One request on the daemon's socket, its final line.
+fn raw_request(w: &World, request: &Value) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(w.socket()).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut hello = String::new();
+    reader.read_line(&mut hello).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut last = String::new();
+    for line in reader.lines() {
+        last = line.unwrap();
+    }
+    serde_json::from_str(&last).unwrap()
 }

@@ -90,6 +90,11 @@ struct Watched {
     /// The burst of hand changes being reported (how many so far): one notification, updated, and one summary line
     /// at its end.
     burst: Option<usize>,
+    /// Counts what may have changed the project's files: its file events, lost events, rescans asked for.
+    epoch: u64,
+    /// The migration folder as the last scan found it, with the epoch at that scan's start: while the epoch is the
+    /// same, nothing in the folder changed since, and the daemon vouches for it (`vouch`).
+    vouch: Option<(u64, crate::engine::Scanned)>,
 }
 
 /// Per-project watch details added to status by the daemon (an addition to the contract).
@@ -191,6 +196,13 @@ pub(crate) struct Daemon {
     status_sent: Mutex<String>,
     /// Wakes the uploader of waiting backups: a push left one (it sleeps while none waits).
     backup_waiting: Notify,
+    /// The folder (in the runtime directory, watched with the projects) where a `vouch` makes its cookie: the
+    /// cookie's creation comes out of the watcher after every event the kernel queued before it. Unset when it
+    /// cannot be watched: then nothing is vouched for.
+    cookie_dir: std::sync::OnceLock<PathBuf>,
+    /// The cookies on their way through the watcher, and who waits for each.
+    cookies: Mutex<HashMap<PathBuf, tokio::sync::oneshot::Sender<()>>>,
+    cookie_seq: AtomicU64,
 }
 
 /// The exit status of a daemon that asks systemd to start it again (the unit's `RestartForceExitStatus=` and
@@ -340,9 +352,12 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
         restart: AtomicBool::new(false),
         status_sent: Mutex::new(String::new()),
         backup_waiting: Notify::new(),
+        cookie_dir: std::sync::OnceLock::new(),
+        cookies: Mutex::new(HashMap::new()),
+        cookie_seq: AtomicU64::new(0),
     });
     let watchlist = daemon.load_watchlist()?;
-    daemon.start_watcher(fs_tx)?;
+    daemon.start_watcher(fs_tx, &runtime_dir.join("cookies"))?;
     tokio::spawn(daemon.clone().scheduler(fs_rx, rescan_rx));
     for root in watchlist {
         daemon.add_project(&root, false);

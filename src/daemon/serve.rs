@@ -276,6 +276,7 @@ impl Daemon {
                 )),
             },
             Request::Status { dir, all } => self.status(dir.as_deref(), all).await,
+            Request::Vouch { folder, excluded } => Ok((0, self.vouch(&folder, &excluded).await)),
             Request::Watch { dir } => self.watch(&dir).await,
             Request::Unwatch { dir } => self
                 .remove_project(&dir)

@@ -25,6 +25,8 @@ const MAX_DELAY_FACTOR: u32 = 10;
 const GIT_HOLD_MAX: Duration = Duration::from_secs(30);
 /// How long the first changes after a quiet period must settle before they are scanned (watchman settles as long).
 pub(super) const SETTLE: Duration = Duration::from_millis(20);
+/// How long a `vouch` waits for its cookie to come out of the watcher (a daemon that busy is not vouching).
+const COOKIE_WAIT: Duration = Duration::from_secs(1);
 
 /// git's index lock of the checkout at `root` (a worktree's own), asked of git itself; `None` outside git.
 fn git_index_lock(root: &Path) -> Option<PathBuf> {
@@ -44,6 +46,24 @@ fn violation_key(v: &crate::manifest::Violation) -> String {
     let mut v = v.clone();
     (v.source, v.commit) = (None, None);
     serde_json::to_string(&v).expect("serialises")
+}
+
+/// Whether `path` is on a filesystem whose every change raises an inotify event here: a local one. Over NFS, SMB,
+/// FUSE or 9p, another machine (or the FUSE server) changes files without one.
+fn local_filesystem(path: &Path) -> bool {
+    const LOCAL: [u64; 10] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // xfs
+        0x9123_683E, // btrfs
+        0x0102_1994, // tmpfs
+        0x2FC1_2FC1, // zfs
+        0xF2F5_2010, // f2fs
+        0xCA45_1A4E, // bcachefs
+        0x794C_7630, // overlayfs
+        0x3153_464A, // jfs
+        0x5265_4973, // reiserfs
+    ];
+    rustix::fs::statfs(path).is_ok_and(|s| LOCAL.contains(&(s.f_type as u64)))
 }
 
 /// The commit HEAD names in the checkout at `root`.
@@ -154,6 +174,7 @@ impl Daemon {
     pub(super) fn start_watcher(
         self: &Arc<Self>,
         tx: mpsc::Sender<notify::Result<notify::Event>>,
+        cookies: &Path,
     ) -> Result<()> {
         let wake = self.rescan_tx.clone();
         let flagged = self.overflow_flagged.clone();
@@ -173,8 +194,88 @@ impl Daemon {
             }
         }, config)
         .map_err(|e| Error::failed(format!("cannot start the file watcher: {e}"), "check inotify limits"))?;
+        let mut watcher = watcher;
+        // The cookie folder: emptied of what an earlier daemon left, and watched with the projects (one inotify
+        // instance, one queue: a cookie's event comes after those queued before it).
+        let _ = std::fs::remove_dir_all(cookies);
+        match crate::fsutil::create_private_dir(cookies)
+            .map_err(|e| e.to_string())
+            .and_then(|()| watcher.watch(cookies, RecursiveMode::NonRecursive).map_err(|e| e.to_string()))
+        {
+            Ok(()) => {
+                let _ = self.cookie_dir.set(cookies.to_path_buf());
+            }
+            Err(e) => tracing::warn!(
+                folder = %cookies.display(),
+                error = %escaped(&e),
+                "cannot watch the cookie folder: `check` scans every file even while the daemon watches the project"
+            ),
+        }
         *self.watcher.lock().expect("watcher") = Some(watcher);
         Ok(())
+    }
+
+    /// Answers `vouch`: the folder's tree as the last scan found it, when the watch tells that nothing in it changed
+    /// since. First a cookie goes through the watcher, so that every event the kernel queued before the request is
+    /// taken into account; then the project whose last scan found this folder must have had no event since that
+    /// scan started, its watches all in place, and nothing running or pending on it.
+    pub(super) async fn vouch(self: &Arc<Self>, folder: &Path, excluded: &[String]) -> serde_json::Value {
+        let refused = |why: &str| json!({"vouched": null, "reason": why});
+        let Some(dir) = self.cookie_dir.get() else {
+            return refused("the daemon cannot watch its cookie folder");
+        };
+        let known = self
+            .state
+            .lock()
+            .expect("state")
+            .projects
+            .values()
+            .any(|w| w.vouch.as_ref().is_some_and(|(_, s)| s.folder == folder && s.excluded == excluded));
+        if !known {
+            return refused("no watched project's last scan found this folder");
+        }
+        let n = self.cookie_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cookie = dir.join(format!("{}-{n}", std::process::id()));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.cookies.lock().expect("cookies").insert(cookie.clone(), tx);
+        let made = std::fs::File::create_new(&cookie);
+        let seen = match made {
+            Ok(_) => tokio::time::timeout(COOKIE_WAIT, rx).await.is_ok_and(|r| r.is_ok()),
+            Err(_) => false,
+        };
+        self.cookies.lock().expect("cookies").remove(&cookie);
+        let _ = std::fs::remove_file(&cookie);
+        if !seen {
+            return refused("the watcher did not deliver the cookie in time");
+        }
+        if self.overflow_flagged.load(std::sync::atomic::Ordering::SeqCst) {
+            return refused("file events were lost");
+        }
+        let state = self.state.lock().expect("state");
+        for (root, w) in &state.projects {
+            let Some((epoch, scanned)) = &w.vouch else { continue };
+            if scanned.folder != folder || scanned.excluded != excluded {
+                continue;
+            }
+            let why = if *epoch != w.epoch {
+                "the project's files changed since its last scan"
+            } else if !scanned.exists || !w.watches.contains(folder) || w.rewatch {
+                "the folder has no watch in place"
+            } else if !local_filesystem(folder) {
+                "the folder is not on a local filesystem (changes made by other machines raise no event here)"
+            } else if !w.warnings.is_empty() {
+                "the project has warnings"
+            } else if state.pending.contains_key(root)
+                || w.scanning_since.is_some()
+                || state.ops.get(root).is_some_and(|&n| n > 0)
+            {
+                "the project is being scanned or changed"
+            } else {
+                return json!({"vouched": scanned});
+            };
+            return refused(why);
+        }
+        refused("no watched project's last scan found this folder")
     }
 
     /// Puts the watches of a project in place: adds missing ones, makes again those of directories that were
@@ -278,6 +379,11 @@ impl Daemon {
             watchdog.map_or(Duration::from_secs(1), |d| d / 4).max(Duration::from_millis(100)),
         );
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // How long each file event waits before it is taken (a daemon falling behind its events, for tests).
+        let lag = std::env::var("DREAMERD_EVENT_LAG_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
         loop {
             self.beat();
             let debounce = Duration::from_millis(self.loaded().engine.config.watch.debounce_ms);
@@ -291,7 +397,12 @@ impl Daemon {
             tokio::select! {
                 _ = beat.tick(), if watchdog.is_some() => {}
                 event = fs_rx.recv() => match event {
-                    Some(Ok(event)) => self.on_event(&event, debounce),
+                    Some(Ok(event)) => {
+                        if let Some(lag) = lag {
+                            tokio::time::sleep(lag).await;
+                        }
+                        self.on_event(&event, debounce)
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "file watcher error; rescanning every project");
                         self.mark_all(debounce, "a watcher error");
@@ -329,6 +440,17 @@ impl Daemon {
     fn on_event(&self, event: &notify::Event, debounce: Duration) {
         if event.need_rescan() || event.paths.is_empty() {
             self.mark_all(debounce, "the kernel's event queue overflowed");
+            return;
+        }
+        if let Some(dir) = self.cookie_dir.get()
+            && event.paths.iter().all(|p| p.parent() == Some(dir))
+        {
+            let mut cookies = self.cookies.lock().expect("cookies");
+            for path in &event.paths {
+                if let Some(waiter) = cookies.remove(path) {
+                    let _ = waiter.send(());
+                }
+            }
             return;
         }
         let now = Instant::now();
@@ -382,6 +504,7 @@ impl Daemon {
                     .is_some_and(|w| w.last_event.is_none_or(|t| now.duration_since(t) >= debounce));
             let settling = state.projects.get_mut(&root).and_then(|w| {
                 w.last_event = Some(now);
+                w.epoch += 1;
                 if quiet {
                     w.settling = Some(now);
                 }
@@ -415,7 +538,8 @@ impl Daemon {
     /// Schedules a rescan of one project at `when`.
     pub(super) fn mark(&self, root: &Path, when: Instant) {
         let mut state = self.state.lock().expect("state");
-        if state.projects.contains_key(root) {
+        if let Some(w) = state.projects.get_mut(root) {
+            w.epoch += 1;
             state.pending.insert(root.to_path_buf(), (when, when));
         }
     }
@@ -428,6 +552,7 @@ impl Daemon {
         for root in roots {
             if let Some(w) = state.projects.get_mut(&root) {
                 w.overflows += 1;
+                w.epoch += 1;
                 w.rewatch = true; // lost events may have been deletions of watched directories
             }
             state.pending.insert(root, (due, due));
@@ -445,9 +570,11 @@ impl Daemon {
             }
         };
         let _scan = lock.lock().await;
-        if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
+        // What changes the files from here on is an event after this epoch: the scan vouches for nothing older.
+        let epoch = self.state.lock().expect("state").projects.get_mut(root).map(|w| {
             w.settling = None;
-        }
+            w.epoch
+        });
         let spec = self.spec(root);
         // While git writes the working tree (it holds its index lock), nothing is judged: look again after it.
         let git_busy = self.state.lock().expect("state").projects.get(root).is_some_and(|w| {
@@ -487,7 +614,12 @@ impl Daemon {
                 self.mark(root, later);
                 return;
             }
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
+                    w.vouch = epoch.zip(s.scanned.clone());
+                }
+                s
+            }
             Ok(Err(e)) => {
                 let mut state = self.state.lock().expect("state");
                 if let Some(w) = state.projects.get_mut(root) {

@@ -49,7 +49,7 @@ pub use prune::{PruneReport, Pruned};
 pub use push::{PushFailure, PushOptions, PushReport, RUNNING_PUSH, Stage};
 pub use rebase::RebaseReport;
 pub use restore::{RestoreReport, StoreMigrateReport};
-pub use status::{Interrupted, LastPush, ProjectState, ProjectStatus};
+pub use status::{Interrupted, LastPush, ProjectState, ProjectStatus, Scanned, Verified};
 pub use sum::Sum;
 pub use swap::STAGING;
 
@@ -84,6 +84,9 @@ pub struct Engine {
     pub sources: Vec<PathBuf>,
     /// Set once the state directory's format was checked (and its marker written) by this engine.
     state_ready: OnceLock<()>,
+    /// What the daemon's watch vouched for (`check` asks it): the migration folder is still the tree its last scan
+    /// found, so a status of it need not stat every file again.
+    pub vouched: Option<status::Scanned>,
 }
 
 /// A successful push whose backup waits locally for the store, and the store's last answer.
@@ -127,7 +130,7 @@ impl Engine {
     ) -> Result<Engine> {
         let store = Store::open(&config.store_location(&dirs), Some(dirs.state.join("index")), env)?
             .with_cache(dirs.cache.join("archives"));
-        Ok(Engine { config, dirs, store, sources: Vec::new(), state_ready: OnceLock::new() })
+        Ok(Engine { config, dirs, store, sources: Vec::new(), state_ready: OnceLock::new(), vouched: None })
     }
 
     /// The engine of one operation on `project`: the user's settings, the project file's, an explicit file's.

@@ -147,6 +147,32 @@ pub struct ProjectStatus {
     /// The configuration files the settings came from (the user's, the project file, an explicit `--config`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<PathBuf>,
+    /// How the migration folder was found as it is: `scan` (every file's metadata read, hashed where it changed) or
+    /// `watch` (the daemon, which watches it, vouched that nothing in it changed since its last scan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verified>,
+    /// The folder as the scan of this status found it (the daemon keeps it to vouch for the folder later).
+    #[serde(skip)]
+    pub scanned: Option<Scanned>,
+}
+
+/// See [`ProjectStatus::verified`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verified {
+    Scan,
+    Watch,
+}
+
+/// A migration folder as one scan found it: where, which of its files were left out (not migrations), and the
+/// digest of its whole tree ([`crate::manifest::Tree::digest`], in hex). The daemon answers `vouch` with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scanned {
+    pub folder: PathBuf,
+    pub excluded: Vec<String>,
+    pub tree: String,
+    /// False when the folder does not exist.
+    pub exists: bool,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -207,6 +233,20 @@ impl Engine {
         // Bump "clean N" whenever the folder's judgement changes.
         let checkout = checkout.as_os_str().as_encoded_bytes();
         Some(crate::facts::memo_key("clean 1", &[id.as_bytes(), checkout, &identity.to_bytes(), &tree]))
+    }
+
+    /// The view of the folder the daemon vouched for, when it was remembered clean as it is (its [`Clean`] memo), and
+    /// whether it exists; `None`: it must be scanned.
+    fn vouched_clean(&self, project: &Project) -> Option<(crate::facts::View, Clean, bool)> {
+        let vouched = self.vouched.as_ref()?;
+        if vouched.folder != project.drizzle() || vouched.excluded != project.not_migrations() {
+            return None;
+        }
+        let tree = crate::facts::unhex(&vouched.tree)?;
+        self.load_facts(project);
+        let view = crate::facts::view_vouched(&self.facts_path(project), &vouched.folder, tree);
+        let clean = crate::facts::memo::<Clean>(CLEAN, &self.clean_key(project)?)?;
+        Some((view, clean, vouched.exists))
     }
 
     /// The operation a crash left unfinished on this project, as status shows it. Read-only.
@@ -270,6 +310,8 @@ impl Engine {
             drizzle_kit: crate::project::layout::drizzle_kit_version(&project.workdir()),
             migration_layout: super::migration_layout(project),
             database_push: None,
+            verified: None,
+            scanned: None,
         };
         let stopped = match () {
             _ if project.unresolved() => Some(ProjectState::Unresolved),
@@ -285,10 +327,28 @@ impl Engine {
             return Ok(status);
         }
         status.interrupted = self.interrupted(project);
-        // The folder once: its scan is what the faults and the drift read (nothing is read twice).
-        let (tree, view) = self.scan_seen(project)?;
-        let clean_key = self.clean_key(project);
-        let remembered = clean_key.as_ref().and_then(|key| crate::facts::memo::<Clean>(CLEAN, key));
+        // The folder once: its scan is what the faults and the drift read (nothing is read twice). Not even that when
+        // the daemon vouched for the folder and it was remembered clean as it is.
+        let (tree, view, clean_key, remembered, exists) = match self.vouched_clean(project) {
+            Some((view, clean, exists)) => {
+                status.verified = Some(Verified::Watch);
+                (None, view, None, Some(clean), exists)
+            }
+            None => {
+                let (tree, view) = self.scan_seen(project)?;
+                status.verified = Some(Verified::Scan);
+                status.scanned = crate::facts::view_tree().map(|digest| Scanned {
+                    folder: project.drizzle(),
+                    excluded: project.not_migrations(),
+                    tree: crate::facts::hex(&digest),
+                    exists: tree.exists,
+                });
+                let clean_key = self.clean_key(project);
+                let remembered = clean_key.as_ref().and_then(|key| crate::facts::memo::<Clean>(CLEAN, key));
+                let exists = tree.exists;
+                (Some(tree), view, clean_key, remembered, exists)
+            }
+        };
         let baseline = match remembered {
             Some(_) => None,
             None => self.baseline_of(project)?,
@@ -305,8 +365,8 @@ impl Engine {
             status.schema_pending = schema != clean.schema_blake3;
             status.last_push = Some(clean.last_push);
             status.state = ProjectState::Clean;
-        } else if let Some(found) = baseline {
-            status.violations = found.violations(&tree);
+        } else if let (Some(found), Some(tree)) = (baseline, &tree) {
+            status.violations = found.violations(tree);
             // Remembered for the next check of the very same folder and checkout file: the checkout's last push
             // itself (no open custom migration), and nothing to report.
             if let Some(key) = clean_key
@@ -325,7 +385,7 @@ impl Engine {
             let base = found.record;
             status.schema_pending = schema != base.schema_blake3;
             if !status.violations.is_empty() {
-                let arrived = self.matching_push(project, &tree, Some(&base.id));
+                let arrived = self.matching_push(project, tree, Some(&base.id));
                 // A push from before the drizzle-kit 1.0 upgrade that came back (git, a copy) is no longer a state
                 // the project can be in: never clean.
                 let arrived = match arrived {
@@ -344,14 +404,16 @@ impl Engine {
                 } else {
                     status.restore_target = Some(base.id.clone());
                     status.closest = self
-                        .closest_push(project, &tree)
+                        .closest_push(project, tree)
                         .filter(|(push, _)| *push != base.id)
                         .map(|(push, differences)| Closest { push, differences });
                 }
             }
             status.state =
                 if status.violations.is_empty() { ProjectState::Clean } else { ProjectState::Violated };
-        } else if let Some((other, _)) = self.matching_push(project, &tree, None) {
+        } else if let Some((other, _)) =
+            tree.as_ref().and_then(|tree| self.matching_push(project, tree, None))
+        {
             // No baseline here yet, but the folder is a known push (a clone whose store has it): taken as it is.
             status.schema_pending = schema != other.schema_blake3;
             status.matches = Some(other.id.clone());
@@ -378,7 +440,7 @@ impl Engine {
                 "the config now puts the migrations in {out}, the last push had them in {before}/: move the folder \
                  there (or undo the config change), then `dreamer push` records the new place"
             ));
-        } else if !tree.exists && status.drift.iter().any(|d| d.code == "migration-missing") {
+        } else if !exists && status.drift.iter().any(|d| d.code == "migration-missing") {
             status.state = ProjectState::Unresolved;
             status.reason = Some(format!(
                 "{out} does not exist, but the database applied migrations: check the config's out, or bring the \

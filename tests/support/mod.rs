@@ -144,6 +144,7 @@ impl World {
             .env_remove("DBUS_SESSION_BUS_ADDRESS")
             .env_remove("DREAMERD_CONFIG")
             .env_remove("DREAMERD_EVENT_QUEUE")
+            .env_remove("DREAMERD_EVENT_LAG_MS")
             .env_remove("DREAMERD_LOG");
         for (k, v) in self.env.borrow().iter() {
             c.env(k, v);
