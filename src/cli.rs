@@ -730,7 +730,7 @@ fn run(global: &Global, action: Action) -> Result<i32> {
         Action::Check(dir, full) => {
             let project = Project::discover_with(dir.as_deref(), global.drizzle_config.as_deref())?;
             // A daemon that watches the folder may vouch for it (never started for this; any doubt is a full scan),
-            // asked while this process reads its settings and its stat cache.
+            // asked while this process reads its settings.
             let asking = (!full && !project.unresolved()).then(|| {
                 let (dirs, folder, excluded) =
                     (Dirs::from_env(), project.drizzle(), project.not_migrations());
@@ -738,7 +738,6 @@ fn run(global: &Global, action: Action) -> Result<i32> {
             });
             let mut engine = project_engine(global, &project)?;
             if let Some(asking) = asking {
-                engine.load_facts(&project);
                 engine.vouched = asking.join().ok().flatten();
             }
             let status = engine.status(&project)?;

@@ -142,6 +142,8 @@ struct Facts {
     uses: u64,
     /// The checkouts whose facts were loaded into this process.
     loaded: HashSet<PathBuf>,
+    /// The checkouts whose memos alone were loaded ([`load_memos`]): their files' facts are not in `known`.
+    memos_loaded: HashSet<PathBuf>,
     /// Content facts files loaded checkouts have, not read yet.
     content_pending: Vec<PathBuf>,
     /// The checkouts whose identities or memos changed since their last save.
@@ -306,15 +308,29 @@ impl Drop for View {
         if let Some(m) = VIEW.with(|v| v.borrow_mut().pop()) {
             match &m.seen {
                 Some(seen) => save(&m.owner, &m.folder, seen.iter().map(|(_, id, _)| *id)),
-                // Nothing was scanned: the checkout keeps every file it owns (and what was remembered is saved).
+                // Nothing was scanned: the checkout keeps every file it owns (and what was remembered is saved, with
+                // its files' facts, which only its memos may have been loaded without).
                 None => {
-                    let owned: Vec<Identity> = lock()
-                        .known
-                        .values()
-                        .filter(|k| k.owner.as_deref() == Some(&m.owner))
-                        .map(|k| k.id)
-                        .collect();
-                    save(&m.owner, &m.folder, owned);
+                    if lock().dirty.contains(&m.owner) {
+                        load(&m.owner);
+                        // What the load brought back of what this process pruned goes again.
+                        lock().prune_memos(&m.owner);
+                    }
+                    // Only its memos were read and none changed: nothing to save (saving would write no files).
+                    let owned: Option<Vec<Identity>> = {
+                        let facts = lock();
+                        facts.loaded.contains(&**m.owner).then(|| {
+                            facts
+                                .known
+                                .values()
+                                .filter(|k| k.owner.as_deref() == Some(&m.owner))
+                                .map(|k| k.id)
+                                .collect()
+                        })
+                    };
+                    if let Some(owned) = owned {
+                        save(&m.owner, &m.folder, owned);
+                    }
                 }
             }
             let mut facts = lock();
@@ -353,6 +369,7 @@ impl Facts {
             return;
         }
         self.loaded.remove(&**owner);
+        self.memos_loaded.remove(&**owner);
         // What no scan claimed (files hashed outside any view: a push's staging) goes too once no scan runs here at
         // all, so that nothing piles up in a process that lives for weeks.
         let idle = self.viewing.is_empty();
@@ -724,6 +741,27 @@ impl Facts {
     }
 }
 
+/// Loads only the memos of a checkout's facts (see [`load`]): what a check the daemon vouched for needs, without
+/// the table of its files' facts. A later [`load`] reads the rest.
+pub fn load_memos(base: &Path) {
+    {
+        let facts = lock();
+        if facts.loaded.contains(base) || facts.memos_loaded.contains(base) {
+            return;
+        }
+    }
+    let Ok(Some(bytes)) = crate::safefs::read_file(&ids_path(base), MAX_SAVED, false) else { return };
+    let Some(memos) = decode_ids(&bytes, &mut |_| {}) else { return };
+    let owner = Arc::new(base.to_path_buf());
+    let mut facts = lock();
+    if facts.loaded.contains(base) || !facts.memos_loaded.insert(base.to_path_buf()) {
+        return;
+    }
+    for (kind, key, json) in memos {
+        facts.add_memo(&owner, kind, key, json);
+    }
+}
+
 /// Loads a checkout's facts (`base` with the extensions `.ids` and `.content`) into this process, once per process;
 /// a missing, corrupt or other-format file is ignored. The content facts are read only once one is asked for.
 pub fn load(base: &Path) {
@@ -736,7 +774,16 @@ pub fn load(base: &Path) {
     let owner = Arc::new(base.to_path_buf());
     let add = |facts: &mut Facts, mut k: Known| {
         k.owner = Some(owner.clone());
-        facts.known.entry((k.id.dev, k.id.ino)).or_insert(k);
+        // A file this process hashed already (outside a scan: a check the daemon vouched for reads files afresh)
+        // keeps what it learnt, and belongs to the checkout whose scan saw it.
+        match facts.known.entry((k.id.dev, k.id.ino)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(k);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                o.get_mut().owner.get_or_insert(owner.clone());
+            }
+        }
     };
     let add_memos = |facts: &mut Facts, memos: Vec<SavedMemo>| {
         for (kind, key, json) in memos {

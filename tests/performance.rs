@@ -159,8 +159,6 @@ fn a_restore_moves_what_it_keeps_and_writes_only_what_differs() {
     assert_eq!(w.json("dreamerd", &["check"]).0, 0);
 }
 
-/// A check of an unchanged folder and database takes the result the last check computed (the checkout's memo). It
-/// must never hide a change to either.
 /// How many memos of `kind` the checkout's stat cache holds.
 fn memos_of(w: &World, kind: &str) -> usize {
     let dir = w.state().join("facts");
@@ -221,6 +219,23 @@ fn a_remembered_clean_folder_follows_the_folder_the_schema_and_the_checkout_file
     assert_eq!(v["last_push"]["via"], "restore", "and remembered as such: {v}");
 }
 
+/// How many files' facts the checkout's stat cache holds (the count after its two text lines).
+fn records_of(w: &World) -> u64 {
+    let dir = w.state().join("facts");
+    let ids =
+        fs::read_dir(&dir).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "ids"));
+    let bytes = fs::read(ids.unwrap().path()).unwrap();
+    let mut lines = 0;
+    let start = bytes.iter().position(|&b| {
+        lines += usize::from(b == b'\n');
+        lines == 2
+    });
+    let at = start.unwrap() + 1;
+    u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
+}
+
+/// A check of an unchanged folder and database takes the result the last check computed (the checkout's memo). It
+/// must never hide a change to either.
 #[test]
 fn a_remembered_check_never_hides_a_change_to_the_folder_or_the_database() {
     let w = World::drizzle();
@@ -335,6 +350,23 @@ fn a_watched_folder_is_vouched_for_by_the_daemon_and_never_past_a_change() {
     assert_eq!((code, v["violations"][0]["kind"].as_str()), (1, Some("deleted")), "{v}");
     fs::write(&sql, &before).unwrap();
     vouched();
+    // The database changed, the folder did not: vouched for, the drift computed afresh and remembered, and the stat
+    // cache (only its memos were read) saved whole.
+    let files = records_of(&w);
+    assert_eq!(files, 3, "the stat cache holds the folder's files");
+    let memos = memos_of(&w, "database-check");
+    let db = fs::File::options().append(true).open(w.path("local.db")).unwrap();
+    db.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60)).unwrap();
+    drop(db);
+    std::thread::sleep(std::time::Duration::from_millis(2100)); // its change time settles
+    let (code, v) = check(&[]);
+    assert_eq!(
+        (code, v["verified"].as_str(), v["database"]["checked"].as_bool()),
+        (0, Some("watch"), Some(true)),
+        "{v}"
+    );
+    assert_eq!(memos_of(&w, "database-check"), (memos + 1).min(4), "the new drift is remembered");
+    assert_eq!(records_of(&w), files, "and the files' facts are kept");
     // The daemon asked about a folder it does not watch says why it does not vouch.
     let answer =
         raw_request(&w, &json!({"protocol": 6, "cmd": "vouch", "folder": "/nowhere", "excluded": []}));

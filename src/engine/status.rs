@@ -243,7 +243,8 @@ impl Engine {
             return None;
         }
         let tree = crate::facts::unhex(&vouched.tree)?;
-        self.load_facts(project);
+        // The memos only: the table of the files' facts is read when something must be read after all.
+        crate::facts::load_memos(&self.facts_path(project));
         let view = crate::facts::view_vouched(&self.facts_path(project), &vouched.folder, tree);
         let clean = crate::facts::memo::<Clean>(CLEAN, &self.clean_key(project)?)?;
         Some((view, clean, vouched.exists))
@@ -282,7 +283,7 @@ impl Engine {
         early: &mut dyn FnMut(&ProjectStatus),
     ) -> Result<ProjectStatus> {
         self.state_format()?;
-        self.load_facts(project);
+        // The checkout's facts are loaded by the scan, or only its memos when the daemon vouched for the folder.
         let schema = project.schema_hash()?;
         let mut status = ProjectStatus {
             root: project.root.clone(),

@@ -564,7 +564,36 @@ impl Project {
 impl ProjectFile {
     /// The project file at `root`, read without following a link; `None` when there is none.
     pub fn read(root: &Path) -> Result<Option<ProjectFile>> {
+        // One command asks for it several times (the layout, the id, the settings, the known faults): parsed once
+        // per identity, as long as that identity has settled (a rewrite within the same timestamp tick could keep it).
+        type Parsed = std::collections::HashMap<PathBuf, (crate::facts::Identity, ProjectFile)>;
+        static PARSED: std::sync::Mutex<Option<Parsed>> = std::sync::Mutex::new(None);
         let path = root.join(ID_FILE);
+        let identity = crate::facts::identity(&path);
+        if let Some(id) = identity
+            && let Some((_, file)) = PARSED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_default()
+                .get(&path)
+                .filter(|(known, _)| *known == id)
+        {
+            return Ok(Some(file.clone()));
+        }
+        let parsed = Self::read_afresh(root, &path)?;
+        if let (Some(id), Some(file)) = (identity, &parsed)
+            && id.settled_at(crate::facts::now_ns())
+        {
+            PARSED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_default()
+                .insert(path, (id, file.clone()));
+        }
+        Ok(parsed)
+    }
+
+    fn read_afresh(root: &Path, path: &Path) -> Result<Option<ProjectFile>> {
         let read = Folder::open(root).and_then(|f| match f {
             Some(folder) => folder.read_string(ID_FILE, MAX_PROJECT_FILE),
             None => Ok(None),
@@ -572,7 +601,7 @@ impl ProjectFile {
         let text = match read {
             Ok(Some(t)) => t,
             Ok(None) => return Ok(None),
-            Err(e) => return Err(e).ctx("read", &path),
+            Err(e) => return Err(e).ctx("read", path),
         };
         let parsed: ProjectFile = toml::from_str(&text).map_err(|e| Error::Config {
             message: format!("{} is not a dreamerd project file: {}", path.display(), e.message().trim()),
