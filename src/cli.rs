@@ -729,16 +729,11 @@ fn run(global: &Global, action: Action) -> Result<i32> {
         }
         Action::Check(dir, full) => {
             let project = Project::discover_with(dir.as_deref(), global.drizzle_config.as_deref())?;
-            // A daemon that watches the folder may vouch for it (never started for this; any doubt is a full scan),
-            // asked while this process reads its settings.
-            let asking = (!full && !project.unresolved()).then(|| {
-                let (dirs, folder, excluded) =
-                    (Dirs::from_env(), project.drizzle(), project.not_migrations());
-                std::thread::spawn(move || crate::ipc::vouch(&dirs.ok()?, &folder, &excluded))
-            });
             let mut engine = project_engine(global, &project)?;
-            if let Some(asking) = asking {
-                engine.vouched = asking.join().ok().flatten();
+            // A daemon that watches the folder may vouch for it (never started for this; any doubt is a full scan).
+            if !full && !project.unresolved() && engine.worth_vouching(&project) {
+                engine.vouched =
+                    crate::ipc::vouch(&engine.dirs, &project.drizzle(), &project.not_migrations());
             }
             let status = engine.status(&project)?;
             emit(global, &status, || human_status(&status));

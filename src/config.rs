@@ -18,9 +18,25 @@ pub struct Config {
     pub store: StoreConfig,
     pub notify: NotifyConfig,
     pub watch: WatchConfig,
+    pub check: CheckConfig,
     pub database: DatabaseConfig,
     pub retention: RetentionConfig,
     pub log: LogConfig,
+}
+
+/// `[check]`: `dreamerd check`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckConfig {
+    /// A watching daemon is asked to vouch for the folder only when its last scan here saw at least this many files
+    /// (below that, stat'ing them costs less than the round trip); 0: always asked.
+    pub vouch_min_files: u64,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        CheckConfig { vouch_min_files: 500 }
+    }
 }
 
 /// `[retention]`: how long quarantined files are kept.

@@ -741,6 +741,17 @@ impl Facts {
     }
 }
 
+/// How many files' facts the checkout's saved facts hold (its last scan saw as many), read from the count at the start
+/// of its `.ids` file; 0 when there is none.
+pub fn saved_files(base: &Path) -> u64 {
+    use std::io::Read;
+    let mut head = [0u8; 4096];
+    let Ok(n) = std::fs::File::open(ids_path(base)).and_then(|mut f| f.read(&mut head)) else { return 0 };
+    let mut c = Cursor(&head[..n]);
+    let (Some(_), Some(_), Some(count)) = (c.line(), c.line(), c.u64()) else { return 0 };
+    count
+}
+
 /// Loads only the memos of a checkout's facts (see [`load`]): what a check the daemon vouched for needs, without
 /// the table of its files' facts. A later [`load`] reads the rest.
 pub fn load_memos(base: &Path) {

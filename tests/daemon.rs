@@ -518,6 +518,7 @@ fn check_beside_a_daemon_of_another_protocol_scans_and_leaves_it_alone() {
     let w = stand_in_world();
     fs::create_dir_all(w.runtime()).unwrap();
     fs::set_permissions(w.runtime(), fs::Permissions::from_mode(0o700)).unwrap();
+    w.config("[check]\nvouch_min_files = 0\n");
     // A daemon of an earlier release (protocol 5: no `vouch`), which would stop if asked.
     let listener = std::os::unix::net::UnixListener::bind(w.socket()).unwrap();
     let old = std::thread::spawn(move || {

@@ -297,6 +297,8 @@ fn a_watched_folder_is_vouched_for_by_the_daemon_and_never_past_a_change() {
     let w = World::drizzle();
     // A daemon that takes each file event late: a check right after a change must still wait for it.
     w.set_env("DREAMERD_EVENT_LAG_MS", "100");
+    // Asked whatever the folder's size (by default only from 500 files: below, the round trip costs more).
+    w.config("[check]\nvouch_min_files = 0\n");
     w.push_ok(); // through the daemon, which watches the project from then on
     let check = |args: &[&str]| {
         let mut all = vec!["check"];
@@ -372,6 +374,12 @@ fn a_watched_folder_is_vouched_for_by_the_daemon_and_never_past_a_change() {
         raw_request(&w, &json!({"protocol": 6, "cmd": "vouch", "folder": "/nowhere", "excluded": []}));
     assert_eq!(answer["data"]["vouched"], Value::Null, "{answer}");
     assert!(answer["data"]["reason"].as_str().unwrap().contains("no watched project"), "{answer}");
+    // A folder smaller than `check.vouch_min_files`: the daemon is not asked.
+    w.config("[check]\nvouch_min_files = 4\n");
+    let (code, v) = check(&[]);
+    assert_eq!((code, v["verified"].as_str()), (0, Some("scan")), "{v}");
+    w.config("[check]\nvouch_min_files = 3\n");
+    assert_eq!(check(&[]).1["verified"], "watch");
     // No daemon: a scan, the same answer.
     assert_eq!(w.run("dreamerd", &["stop"]).code, 0);
     w.wait_for("the daemon to stop", || w.daemon_pid().is_none());

@@ -312,6 +312,13 @@ impl Engine {
         self.dirs.state.join("facts").join(project.local_key())
     }
 
+    /// Whether `check` should ask a watching daemon to vouch for the folder (`check.vouch_min_files`): the round trip
+    /// costs more than stat'ing a small folder.
+    pub fn worth_vouching(&self, project: &Project) -> bool {
+        let min = self.config.check.vouch_min_files;
+        min == 0 || crate::facts::saved_files(&self.facts_path(project)) >= min
+    }
+
     /// Loads this checkout's facts, once per process, before anything reads its migration folder.
     pub(crate) fn load_facts(&self, project: &Project) {
         crate::facts::load(&self.facts_path(project));
