@@ -159,6 +159,16 @@ fn a_restore_moves_what_it_keeps_and_writes_only_what_differs() {
     assert_eq!(w.json("dreamerd", &["check"]).0, 0);
 }
 
+/// A migration of the project's folder.
+fn first_sql(w: &World) -> std::path::PathBuf {
+    fs::read_dir(w.path("drizzle"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "sql"))
+        .unwrap()
+}
+
 /// How many memos of `kind` the checkout's stat cache holds.
 fn memos_of(w: &World, kind: &str) -> usize {
     let dir = w.state().join("facts");
@@ -186,12 +196,7 @@ fn a_remembered_clean_folder_follows_the_folder_the_schema_and_the_checkout_file
     let (code, again) = status(&w);
     assert_eq!((code, &again["last_push"]), (0, &first["last_push"]), "and taken, the same");
     // A hand edit changes the folder: judged afresh.
-    let sql = fs::read_dir(w.path("drizzle"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "sql"))
-        .unwrap();
+    let sql = first_sql(&w);
     let before = fs::read(&sql).unwrap();
     fs::write(&sql, b"DROP TABLE users;").unwrap();
     let (code, v) = status(&w);
@@ -323,12 +328,7 @@ fn a_watched_folder_is_vouched_for_by_the_daemon_and_never_past_a_change() {
     let (code, full) = check(&["--full"]);
     assert_eq!((code, full["verified"].as_str()), (0, Some("scan")), "--full reads every file: {full}");
     assert_eq!(full["last_push"], v["last_push"], "the same answer either way");
-    let sql = fs::read_dir(w.path("drizzle"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "sql"))
-        .unwrap();
+    let sql = first_sql(&w);
     let name = sql.file_name().unwrap().to_str().unwrap().to_string();
     let before = fs::read(&sql).unwrap();
     for round in 0..3 {
