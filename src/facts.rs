@@ -792,7 +792,7 @@ pub fn load(base: &Path) {
                 v.insert(k);
             }
             std::collections::hash_map::Entry::Occupied(mut o) => {
-                o.get_mut().owner.get_or_insert(owner.clone());
+                o.get_mut().owner.get_or_insert_with(|| owner.clone());
             }
         }
     };

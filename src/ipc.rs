@@ -374,7 +374,7 @@ pub fn vouch(dirs: &Dirs, folder: &Path, excluded: &[String]) -> Option<crate::e
     if vouched.is_none() {
         tracing::debug!(reason = %data["reason"], "the daemon does not vouch for the folder; scanning it");
     }
-    vouched.filter(|v| v.folder == folder && v.excluded == excluded)
+    vouched
 }
 
 fn lost(e: io::Error) -> Error {

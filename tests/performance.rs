@@ -401,3 +401,57 @@ fn raw_request(w: &World, request: &Value) -> Value {
     }
     serde_json::from_str(&last).unwrap()
 }
+
+/// The vouch on the shapes real projects have: drizzle-kit 1.0's folder per migration (changes below the migration
+/// folder's own level, a new migration folder with its files at once), and a config that reads `process.env` for
+/// where the migrations live (the daemon resolves it with the environment of the command that pushed).
+#[test]
+fn a_vouch_holds_for_drizzle_kit_1_0_folders_and_an_out_from_the_environment() {
+    let w = World::drizzle_v1();
+    w.set_env("DREAMERD_EVENT_LAG_MS", "100");
+    w.set_env("MIGRATIONS_OUT", "./db/migrations");
+    w.config("[check]\nvouch_min_files = 0\n");
+    w.write(
+        "drizzle.config.ts",
+        "import { defineConfig } from 'drizzle-kit';\n\nexport default defineConfig({\n  dialect: 'sqlite',\n  \
+         schema: './src/schema.ts',\n  out: process.env.MIGRATIONS_OUT || './drizzle',\n  dbCredentials: { url: \
+         './local.db' },\n});\n",
+    );
+    w.push_ok();
+    let check = || w.json("dreamerd", &["check"]).1;
+    let vouched = || w.wait_for("the daemon to vouch for the folder", || check()["verified"] == "watch");
+    vouched();
+    let v = check();
+    assert_eq!(
+        (v["out"].as_str(), v["migration_layout"].as_str()),
+        (Some("db/migrations"), Some("folders")),
+        "{v}"
+    );
+    let migration = fs::read_dir(w.path("db/migrations"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let name = migration.file_name().unwrap().to_str().unwrap().to_string();
+    let sql = migration.join("migration.sql");
+    let before = fs::read(&sql).unwrap();
+    fs::write(&sql, "DROP TABLE users;").unwrap();
+    let v = check();
+    assert_eq!(v["verified"], "scan", "{v}");
+    assert_eq!(v["violations"], json!([{"kind": "modified", "path": format!("{name}/migration.sql")}]));
+    fs::write(&sql, &before).unwrap();
+    vouched();
+    fs::create_dir(w.path("db/migrations/20990101000000_by_hand")).unwrap();
+    w.write("db/migrations/20990101000000_by_hand/migration.sql", "SELECT 1;");
+    let v = check();
+    assert_eq!(v["verified"], "scan", "{v}");
+    assert_eq!(v["violations"], json!([{"kind": "created", "path": "20990101000000_by_hand/migration.sql"}]));
+    fs::remove_dir_all(w.path("db/migrations/20990101000000_by_hand")).unwrap();
+    vouched();
+    // A command whose environment puts the migrations elsewhere asks about that folder: never vouched for with this one.
+    let other =
+        w.cmd("dreamerd", &["check", "--json"]).env("MIGRATIONS_OUT", "./elsewhere").output().unwrap();
+    let v: Value = serde_json::from_slice(&other.stdout).unwrap();
+    assert_eq!((v["out"].as_str(), v["verified"].as_str()), (Some("elsewhere"), Some("scan")), "{v}");
+}

@@ -27,6 +27,8 @@ const GIT_HOLD_MAX: Duration = Duration::from_secs(30);
 pub(super) const SETTLE: Duration = Duration::from_millis(20);
 /// How long a `vouch` waits for its cookie to come out of the watcher (a daemon that busy is not vouching).
 const COOKIE_WAIT: Duration = Duration::from_secs(1);
+/// Why a folder is not vouched for when no project's last scan kept it.
+const NOT_FOUND: &str = "no watched project's last scan found this folder on a local filesystem";
 
 /// git's index lock of the checkout at `root` (a worktree's own), asked of git itself; `None` outside git.
 fn git_index_lock(root: &Path) -> Option<PathBuf> {
@@ -232,7 +234,7 @@ impl Daemon {
             .values()
             .any(|w| w.vouch.as_ref().is_some_and(|(_, s)| s.folder == folder && s.excluded == excluded));
         if !known {
-            return refused("no watched project's last scan found this folder");
+            return refused(NOT_FOUND);
         }
         let n = self.cookie_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cookie = dir.join(format!("{}-{n}", std::process::id()));
@@ -261,8 +263,6 @@ impl Daemon {
                 "the project's files changed since its last scan"
             } else if !scanned.exists || !w.watches.contains(folder) || w.rewatch {
                 "the folder has no watch in place"
-            } else if !local_filesystem(folder) {
-                "the folder is not on a local filesystem (changes made by other machines raise no event here)"
             } else if !w.warnings.is_empty() {
                 "the project has warnings"
             } else if state.pending.contains_key(root)
@@ -275,7 +275,7 @@ impl Daemon {
             };
             return refused(why);
         }
-        refused("no watched project's last scan found this folder")
+        refused(NOT_FOUND)
     }
 
     /// Puts the watches of a project in place: adds missing ones, makes again those of directories that were
@@ -594,13 +594,20 @@ impl Daemon {
             return;
         }
         let this = self.clone();
-        let scan = tokio::task::spawn_blocking(move || {
+        let scan = tokio::task::spawn_blocking(move || -> Result<ProjectStatus> {
             this.note_presence(&spec.root);
             let project = spec.resolve()?;
             this.ensure_watches(&project);
             let early = this.clone();
-            this.engine_for(&spec, &project)?
-                .status_early(&project, &mut |s| early.early_warning(&spec.root, s))
+            let mut status = this
+                .engine_for(&spec, &project)?
+                .status_early(&project, &mut |s| early.early_warning(&spec.root, s))?;
+            // Vouched for later only on a filesystem where every change raises an event here (asked now, on this
+            // blocking thread: a stalled network mount must not hold the daemon's state).
+            if status.scanned.as_ref().is_some_and(|s| !local_filesystem(&s.folder)) {
+                status.scanned = None;
+            }
+            Ok(status)
         });
         let scanned = self.within_limit(root, scan).await;
         let status = match scanned {
@@ -1004,6 +1011,14 @@ fn list_violations(violations: &[crate::manifest::Violation]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_local_filesystems_are_vouched_for() {
+        let here = tempfile::tempdir().unwrap();
+        assert!(local_filesystem(here.path()), "a temporary folder (ext4 or tmpfs) raises every event here");
+        assert!(!local_filesystem(Path::new("/proc")), "procfs is not on the list");
+        assert!(!local_filesystem(&here.path().join("gone")), "nor a folder that is not there");
+    }
 
     #[test]
     fn relevance() {
