@@ -77,6 +77,40 @@ fn a_push_killed_at_each_step_is_rolled_back_before_migrate_and_completed_after_
     }
 }
 
+/// The lock of the one project in `w` (the state folder keeps one per checkout).
+fn project_lock(w: &World) -> fs::File {
+    let locks: Vec<PathBuf> =
+        fs::read_dir(w.state().join("locks")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    fs::File::options().write(true).open(&locks[0]).unwrap()
+}
+
+#[test]
+fn a_recovery_that_finds_the_project_lock_held_waits_for_it_and_then_finishes() {
+    // A status adopting a push, or a helper outliving the crashed push, can hold the lock as the next daemon
+    // starts: its recovery must wait, never give up and leave the project interrupted.
+    let (w, fault) = world();
+    let first = w.push_ok();
+    w.write("src/schema.ts", &format!("{}{POSTS}", w.read("src/schema.ts")));
+    crash_at(&w, &fault, "push:backup", "dreamer", &["push"]);
+    let lock = project_lock(&w);
+    lock.lock().unwrap();
+    // The status starts the next daemon, which finds the journal.
+    assert_eq!(w.status()["state"], "busy");
+    w.wait_for("the recovery to meet the held lock", || {
+        w.daemon_log().contains("an interrupted operation waits for the project's lock")
+    });
+    let s = w.status();
+    assert_eq!(s["state"], "busy", "nothing is finished while the lock is held: {s}");
+    assert_eq!(s["last_push"]["id"], first.as_str(), "{s}");
+    let journals = walk(&w.state().join("ops")).into_iter().filter(|p| p.ends_with("journal.json")).count();
+    assert_eq!(journals, 1, "the interrupted push's journal waits");
+    drop(lock);
+    let v = recovered(&w, "push:backup with the lock held");
+    assert_ne!(v["last_push"]["id"], first.as_str(), "the push is completed once the lock is free: {v}");
+    assert_eq!(v["schema_pending"], false, "{v}");
+}
+
 /// Whether some file under `dir` holds exactly `bytes`.
 fn holds(dir: &Path, bytes: &[u8]) -> bool {
     tree_of(dir).values().any(|b| b == bytes)

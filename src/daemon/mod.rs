@@ -475,6 +475,9 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
 
 /// How often the STATUS= line is brought up to date (and at most how long between watchdog checks).
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How soon, and at most how seldom, a recovery that found the project's lock held tries again.
+const RECOVER_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const RECOVER_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The systemd unit this process runs in: the last `.service` of its control group, when systemd started it
 /// (`INVOCATION_ID`).
@@ -771,8 +774,37 @@ impl Daemon {
     }
 
     /// Finishes what a crash left in a project (a half-done swap, an interrupted push) without waiting for the
-    /// next push or restore.
+    /// next push or restore. A project lock held by someone else (a status adopting a push for an instant, another
+    /// command's operation, a helper that outlived the crashed one) is waited for in the background: giving up
+    /// would leave the project interrupted until the next push or restore.
     async fn recover_project(self: &Arc<Self>, root: &Path) {
+        if let Err(why) = self.try_recover(root).await {
+            tracing::info!(project = %shown(root), reason = %why, "an interrupted operation waits for the project's lock");
+            let this = self.clone();
+            let root = root.to_path_buf();
+            tokio::spawn(async move {
+                let mut pause = RECOVER_RETRY_FIRST;
+                loop {
+                    tokio::time::sleep(pause).await;
+                    let watched = this.state.lock().expect("state").projects.contains_key(&root);
+                    if this.stopping.load(Ordering::SeqCst)
+                        || !watched
+                        || this.try_recover(&root).await.is_ok()
+                    {
+                        break;
+                    }
+                    pause = (pause * 2).min(RECOVER_RETRY_MAX);
+                }
+                this.mark(&root, std::time::Instant::now());
+                let _ = this.rescan_tx.send(Wake::Rescan(root));
+            });
+        }
+        self.mark(root, std::time::Instant::now());
+        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
+    }
+
+    /// One attempt at [`Daemon::recover_project`]; `Err` (why) when the project's lock is held.
+    async fn try_recover(self: &Arc<Self>, root: &Path) -> std::result::Result<(), String> {
         let this = self.clone();
         let spec = self.spec(root);
         let op = move || {
@@ -781,15 +813,18 @@ impl Daemon {
         };
         match self.within_limit(root, self.run_op(root, op)).await {
             Ok(true) => {
-                tracing::info!(project = %root.display(), "finished what an interrupted operation left")
+                tracing::info!(project = %root.display(), "finished what an interrupted operation left");
+                Ok(())
             }
-            Ok(false) | Err(Error::Busy(_)) => {}
+            Ok(false) => Ok(()),
+            // Shutting down: the next start finishes it.
+            Err(Error::Busy(_)) if self.stopping.load(Ordering::SeqCst) => Ok(()),
+            Err(Error::Busy(why)) => Err(why),
             Err(e) => {
-                tracing::warn!(project = %root.display(), error = %e, "cannot finish an interrupted operation")
+                tracing::warn!(project = %root.display(), error = %e, "cannot finish an interrupted operation");
+                Ok(())
             }
         }
-        self.mark(root, std::time::Instant::now());
-        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
     }
 
     fn remove_project(&self, root: &Path) -> Result<bool> {

@@ -459,6 +459,10 @@ impl Engine {
         previous: Option<(String, Relation)>,
     ) {
         let Ok(Some(_lock)) = self.try_lock_now(project) else { return };
+        // An interrupted operation decides the last push when it is finished, not a status.
+        if fsutil::exists_nofollow(&self.ops_dir(project).join("journal.json")) {
+            return;
+        }
         // Looked at again under the lock: a push may have finished in between.
         let still = self.scan_out(project).ok().is_some_and(|t| manifest::diff(&record.files, &t).is_empty());
         let current = self.checkout(project).ok().flatten().map(|c| c.push.id);

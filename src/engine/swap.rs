@@ -563,6 +563,13 @@ impl Engine {
         if !fsutil::exists_nofollow(&journal) && !fsutil::exists_nofollow(&project.root.join(STAGING)) {
             return Ok(false);
         }
+        // The journal of an operation that still runs (in this process or another) is not an interruption: that
+        // operation finishes it.
+        if let Ok(Some(j)) = self.read_journal(project)
+            && j.owner.is_some_and(|o| o.alive())
+        {
+            return Ok(false);
+        }
         let _lock = self.lock(project)?;
         self.recover(project, sink)?;
         Ok(true)
