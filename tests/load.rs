@@ -13,10 +13,15 @@ use crate::support::{GENERATE, World, alive, stand_in_world};
 
 /// The daemon's resident memory in KiB.
 fn rss_kib(pid: i32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A memory figure of `/proc/<pid>/status` in KiB.
+fn status_kib(pid: i32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap()
@@ -139,4 +144,34 @@ fn a_push_whose_client_vanished_is_completed_by_the_daemon() {
     let history = w.run("dreamerd", &["history", "--json"]);
     let pushes: Value = serde_json::from_str(&history.stdout).unwrap();
     assert_eq!(pushes["pushes"].as_array().unwrap().len(), 2, "{pushes}");
+}
+
+#[test]
+fn memory_taken_by_a_burst_of_twenty_thousand_files_is_given_back_once_quiet() {
+    let w = stand_in_world();
+    w.push_ok();
+    let pid = w.daemon_pid().expect("the daemon runs");
+    // The heap the daemon holds (its code's pages, resident as more of it runs, are the binary's, not taken).
+    let anon = || status_kib(pid, "RssAnon:");
+    // Idle: once the push's memory was given back (a second after the daemon went quiet) and the runtime's spare
+    // threads retired.
+    std::thread::sleep(Duration::from_secs(12));
+    let idle = anon();
+    let burst = w.path("drizzle/burst");
+    std::fs::create_dir(&burst).unwrap();
+    for i in 0..20_000 {
+        std::fs::write(burst.join(format!("{i:05}.sql")), "x").unwrap();
+    }
+    w.wait_for("the burst in status", || {
+        w.status()["violations"].as_array().is_some_and(|v| v.len() >= 20_000)
+    });
+    let peak = anon();
+    assert!(peak > idle + 16 * 1024, "the burst took memory ({idle} KiB idle, {peak} KiB at its peak)");
+    let (code, v) = w.json("dreamer", &["database", "restore"]);
+    assert_eq!(code, 0, "{v}");
+    // Back to idle (within a few MiB) by itself: nothing is asked of the daemon meanwhile.
+    w.wait_for(&format!("the heap to go back to its idle {idle} KiB (peak {peak} KiB)"), || {
+        anon() < idle + 6 * 1024
+    });
+    assert_eq!(w.daemon_pid(), Some(pid), "the same daemon");
 }

@@ -144,6 +144,8 @@ struct State {
     ops: HashMap<PathBuf, usize>,
     /// Projects with file events waiting for the quiet period: (first event, due).
     pending: HashMap<PathBuf, (Instant, Instant)>,
+    /// When to give freed heap back to the system, if the daemon is quiet by then (see `trim_when_quiet`).
+    trim_at: Option<Instant>,
 }
 
 /// The configuration the daemon runs with: read at start, read again on SIGHUP (`systemctl --user reload dreamerd`).
@@ -213,6 +215,8 @@ pub const RESTART_EXIT: i32 = 75;
 enum Wake {
     Rescan(PathBuf),
     Overflow(&'static str),
+    /// Only look at the moments due again (a trim was asked for).
+    Recheck,
 }
 
 /// The daemon's pid file, locked for as long as it runs: the guarantee of one daemon per user.
@@ -296,6 +300,12 @@ pub fn run(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
     // SAFETY: mallopt only sets an allocator parameter; no other thread runs yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Fixed thresholds (setting them turns glibc's dynamic ones off): by default freeing a large block raises
+        // both, up to 32 and 64 MiB, after which big buffers come from the arenas and the top of a thread arena may
+        // keep that much, which malloc_trim never gives back. Blocks from 256 KiB are their own mappings (returned
+        // when freed) and an arena's top past 1 MiB is returned at once.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
     }
     // Each scan reads its checkout's stat cache afresh (a millisecond for 2,000 files) rather than the daemon holding
     // every watched folder's in memory between events.

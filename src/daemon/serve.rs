@@ -418,6 +418,7 @@ impl Daemon {
         }
         self.ops_in_flight.fetch_sub(1, Ordering::SeqCst);
         self.ops_done.notify_waiters();
+        self.trim_when_quiet();
         outcome.unwrap_or_else(|e| {
             Err(Error::failed(format!("the operation panicked: {e}"), "see the daemon's log"))
         })

@@ -387,7 +387,10 @@ impl Daemon {
         loop {
             self.beat();
             let debounce = Duration::from_millis(self.loaded().engine.config.watch.debounce_ms);
-            let next_due = self.state.lock().expect("state").pending.values().map(|(_, due)| *due).min();
+            let next_due = {
+                let state = self.state.lock().expect("state");
+                state.pending.values().map(|(_, due)| *due).chain(state.trim_at).min()
+            };
             let sleep = async {
                 match next_due {
                     Some(due) => tokio::time::sleep_until(due.into()).await,
@@ -411,6 +414,7 @@ impl Daemon {
                 },
                 wake = wake_rx.recv() => match wake {
                     Some(Wake::Rescan(root)) => self.mark(&root, Instant::now()),
+                    Some(Wake::Recheck) => {}
                     Some(Wake::Overflow(why)) => {
                         self.overflow_flagged.store(false, std::sync::atomic::Ordering::SeqCst);
                         self.mark_all(debounce, why);
@@ -432,9 +436,35 @@ impl Daemon {
                         let this = self.clone();
                         tokio::spawn(async move { this.rescan(&root).await });
                     }
+                    if self.quiet_now(now) {
+                        // What a scan, an operation or a burst of 20,000 files took is given back to the system,
+                        // not kept for the next one.
+                        let _ = tokio::task::spawn_blocking(trim_memory).await;
+                    }
                 }
             }
         }
+    }
+
+    /// Asks for the freed heap to be given back once the daemon has been quiet for [`TRIM_QUIET`] (called after each
+    /// scan and operation; each call moves the moment on).
+    pub(super) fn trim_when_quiet(&self) {
+        self.state.lock().expect("state").trim_at = Some(Instant::now() + TRIM_QUIET);
+        // The scheduler sleeps until the earliest moment it knows of: wake it to see this one.
+        let _ = self.rescan_tx.send(Wake::Recheck);
+    }
+
+    /// Whether the trim asked for is due at `now` with nothing pending, scanning or running; a due trim is taken
+    /// either way (work still going on asks again when it ends).
+    fn quiet_now(&self, now: Instant) -> bool {
+        let mut state = self.state.lock().expect("state");
+        if state.trim_at.is_none_or(|at| at > now) {
+            return false;
+        }
+        state.trim_at = None;
+        state.pending.is_empty()
+            && state.ops.is_empty()
+            && state.projects.values().all(|w| w.scanning_since.is_none())
     }
 
     fn on_event(&self, event: &notify::Event, debounce: Duration) {
@@ -845,11 +875,7 @@ impl Daemon {
             tracing::info!(project = %shown, "{out_dir} matches the last push again; violation cleared");
             self.emit(json!({"type": "cleared", "root": root}));
         }
-        if self.state.lock().expect("state").pending.is_empty() {
-            // What a scan or a burst of 20,000 files took is given back to the system once the daemon is quiet,
-            // not kept for the next one.
-            trim_memory();
-        }
+        self.trim_when_quiet();
         if schema_changed {
             tracing::info!(project = %shown, "the schema changed since the last push; run `dreamer push` to apply it");
             self.emit(json!({"type": "schema-changed", "root": root, "schema_pending": true}));
@@ -988,6 +1014,9 @@ fn violation_event(root: &Path, new: &[crate::manifest::Violation]) -> serde_jso
     let shown = &new[..new.len().min(EVENT_VIOLATIONS)];
     json!({"type": "violation", "root": root, "violations": shown, "more": new.len() - shown.len()})
 }
+
+/// How long the daemon must be quiet before the heap a burst or a scan freed is given back.
+const TRIM_QUIET: Duration = Duration::from_secs(1);
 
 /// Gives freed heap memory back to the system (glibc keeps it otherwise).
 fn trim_memory() {
