@@ -56,6 +56,14 @@ fn first_push_backs_up_and_check_is_clean() {
     assert_eq!(code, 0);
     assert_eq!(v["push_id"], id.as_str());
     assert_eq!(v["unchanged"], true);
+    // Where its time went: drizzle-kit's two runs, and dreamerd's own work, adding up to the whole.
+    let t = &v["timings"];
+    let ms = |k: &str| t[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert!(ms("drizzle_kit_ms") > 0.0, "{v}");
+    assert!(ms("dreamerd_ms") > 0.0, "{v}");
+    let parts = ms("drizzle_kit_ms") + ms("database_copy_ms") + ms("store_ms") + ms("dreamerd_ms");
+    assert!((parts - ms("total_ms")).abs() < 0.01, "{v}");
+    assert_eq!(ms("store_ms"), 0.0, "nothing new to store: {v}");
 }
 
 #[test]

@@ -87,6 +87,8 @@ pub struct Engine {
     /// What the daemon's watch vouched for (`check` asks it): the migration folder is still the tree its last scan
     /// found, so a status of it need not stat every file again.
     pub vouched: Option<status::Scanned>,
+    /// Where the time of the current push went (see [`push::Timings`]).
+    timings: std::sync::Mutex<push::Timings>,
 }
 
 /// A successful push whose backup waits locally for the store, and the store's last answer.
@@ -130,7 +132,15 @@ impl Engine {
     ) -> Result<Engine> {
         let store = Store::open(&config.store_location(&dirs), Some(dirs.state.join("index")), env)?
             .with_cache(dirs.cache.join("archives"));
-        Ok(Engine { config, dirs, store, sources: Vec::new(), state_ready: OnceLock::new(), vouched: None })
+        Ok(Engine {
+            config,
+            dirs,
+            store,
+            sources: Vec::new(),
+            state_ready: OnceLock::new(),
+            vouched: None,
+            timings: Default::default(),
+        })
     }
 
     /// The engine of one operation on `project`: the user's settings, the project file's, an explicit file's.

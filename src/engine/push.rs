@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,9 @@ pub enum PushReport {
         /// another worktree): both are kept, and the history says which came second.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         others: Vec<OtherPush>,
+        /// Where the push's time went (an addition to the contract).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timings: Option<Timings>,
     },
     /// `push --custom NAME`: the new migration is open for the user to write.
     Opened {
@@ -65,6 +68,27 @@ pub enum PushReport {
         settings: Vec<PathBuf>,
     },
     Failed(PushFailure),
+}
+
+/// Where a successful push's time went, in milliseconds, measured inside the process that ran it (the command's
+/// own start and its round trip to the daemon are not in `total_ms`). `dreamerd_ms` is dreamerd's own work around
+/// drizzle-kit: prechecks, the tree kept to roll back to, the archive, the records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub total_ms: f64,
+    /// generate and migrate (and `up`), as processes.
+    pub drizzle_kit_ms: f64,
+    /// The copy of a SQLite database before migrate.
+    pub database_copy_ms: f64,
+    /// Saving the backup in the store (an upload, for S3).
+    pub store_ms: f64,
+    pub dreamerd_ms: f64,
+}
+
+impl Timings {
+    fn add(slot: &std::sync::Mutex<Timings>, pick: impl FnOnce(&mut Timings) -> &mut f64, since: Instant) {
+        *pick(&mut slot.lock().expect("timings")) += since.elapsed().as_secs_f64() * 1000.0;
+    }
 }
 
 /// A push the store got from elsewhere since this checkout's last push.
@@ -256,7 +280,15 @@ impl Engine {
     ) -> Result<PushReport> {
         crate::drizzle::hints::check(&options.renames, &options.creates).map_err(Error::Usage)?;
         let never_pushed = self.baseline(project).ok().flatten().is_none();
+        let started = Instant::now();
+        *self.timings.lock().expect("timings") = Timings::default();
         let mut report = self.push_locked(project, mode, options, sink)?;
+        if let PushReport::Ok { timings, .. } = &mut report {
+            let mut t = *self.timings.lock().expect("timings");
+            t.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+            t.dreamerd_ms = (t.total_ms - t.drizzle_kit_ms - t.database_copy_ms - t.store_ms).max(0.0);
+            *timings = Some(t);
+        }
         if let PushReport::Failed(f) = &mut report
             && never_pushed
         {
@@ -505,8 +537,15 @@ impl Engine {
             ));
         }
         // The database before anything runs: a copy to put back if the push damages it.
-        let copy = if mode == Mode::Push || converting {
-            match self.copy_database(project, baseline.as_ref().map(|b| b.id.as_str()), sink)? {
+        let copying = Instant::now();
+        let copied = if mode == Mode::Push || converting {
+            Some(self.copy_database(project, baseline.as_ref().map(|b| b.id.as_str()), sink)?)
+        } else {
+            None
+        };
+        Timings::add(&self.timings, |t| &mut t.database_copy_ms, copying);
+        let copy = if let Some(copied) = copied {
+            match copied {
                 Ok(super::dbcopy::Copied::Yes(c)) => Some(c),
                 Ok(super::dbcopy::Copied::No(why))
                     if converting && !options.backed_up && self.has_database(project) =>
@@ -606,6 +645,7 @@ impl Engine {
                     settings: Vec::new(),
                     known_faults: Vec::new(),
                     others: Vec::new(),
+                    timings: None,
                 });
             }
         }
@@ -835,7 +875,9 @@ impl Engine {
                 self.store.describe()
             ));
         }
+        let storing = Instant::now();
         let saved = self.store.save(&record, &archive);
+        Timings::add(&self.timings, |t| &mut t.store_ms, storing);
         crate::fault::point("push:stored");
         let mut others = Vec::new();
         if let Ok(n) = &saved {
@@ -885,6 +927,7 @@ impl Engine {
                 settings: Vec::new(),
                 known_faults: adopted,
                 others,
+                timings: None,
             });
         };
         // The database now holds the new migrations, so drizzle/ keeps them: no rollback. The backup waits in
@@ -981,6 +1024,7 @@ impl Engine {
             stage.journal.child = Some(pid as i32);
             recorded = self.write_journal(project, stage.journal);
         };
+        let started = Instant::now();
         let ran = runner::run_with(
             &argv,
             &project.workdir(),
@@ -990,6 +1034,7 @@ impl Engine {
             Some(&env),
             on_spawn,
         );
+        Timings::add(&self.timings, |t| &mut t.drizzle_kit_ms, started);
         recorded?;
         Ok(match ran {
             Err(e) => Some(diagnosis::spawn_failed(name, &e)),
@@ -1004,7 +1049,8 @@ impl Engine {
     /// After generate: what it wrote must be a coherent drizzle/ (it exits 0 on errors, so check by content).
     fn judge_written(&self, project: &Project) -> Option<Diagnosis> {
         let drizzle = project.drizzle();
-        let tree = match self.scan_out(project) {
+        // The view stays open while the journal is judged: its files are read (and parsed) only where they changed.
+        let (tree, _view) = match self.scan_seen(project) {
             Ok(t) => t,
             Err(e) => {
                 return Some(Diagnosis::new("unknown", format!("cannot read drizzle/: {e}"), "try again"));
@@ -1478,6 +1524,7 @@ impl Engine {
                 settings: Vec::new(),
                 known_faults: Vec::new(),
                 others: Vec::new(),
+                timings: None,
             }));
         }
         let packed: Packed = archive::pack(&drizzle, &tree)?;
