@@ -148,6 +148,7 @@ fn a_push_whose_client_vanished_is_completed_by_the_daemon() {
 
 #[test]
 fn memory_taken_by_a_burst_of_twenty_thousand_files_is_given_back_once_quiet() {
+    let _burst = crate::support::one_burst_at_a_time();
     let w = stand_in_world();
     w.push_ok();
     let pid = w.daemon_pid().expect("the daemon runs");

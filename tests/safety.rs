@@ -239,6 +239,7 @@ fn a_newline_in_a_file_name_forges_no_line() {
 
 #[test]
 fn a_burst_of_twenty_thousand_files_is_two_log_lines_not_twenty_thousand() {
+    let _burst = crate::support::one_burst_at_a_time();
     let w = stand_in_world();
     // A quiet period long enough that a loaded machine writing the files never pauses that long.
     w.config(

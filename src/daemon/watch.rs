@@ -439,7 +439,8 @@ impl Daemon {
                     if self.quiet_now(now) {
                         // What a scan, an operation or a burst of 20,000 files took is given back to the system,
                         // not kept for the next one.
-                        let _ = tokio::task::spawn_blocking(trim_memory).await;
+                        // On a blocking thread, never awaited: events keep being taken meanwhile.
+                        drop(tokio::task::spawn_blocking(trim_memory));
                     }
                 }
             }

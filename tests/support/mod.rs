@@ -260,6 +260,15 @@ impl World {
     }
 }
 
+/// Held by the tests that write a burst of 20,000 files: two at once on two cores stall each writer past the quiet
+/// period that ends a burst.
+pub static BURSTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`BURSTS`] (a test that failed holding it does not poison the others).
+pub fn one_burst_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    BURSTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 pub fn alive(pid: i32) -> bool {
     // Signal 0 only checks; a zombie still counts as gone once reaped by init.
     std::process::Command::new("kill")
