@@ -255,7 +255,11 @@ fn a_burst_of_twenty_thousand_files_is_two_log_lines_not_twenty_thousand() {
     // The first file is warned about at once; the burst ends in one line with the count.
     w.wait_for("the burst's summary", || warn_lines(&w).iter().any(|l| l.contains("20000 file(s) differ")));
     let warns = warn_lines(&w);
-    assert_eq!(warns.len() - before, 2, "warning lines for one burst: {warns:?}");
+    // Events the queue could not hold are one more line at most, however often it filled.
+    let (lost, burst): (Vec<&String>, Vec<&String>) =
+        warns[before..].iter().partition(|l| l.contains("file events were lost"));
+    assert_eq!(burst.len(), 2, "warning lines for one burst: {warns:?}");
+    assert!(lost.len() <= 1, "one line for the events lost: {warns:?}");
 }
 
 #[test]

@@ -184,6 +184,8 @@ pub(crate) struct Daemon {
     rescan_tx: mpsc::UnboundedSender<Wake>,
     /// Set while an overflow wake is on its way, so a burst of dropped events sends one.
     overflow_flagged: Arc<AtomicBool>,
+    /// When lost file events were last warned about (see `mark_all`).
+    overflow_warned: Mutex<Option<Instant>>,
     /// When the scheduler last went round its loop (ms since `started`): the watchdog is pinged only while it is
     /// recent, so a wedged loop gets the daemon restarted.
     scheduler_beat: AtomicU64,
@@ -365,6 +367,7 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
         cookie_dir: std::sync::OnceLock::new(),
         cookies: Mutex::new(HashMap::new()),
         cookie_seq: AtomicU64::new(0),
+        overflow_warned: Mutex::new(None),
     });
     let watchlist = daemon.load_watchlist()?;
     daemon.start_watcher(fs_tx, &runtime_dir.join("cookies"))?;

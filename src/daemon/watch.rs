@@ -588,7 +588,18 @@ impl Daemon {
             }
             state.pending.insert(root, (due, due));
         }
-        tracing::warn!(reason = why, "file events were lost; every project will be rescanned in full");
+        // One warning per burst of losses (a queue that fills again while the rescan is pending says nothing new);
+        // each loss is still counted in the projects' `overflows`.
+        let mut last = self.overflow_warned.lock().expect("overflow_warned");
+        if last.is_none_or(|at| at.elapsed() >= OVERFLOW_WARN_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(reason = why, "file events were lost; every project will be rescanned in full");
+        } else {
+            tracing::debug!(
+                reason = why,
+                "file events were lost again; every project will be rescanned in full"
+            );
+        }
     }
 
     /// Rescans a project now (if no push or restore is running on it) and reports what changed.
@@ -1015,6 +1026,9 @@ fn violation_event(root: &Path, new: &[crate::manifest::Violation]) -> serde_jso
     let shown = &new[..new.len().min(EVENT_VIOLATIONS)];
     json!({"type": "violation", "root": root, "violations": shown, "more": new.len() - shown.len()})
 }
+
+/// At most one warning about lost file events in this long (a burst that overflows the queue does so many times).
+const OVERFLOW_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// How long the daemon must be quiet before the heap a burst or a scan freed is given back.
 const TRIM_QUIET: Duration = Duration::from_secs(1);
