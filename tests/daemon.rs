@@ -429,7 +429,10 @@ fn an_overflow_forced_with_a_small_queue_rescans_and_shows_in_status() {
     w.wait_for("the flood", || violations(&w).as_array().unwrap().len() == 2001);
     let status = w.status();
     assert!(status["watch"]["overflows"].as_u64().unwrap() > 0, "{}", status["watch"]);
-    assert!(w.daemon_log().contains("file events were lost"));
+    // However often the one-event queue filled during the flood, the log says so once.
+    let log = w.daemon_log();
+    let warned = log.lines().filter(|l| l.contains("WARN") && l.contains("file events were lost")).count();
+    assert_eq!(warned, 1, "{log}");
     restore(&w);
     wait_violations(&w, json!([]));
 }

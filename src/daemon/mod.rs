@@ -146,6 +146,8 @@ struct State {
     pending: HashMap<PathBuf, (Instant, Instant)>,
     /// When to give freed heap back to the system, if the daemon is quiet by then (see `trim_when_quiet`).
     trim_at: Option<Instant>,
+    /// When lost file events were last warned about (see `mark_all`).
+    overflow_warned: Option<Instant>,
 }
 
 /// The configuration the daemon runs with: read at start, read again on SIGHUP (`systemctl --user reload dreamerd`).
@@ -184,8 +186,6 @@ pub(crate) struct Daemon {
     rescan_tx: mpsc::UnboundedSender<Wake>,
     /// Set while an overflow wake is on its way, so a burst of dropped events sends one.
     overflow_flagged: Arc<AtomicBool>,
-    /// When lost file events were last warned about (see `mark_all`).
-    overflow_warned: Mutex<Option<Instant>>,
     /// When the scheduler last went round its loop (ms since `started`): the watchdog is pinged only while it is
     /// recent, so a wedged loop gets the daemon restarted.
     scheduler_beat: AtomicU64,
@@ -367,7 +367,6 @@ async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
         cookie_dir: std::sync::OnceLock::new(),
         cookies: Mutex::new(HashMap::new()),
         cookie_seq: AtomicU64::new(0),
-        overflow_warned: Mutex::new(None),
     });
     let watchlist = daemon.load_watchlist()?;
     daemon.start_watcher(fs_tx, &runtime_dir.join("cookies"))?;
@@ -781,8 +780,7 @@ impl Daemon {
             }
         }
         // Pending at once (not only when the scheduler reads its wake), so a status in between rescans first.
-        self.mark(root, std::time::Instant::now());
-        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
+        self.rescan_soon(root);
         added
     }
 
@@ -808,12 +806,10 @@ impl Daemon {
                     }
                     pause = (pause * 2).min(RECOVER_RETRY_MAX);
                 }
-                this.mark(&root, std::time::Instant::now());
-                let _ = this.rescan_tx.send(Wake::Rescan(root));
+                this.rescan_soon(&root);
             });
         }
-        self.mark(root, std::time::Instant::now());
-        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
+        self.rescan_soon(root);
     }
 
     /// One attempt at [`Daemon::recover_project`]; `Err` (why) when the project's lock is held.

@@ -447,6 +447,12 @@ impl Daemon {
         }
     }
 
+    /// Marks `root` for a rescan now and wakes the scheduler for it (from anywhere but the scheduler itself).
+    pub(super) fn rescan_soon(&self, root: &Path) {
+        self.mark(root, Instant::now());
+        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
+    }
+
     /// Asks for the freed heap to be given back once the daemon has been quiet for [`TRIM_QUIET`] (called after each
     /// scan and operation; each call moves the moment on).
     pub(super) fn trim_when_quiet(&self) {
@@ -590,9 +596,8 @@ impl Daemon {
         }
         // One warning per burst of losses (a queue that fills again while the rescan is pending says nothing new);
         // each loss is still counted in the projects' `overflows`.
-        let mut last = self.overflow_warned.lock().expect("overflow_warned");
-        if last.is_none_or(|at| at.elapsed() >= OVERFLOW_WARN_EVERY) {
-            *last = Some(Instant::now());
+        if state.overflow_warned.is_none_or(|at| at.elapsed() >= OVERFLOW_WARN_EVERY) {
+            state.overflow_warned = Some(Instant::now());
             tracing::warn!(reason = why, "file events were lost; every project will be rescanned in full");
         } else {
             tracing::debug!(
@@ -999,8 +1004,7 @@ impl Daemon {
                 self.emit(json!({"type": "restore", "root": root, "ok": false, "automatic": true, "error": e.to_string()}));
             }
         }
-        self.mark(root, Instant::now());
-        let _ = self.rescan_tx.send(Wake::Rescan(root.to_path_buf()));
+        self.rescan_soon(root);
     }
 }
 

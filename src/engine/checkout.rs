@@ -460,7 +460,7 @@ impl Engine {
     ) {
         let Ok(Some(_lock)) = self.try_lock_now(project) else { return };
         // An interrupted operation decides the last push when it is finished, not a status.
-        if fsutil::exists_nofollow(&self.ops_dir(project).join("journal.json")) {
+        if fsutil::exists_nofollow(&self.journal_path(project)) {
             return;
         }
         // Looked at again under the lock: a push may have finished in between.

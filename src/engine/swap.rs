@@ -173,6 +173,11 @@ impl Engine {
         self.dirs.state.join("ops").join(project.local_key())
     }
 
+    /// The crash journal of the project's operation in progress, or of one a crash interrupted.
+    pub(crate) fn journal_path(&self, project: &Project) -> PathBuf {
+        self.ops_dir(project).join("journal.json")
+    }
+
     pub(crate) fn snapshot_path(&self, project: &Project) -> PathBuf {
         self.ops_dir(project).join("before-push.tar.zst")
     }
@@ -210,7 +215,7 @@ impl Engine {
     /// The journal of an interrupted operation, if any. One that cannot be read, or comes from a newer dreamerd, is
     /// an error that keeps everything: nothing is ever deleted on a guess.
     pub(crate) fn read_journal(&self, project: &Project) -> Result<Option<Journal>> {
-        let path = self.ops_dir(project).join("journal.json");
+        let path = self.journal_path(project);
         let unreadable = |why: String| Error::Failed {
             message: format!(
                 "the journal of an interrupted operation, {}, cannot be read ({why}); nothing was deleted",
@@ -559,16 +564,14 @@ impl Engine {
     /// operation; a drizzle-kit left running by a daemon that died is stopped first) and recovers. Returns whether
     /// there was something to finish.
     pub fn recover_now(&self, project: &Project, sink: &dyn Sink) -> Result<bool> {
-        let journal = self.ops_dir(project).join("journal.json");
-        if !fsutil::exists_nofollow(&journal) && !fsutil::exists_nofollow(&project.root.join(STAGING)) {
-            return Ok(false);
-        }
-        // The journal of an operation that still runs (in this process or another) is not an interruption: that
-        // operation finishes it.
-        if let Ok(Some(j)) = self.read_journal(project)
-            && j.owner.is_some_and(|o| o.alive())
-        {
-            return Ok(false);
+        match self.read_journal(project) {
+            Ok(None) if !fsutil::exists_nofollow(&project.root.join(STAGING)) => return Ok(false),
+            // The journal of an operation that still runs (in this process or another) is not an interruption:
+            // that operation finishes it.
+            Ok(Some(j)) if j.owner.is_some_and(|o| o.alive()) => return Ok(false),
+            // Nothing to finish but a leftover staging folder, or a journal to recover (an unreadable one is said
+            // by the recovery, under the lock).
+            _ => {}
         }
         let _lock = self.lock(project)?;
         self.recover(project, sink)?;
