@@ -326,22 +326,24 @@ pub fn stand_in_world() -> World {
     w
 }
 
-/// Every regular file under `dir`, with its bytes (symlinks are listed with their target).
+/// Every regular file under `dir`, with its bytes (symlinks are listed with their target). A file that vanishes
+/// while it is read (a polled folder the daemon is swapping) is left out: the caller polls again.
 pub fn tree_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
         let Ok(entries) = fs::read_dir(dir) else { return };
-        for e in entries {
-            let e = e.unwrap();
+        for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-            let ft = e.file_type().unwrap();
+            let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 walk(&e.path(), &rel, out);
             } else if ft.is_symlink() {
-                out.insert(rel, format!("-> {}", fs::read_link(e.path()).unwrap().display()).into_bytes());
-            } else {
-                out.insert(rel, fs::read(e.path()).unwrap());
+                if let Ok(target) = fs::read_link(e.path()) {
+                    out.insert(rel, format!("-> {}", target.display()).into_bytes());
+                }
+            } else if let Ok(bytes) = fs::read(e.path()) {
+                out.insert(rel, bytes);
             }
         }
     }
