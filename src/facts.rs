@@ -308,35 +308,60 @@ impl Drop for View {
         if let Some(m) = VIEW.with(|v| v.borrow_mut().pop()) {
             match &m.seen {
                 Some(seen) => save(&m.owner, &m.folder, seen.iter().map(|(_, id, _)| *id)),
-                // Nothing was scanned: the checkout keeps every file it owns (and what was remembered is saved, with
-                // its files' facts, which only its memos may have been loaded without).
-                None => {
-                    if lock().dirty.contains(&m.owner) {
-                        load(&m.owner);
-                        // What the load brought back of what this process pruned goes again.
-                        lock().prune_memos(&m.owner);
-                    }
-                    // Only its memos were read and none changed: nothing to save (saving would write no files).
-                    let owned: Option<Vec<Identity>> = {
-                        let facts = lock();
-                        facts.loaded.contains(&**m.owner).then(|| {
-                            facts
-                                .known
-                                .values()
-                                .filter(|k| k.owner.as_deref() == Some(&m.owner))
-                                .map(|k| k.id)
-                                .collect()
-                        })
-                    };
-                    if let Some(owned) = owned {
-                        save(&m.owner, &m.folder, owned);
-                    }
-                }
+                // Nothing was scanned: the checkout keeps every file it owns.
+                None => save_owned(&m.owner, &m.folder),
             }
             let mut facts = lock();
             if facts.close_view(&m.owner) && facts.transient {
                 facts.forget(&m.owner);
             }
+        }
+    }
+}
+
+/// Saves everything a checkout owns (and what was remembered, with its files' facts, which only its memos may have
+/// been loaded without).
+fn save_owned(owner: &Arc<PathBuf>, folder: &Path) {
+    if lock().dirty.contains(owner) {
+        load(owner);
+        // What the load brought back of what this process pruned goes again.
+        lock().prune_memos(owner);
+    }
+    // Only its memos were read and none changed: nothing to save (saving would write no files).
+    let owned: Option<Vec<Identity>> = {
+        let facts = lock();
+        facts.loaded.contains(&**owner).then(|| {
+            facts.known.values().filter(|k| k.owner.as_deref() == Some(owner)).map(|k| k.id).collect()
+        })
+    };
+    if let Some(owned) = owned {
+        save(owner, folder, owned);
+    }
+}
+
+/// Keeps a checkout's facts in this process while an operation runs (see [`hold`]).
+pub struct Held {
+    owner: Arc<PathBuf>,
+    folder: PathBuf,
+}
+
+/// Keeps the facts of the checkout whose facts file is `owner` (its migration folder `folder`) in this process until
+/// the guard is dropped, however many views of it open and close meanwhile: a daemon otherwise forgets them at the
+/// end of each view, and the scans of the rest of an operation (a restore's checks of the folder before and after
+/// its swap) would read every file again. Unlike a [`view`], it fixes no moment of the folder: what the operation
+/// changes is seen as it is. Dropping it saves what was learnt (the files the operation moved among them).
+pub fn hold(owner: &Path, folder: &Path) -> Held {
+    let owner = Arc::new(owner.to_path_buf());
+    lock().open_view(&owner);
+    Held { owner, folder: folder.to_path_buf() }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        save_owned(&self.owner, &self.folder);
+        let mut facts = lock();
+        if facts.close_view(&self.owner) && facts.transient {
+            facts.forget(&self.owner);
         }
     }
 }

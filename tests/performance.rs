@@ -159,6 +159,46 @@ fn a_restore_moves_what_it_keeps_and_writes_only_what_differs() {
     assert_eq!(w.json("dreamerd", &["check"]).0, 0);
 }
 
+/// Bytes the process `pid` has read so far (its `rchar`): every read(2) of a file, whatever it was.
+fn bytes_read(pid: i32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_restore_by_the_daemon_reads_again_none_of_the_files_it_keeps() {
+    // The stand-in's snapshots padded to 4 MiB each (trailing blanks keep them JSON): three of them are 12 MiB that a
+    // restore which hashed the folder again would read at each of its looks at it.
+    const PAD: usize = 4 << 20;
+    let generate = format!(
+        "{}\nhead -c {PAD} /dev/zero | tr '\\0' ' ' >> \"drizzle/meta/000${{n}}_snapshot.json\"\n",
+        crate::support::GENERATE.trim_end()
+    );
+    let w = World::empty();
+    w.stand_ins(&generate, crate::support::MIGRATE_OK);
+    for i in 0..3 {
+        w.write("src/schema.ts", &format!("export const x = {i};\n"));
+        w.push_ok();
+    }
+    assert!(fs::metadata(w.path("drizzle/meta/0002_snapshot.json")).unwrap().len() > PAD as u64);
+    let pid = w.daemon_pid().expect("the pushes spawned a daemon");
+    // Once the files are older than the stat cache's margin, one check hashes them and the daemon trusts them.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(w.json("dreamerd", &["check"]).0, 0);
+    assert_eq!(w.status()["state"], "clean");
+    let before = bytes_read(pid);
+    fs::remove_file(w.path("drizzle/0000_step.sql")).unwrap();
+    w.wait_for("the deletion in status", || {
+        w.status()["violations"].as_array().is_some_and(|v| v.len() == 1)
+    });
+    let (code, v) = w.json("dreamer", &["database", "restore"]);
+    assert_eq!(code, 0, "{v}");
+    w.wait_for("clean again", || w.status()["state"] == "clean");
+    let read = bytes_read(pid) - before;
+    // Its archive, its records and the few small files it wrote or checked; never the snapshots it moved across.
+    assert!(read < PAD as u64, "the daemon read {read} bytes for a restore of one small file");
+}
+
 /// A migration of the project's folder.
 fn first_sql(w: &World) -> std::path::PathBuf {
     fs::read_dir(w.path("drizzle"))

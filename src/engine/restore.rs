@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::swap::{Journal, Op, Phase, holds_exactly};
+use super::swap::{Journal, Op, Phase, is_exactly};
 use super::{Engine, Sink};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{self, Violation};
@@ -51,6 +51,10 @@ impl Engine {
         sink: &dyn Sink,
     ) -> Result<RestoreReport> {
         let _lock = self.lock(project)?;
+        // The checkout's facts stay loaded for the whole restore (a daemon otherwise drops them after each scan): its
+        // checks of the folder before and after the swap read only the files it wrote, not every file again.
+        let _facts = crate::facts::hold(&self.facts_path(project), &project.drizzle());
+        self.load_facts(project);
         if !dry_run {
             self.recover(project, sink)?;
         }
@@ -135,7 +139,6 @@ impl Engine {
                 ),
             ));
         }
-        let drizzle = project.drizzle();
         let tree = self.scan_out(project)?;
         let changes = manifest::diff(&record.files, &tree);
         // The database as that push left it: the copy taken before the next push's migrate.
@@ -172,7 +175,8 @@ impl Engine {
         // With the database, the journal goes on from the swap to the database (phase `database`): a crash
         // anywhere is finished by the next operation.
         let database_copy = db_copy.as_ref().map(|c| c.path.clone());
-        if !holds_exactly(&drizzle, &record.files, &project.not_migrations()) {
+        // Judged on the scan above, not on a second one (the lock keeps other operations out).
+        if !is_exactly(&tree, &record.files) {
             sink.progress(&format!("restoring drizzle/ to push {}", record.id));
             let mut journal = Journal {
                 before_existed: tree.exists,

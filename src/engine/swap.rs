@@ -259,6 +259,9 @@ impl Engine {
             ));
         }
         fsutil::create_dir_durable(&staging).ctx("create", &staging)?;
+        // The checks of the staged and swapped trees below trust what the facts know (the files moved across).
+        let _facts = crate::facts::hold(&self.facts_path(project), &project.drizzle());
+        self.load_facts(project);
         // Only what differs is written: the files drizzle/ holds byte for byte already (known from the stat cache,
         // so nothing is read twice) are moved across once the journal says so. Never linked: drizzle-kit rewrites
         // files in place, and a link would change the quarantined copy too.
@@ -713,10 +716,12 @@ fn put_back(from: &Path, to: &Path, paths: &[String]) {
 /// True if `dir` is a directory holding exactly these regular files (besides those at `keep`, which are not
 /// migrations) and nothing else but directories.
 pub(crate) fn holds_exactly(dir: &Path, files: &[FileEntry], keep: &[String]) -> bool {
-    match super::scan_excluding(dir, keep) {
-        Ok((tree, _)) => tree.exists && !tree.nodes.contains_key(".") && tree.holds_exactly(files),
-        Err(_) => false,
-    }
+    super::scan_excluding(dir, keep).is_ok_and(|(tree, _)| is_exactly(&tree, files))
+}
+
+/// [`holds_exactly`] of a folder already scanned (with the same exclusions).
+pub(crate) fn is_exactly(tree: &manifest::Tree, files: &[FileEntry]) -> bool {
+    tree.exists && !tree.nodes.contains_key(".") && tree.holds_exactly(files)
 }
 
 fn entry_name(path: &Path) -> String {
