@@ -271,7 +271,9 @@ fn on_cores<T: Sync, R: Send>(
     per_thread: usize,
     f: impl Fn(&T) -> io::Result<R> + Sync,
 ) -> io::Result<Vec<R>> {
-    let threads = cores().min(items.len() / per_thread.max(1)).max(1);
+    // The cores are only asked when there is work for two threads (asking reads the cgroup's files).
+    let wanted = items.len() / per_thread.max(1);
+    let threads = if wanted < 2 { 1 } else { cores().min(wanted) };
     if threads == 1 {
         return items.iter().map(f).collect();
     }

@@ -437,6 +437,39 @@ fn an_overflow_forced_with_a_small_queue_rescans_and_shows_in_status() {
     wait_violations(&w, json!([]));
 }
 
+/// The masks of the inotify watches `pid` holds, from /proc (`inotify wd:1 ino:… sdev:… mask:fce …` per watch).
+fn inotify_masks(pid: i32) -> Vec<u32> {
+    let mut masks = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+        let Ok(info) = fs::read_to_string(entry.path()) else { continue };
+        for line in info.lines().filter(|l| l.starts_with("inotify wd:")) {
+            let mask = line.split_whitespace().find_map(|f| f.strip_prefix("mask:")).unwrap();
+            masks.push(u32::from_str_radix(mask, 16).unwrap());
+        }
+    }
+    masks
+}
+
+#[test]
+fn reads_of_watched_files_are_not_asked_of_the_kernel_changes_are() {
+    // inotify's bits: a read is IN_ACCESS, IN_OPEN and IN_CLOSE_NOWRITE; a change is the others.
+    const READS: u32 = 0x1 | 0x10 | 0x20;
+    const CHANGES: u32 = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200;
+    let w = stand_in_world();
+    w.push_ok();
+    assert_eq!(w.status()["watch"]["watched"], true);
+    let masks = inotify_masks(w.daemon_pid().expect("the push spawned a daemon"));
+    // drizzle/, drizzle/meta, the project root, src/ and the cookie folder at least.
+    assert!(masks.len() >= 4, "{masks:x?}");
+    for mask in &masks {
+        assert_eq!(mask & READS, 0, "a watch asks for reads: {mask:#x} in {masks:x?}");
+        assert_eq!(mask & CHANGES, CHANGES, "a watch misses changes: {mask:#x} in {masks:x?}");
+    }
+    // And the changes are still seen.
+    w.write("drizzle/meta/extra.json", "{}");
+    wait_violations(&w, json!([{"kind": "created", "path": "meta/extra.json"}]));
+}
+
 #[test]
 fn watch_list_survives_restarts_and_unwatch_removes() {
     let w = stand_in_world();

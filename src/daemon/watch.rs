@@ -181,12 +181,16 @@ impl Daemon {
         let wake = self.rescan_tx.clone();
         let flagged = self.overflow_flagged.clone();
         // Links are never followed: a link in drizzle/ to $HOME would otherwise put a watch on every folder of it.
-        let config = notify::Config::default().with_follow_symlinks(false);
+        // Opens and read-only closes are not asked of the kernel: every read of a watched file (a scan's hashing,
+        // drizzle-kit reading its snapshots, an editor) would queue one, filling the same queue as the changes
+        // (a scan of 20,000 files overflowed it by itself) and waking this thread for nothing.
+        let kinds = notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE;
+        let config = notify::Config::default().with_follow_symlinks(false).with_event_kinds(kinds);
         let watcher = notify::RecommendedWatcher::new(move |event: notify::Result<notify::Event>| {
             if let Ok(e) = &event
                 && matches!(e.kind, EventKind::Access(a) if a != notify::event::AccessKind::Close(notify::event::AccessMode::Write))
             {
-                return; // reads (our own hashing among them) change nothing
+                return; // reads change nothing (the kernel is not asked for them; a backend that sends them anyway)
             }
             // One overflow wake per burst: the flag is cleared when the scheduler takes it.
             if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(event)

@@ -48,12 +48,12 @@ fn entry_path(dir: &Path, config: &Path, env: Option<&Env>) -> PathBuf {
     dir.join(format!("{}.json", &h.finalize().to_hex()[..32]))
 }
 
-/// The hash of everything an evaluation depended on: the bytes of `files`, and the values of the environment
-/// variables `names` (all of `env` when `None`).
+/// The hash of everything an evaluation depended on: the files it read (`files`, their fingerprint), and the
+/// values of the environment variables `names` (all of `env` when `None`).
 fn material(
     salt: &str,
     config: &Path,
-    files: &[PathBuf],
+    files: &blake3::Hash,
     names: Option<&[String]>,
     env: Option<&Env>,
 ) -> [u8; 32] {
@@ -61,7 +61,7 @@ fn material(
     h.update(salt.as_bytes());
     h.update(b"\0");
     h.update(config.as_os_str().as_encoded_bytes());
-    h.update(super::layout::fingerprint(files).as_bytes());
+    h.update(files.as_bytes());
     let value = |k: &str| env.and_then(|e| e.get(k));
     match names {
         Some(names) => {
@@ -113,13 +113,14 @@ fn read_entries(path: &Path) -> Vec<Entry> {
 /// How many environments' evaluations are kept per config (a shell, an IDE, the daemon's command...).
 const KEPT: usize = 4;
 
-/// The cached evaluation of `config` with `env`, when nothing it depended on changed. `files` gives the files an
-/// evaluation depends on besides its inputs (the `.env` files there are now, drizzle-kit's package.json).
+/// The cached evaluation of `config` with `env`, when nothing it depended on changed. `files` gives the
+/// fingerprint of what an evaluation with these inputs depends on (the inputs, the `.env` files there are now,
+/// drizzle-kit's package.json).
 pub fn lookup(
     salt: &str,
     config: &Path,
     env: Option<&Env>,
-    files: impl Fn(&[PathBuf]) -> Vec<PathBuf>,
+    files: impl Fn(&[PathBuf]) -> blake3::Hash,
 ) -> Option<Resolved> {
     let path = entry_path(&folder()?, config, env);
     let (entry, m) = read_entries(&path).into_iter().find_map(|entry| {
@@ -148,7 +149,7 @@ pub fn store(
     config: &Path,
     env: Option<&Env>,
     resolved: &Resolved,
-    files: impl Fn(&[PathBuf]) -> Vec<PathBuf>,
+    files: impl Fn(&[PathBuf]) -> blake3::Hash,
 ) {
     let Some(dir) = folder() else { return };
     let m = material(salt, config, &files(&resolved.inputs), resolved.env_read.as_deref(), env);
@@ -204,17 +205,14 @@ mod tests {
         let env =
             |v: &str| -> Env { [("DB".to_string(), v.to_string()), ("PWD".into(), "/a".into())].into() };
         let names = vec!["DB".to_string()];
-        let a = material("s", &f, std::slice::from_ref(&f), Some(&names), Some(&env("1")));
+        let read = |f: &PathBuf| super::super::layout::fingerprint(std::slice::from_ref(f));
+        let a = material("s", &f, &read(&f), Some(&names), Some(&env("1")));
         let mut other = env("1");
         other.insert("PWD".into(), "/b".into());
-        assert_eq!(
-            a,
-            material("s", &f, std::slice::from_ref(&f), Some(&names), Some(&other)),
-            "PWD was not read"
-        );
-        assert_ne!(a, material("s", &f, std::slice::from_ref(&f), Some(&names), Some(&env("2"))));
-        assert_ne!(a, material("s", &f, std::slice::from_ref(&f), None, Some(&other)), "all of it was read");
+        assert_eq!(a, material("s", &f, &read(&f), Some(&names), Some(&other)), "PWD was not read");
+        assert_ne!(a, material("s", &f, &read(&f), Some(&names), Some(&env("2"))));
+        assert_ne!(a, material("s", &f, &read(&f), None, Some(&other)), "all of it was read");
         std::fs::write(&f, "y").unwrap();
-        assert_ne!(a, material("s", &f, std::slice::from_ref(&f), Some(&names), Some(&env("1"))));
+        assert_ne!(a, material("s", &f, &read(&f), Some(&names), Some(&env("1"))));
     }
 }

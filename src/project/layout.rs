@@ -226,21 +226,37 @@ fn cache() -> &'static Mutex<CacheMap> {
 }
 
 /// A hash of the bytes of `files` (a missing file counts as missing).
+#[cfg(test)]
 pub(super) fn fingerprint(files: &[PathBuf]) -> blake3::Hash {
+    fingerprint_with(files, &mut |f| content_hash(f))
+}
+
+/// [`fingerprint`] with each file's content hash from `hash_of` (`None`: not a readable regular file).
+fn fingerprint_with(
+    files: &[PathBuf],
+    hash_of: &mut dyn FnMut(&Path) -> Option<blake3::Hash>,
+) -> blake3::Hash {
     let mut h = blake3::Hasher::new();
     for f in files {
         h.update(f.as_os_str().as_encoded_bytes());
-        match safefs::read_file(f, MAX_CONFIG * 16, true) {
-            Ok(Some(bytes)) => {
+        match hash_of(f) {
+            Some(hash) => {
                 h.update(b"\x01");
-                h.update(blake3::hash(&bytes).as_bytes());
+                h.update(hash.as_bytes());
             }
-            _ => {
+            None => {
                 h.update(b"\x00");
             }
         }
     }
     h.finalize()
+}
+
+fn content_hash(file: &Path) -> Option<blake3::Hash> {
+    match safefs::read_file(file, MAX_CONFIG * 16, true) {
+        Ok(Some(bytes)) => Some(blake3::hash(&bytes)),
+        _ => None,
+    }
 }
 
 fn env_hash(env: Option<&Env>) -> blake3::Hash {
@@ -274,34 +290,38 @@ fn env_files(dir: &Path) -> Vec<PathBuf> {
 /// Cached by the config, the files it read, the `.env` files and the environment.
 pub fn evaluate(root: &Path, config: &Path, env: Option<&Env>) -> Result<Resolved, String> {
     let key = (config.to_path_buf(), env_hash(env));
-    // What the config read, and the .env files there are now (a new one may change it too).
-    let watched = |inputs: &[PathBuf]| {
+    // Each file is read once however many fingerprints below ask for it (one per evaluation kept on disk, and the
+    // print of the one taken), and the folder is listed once.
+    let workdir = workdir_of(config);
+    let hashes = std::cell::RefCell::new(HashMap::<PathBuf, Option<blake3::Hash>>::new());
+    let envs = std::cell::OnceCell::new();
+    let print_of = |inputs: &[PathBuf], with_kit: bool| {
         let mut files = inputs.to_vec();
-        files.extend(env_files(&workdir_of(config)));
+        files.extend(envs.get_or_init(|| env_files(&workdir)).iter().cloned());
+        if with_kit {
+            files.extend(drizzle_kit_dir(&workdir).map(|k| k.join("package.json")));
+        }
         files.sort();
         files.dedup();
-        fingerprint(&files)
+        let mut hashes = hashes.borrow_mut();
+        fingerprint_with(&files, &mut |f| *hashes.entry(f.to_path_buf()).or_insert_with(|| content_hash(f)))
     };
+    // What the config read, and the .env files there are now (a new one may change it too).
+    let watched = |inputs: &[PathBuf]| print_of(inputs, false);
     if let Some((print, resolved)) = cache().lock().expect("cache").get(&key).cloned()
         && watched(&resolved.inputs) == print
     {
         return Ok(resolved);
     }
-    // Between commands: the evaluation kept on disk, valid while nothing it read changed.
+    // Between commands: the evaluation kept on disk, valid while nothing it read changed (nor drizzle-kit).
     let salt = format!("{} {}", env!("CARGO_PKG_VERSION"), blake3::hash(EVALUATOR.as_bytes()).to_hex());
-    let depends = |inputs: &[PathBuf]| {
-        let workdir = workdir_of(config);
-        let mut files = inputs.to_vec();
-        files.extend(env_files(&workdir));
-        files.extend(drizzle_kit_dir(&workdir).map(|k| k.join("package.json")));
-        files.sort();
-        files.dedup();
-        files
-    };
+    let depends = |inputs: &[PathBuf]| print_of(inputs, true);
     let resolved = match super::cache::lookup(&salt, config, env, depends) {
         Some(resolved) => resolved,
         None => {
             let resolved = evaluate_uncached(root, config, env)?;
+            // The evaluation read the files afresh: so does its fingerprint.
+            hashes.borrow_mut().clear();
             super::cache::store(&salt, config, env, &resolved, depends);
             resolved
         }
