@@ -182,8 +182,8 @@ impl Daemon {
         let flagged = self.overflow_flagged.clone();
         // Links are never followed: a link in drizzle/ to $HOME would otherwise put a watch on every folder of it.
         // Opens and read-only closes are not asked of the kernel: every read of a watched file (a scan's hashing,
-        // drizzle-kit reading its snapshots, an editor) would queue one, filling the same queue as the changes
-        // (a scan of 20,000 files overflowed it by itself) and waking this thread for nothing.
+        // drizzle-kit reading its snapshots, an editor) would queue one in the same queue as the changes and wake
+        // this thread for nothing (100,500 reads cost the daemon 160 ms of CPU and 22,000 context switches).
         let kinds = notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE;
         let config = notify::Config::default().with_follow_symlinks(false).with_event_kinds(kinds);
         let watcher = notify::RecommendedWatcher::new(move |event: notify::Result<notify::Event>| {

@@ -334,6 +334,14 @@ impl Engine {
         crate::facts::load(&self.facts_path(project));
     }
 
+    /// Loads this checkout's facts and keeps them loaded until the guard is dropped ([`crate::facts::hold`]): for an
+    /// operation that looks at the folder several times (a daemon otherwise drops them after each scan).
+    pub(crate) fn hold_facts(&self, project: &Project) -> crate::facts::Held {
+        let held = crate::facts::hold(&self.facts_path(project), &project.drizzle());
+        self.load_facts(project);
+        held
+    }
+
     /// [`database::check`] of the project, taken from the checkout's memo when the folder (as this thread's
     /// [`crate::facts::view`] found it) and the database file are the very ones it was computed from. A database server
     /// is always asked.
@@ -618,18 +626,45 @@ impl Engine {
     fn new_quarantine(&self, project: &Project, reason: &str) -> Result<PathBuf> {
         self.prepare_state()?;
         let base = self.dirs.state.join("quarantine").join(project.local_key());
-        fsutil::create_private_dir(&base).ctx("create", &base)?;
         let stamp = compact_timestamp(SystemTime::now());
+        make_quarantine(&base, &stamp, reason, &mut || {}).ctx("create", &base)
+    }
+}
+
+/// A new private folder `<stamp>-<reason>` (or `-1`, `-2`... when taken) in `base`, made first. A prune (the
+/// daemon's, at its start and then daily, or `dreamerd prune`) removes a project's empty quarantine folder, so the
+/// one just made may be gone before the new folder is made in it: it is made again. `between` runs once `base` is
+/// made (a test removes it there).
+fn make_quarantine(
+    base: &Path,
+    stamp: &str,
+    reason: &str,
+    between: &mut dyn FnMut(),
+) -> std::io::Result<PathBuf> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut remade = 0;
+    'again: loop {
+        match fsutil::create_private_dir(base) {
+            Err(e) if gone(&e) && remade < 3 => {
+                remade += 1;
+                continue;
+            }
+            made => made?,
+        }
+        between();
         for n in 0.. {
             let name = if n == 0 { format!("{stamp}-{reason}") } else { format!("{stamp}-{reason}-{n}") };
             let dir = base.join(name);
             match fsutil::create_dir_durable(&dir) {
                 Ok(()) => return Ok(dir),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e).ctx("create", &dir),
+                Err(e) if gone(&e) && remade < 3 => {
+                    remade += 1;
+                    continue 'again;
+                }
+                Err(e) => return Err(e),
             }
         }
-        unreachable!("some suffix is free")
     }
 }
 
@@ -747,4 +782,33 @@ pub(crate) fn kit_mismatch(project: &Project) -> Option<crate::drizzle::Drift> {
         ),
     };
     Some(crate::drizzle::Drift::new("layout-kit-mismatch", message, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarantine_folder_removed_by_a_prune_meanwhile_is_made_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("quarantine").join("proj-1");
+        // As a prune does between the two mkdirs: the empty project folder goes, once.
+        let mut pruned = false;
+        let dir = make_quarantine(&base, "20261126T000000Z", "restore", &mut || {
+            if !pruned {
+                pruned = true;
+                fs::remove_dir(&base).unwrap();
+            }
+        })
+        .unwrap();
+        assert!(pruned);
+        assert_eq!(dir, base.join("20261126T000000Z-restore"));
+        assert!(dir.is_dir());
+        // A taken name gets a suffix.
+        let again = make_quarantine(&base, "20261126T000000Z", "restore", &mut || {}).unwrap();
+        assert_eq!(again, base.join("20261126T000000Z-restore-1"));
+        // A base that cannot be made is still an error, not a loop.
+        fs::write(tmp.path().join("file"), "x").unwrap();
+        assert!(make_quarantine(&tmp.path().join("file/q"), "s", "r", &mut || {}).is_err());
+    }
 }

@@ -51,10 +51,8 @@ impl Engine {
         sink: &dyn Sink,
     ) -> Result<RestoreReport> {
         let _lock = self.lock(project)?;
-        // The checkout's facts stay loaded for the whole restore (a daemon otherwise drops them after each scan): its
-        // checks of the folder before and after the swap read only the files it wrote, not every file again.
-        let _facts = crate::facts::hold(&self.facts_path(project), &project.drizzle());
-        self.load_facts(project);
+        // Its checks of the folder before and after the swap read only the files it wrote, not every file again.
+        let _facts = self.hold_facts(project);
         if !dry_run {
             self.recover(project, sink)?;
         }

@@ -260,8 +260,7 @@ impl Engine {
         }
         fsutil::create_dir_durable(&staging).ctx("create", &staging)?;
         // The checks of the staged and swapped trees below trust what the facts know (the files moved across).
-        let _facts = crate::facts::hold(&self.facts_path(project), &project.drizzle());
-        self.load_facts(project);
+        let _facts = self.hold_facts(project);
         // Only what differs is written: the files drizzle/ holds byte for byte already (known from the stat cache,
         // so nothing is read twice) are moved across once the journal says so. Never linked: drizzle-kit rewrites
         // files in place, and a link would change the quarantined copy too.

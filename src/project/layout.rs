@@ -291,15 +291,18 @@ fn env_files(dir: &Path) -> Vec<PathBuf> {
 pub fn evaluate(root: &Path, config: &Path, env: Option<&Env>) -> Result<Resolved, String> {
     let key = (config.to_path_buf(), env_hash(env));
     // Each file is read once however many fingerprints below ask for it (one per evaluation kept on disk, and the
-    // print of the one taken), and the folder is listed once.
+    // print of the one taken), the folder is listed and drizzle-kit found once.
     let workdir = workdir_of(config);
     let hashes = std::cell::RefCell::new(HashMap::<PathBuf, Option<blake3::Hash>>::new());
     let envs = std::cell::OnceCell::new();
+    let kit = std::cell::OnceCell::new();
     let print_of = |inputs: &[PathBuf], with_kit: bool| {
         let mut files = inputs.to_vec();
         files.extend(envs.get_or_init(|| env_files(&workdir)).iter().cloned());
         if with_kit {
-            files.extend(drizzle_kit_dir(&workdir).map(|k| k.join("package.json")));
+            files.extend(
+                kit.get_or_init(|| drizzle_kit_dir(&workdir).map(|k| k.join("package.json"))).clone(),
+            );
         }
         files.sort();
         files.dedup();
