@@ -96,7 +96,8 @@ fn a_recovery_that_finds_the_project_lock_held_waits_for_it_and_then_finishes() 
     let lock = project_lock(&w);
     lock.lock().unwrap();
     // The status starts the next daemon, which finds the journal.
-    assert_eq!(w.status()["state"], "busy");
+    let (_, v) = w.json("dreamerd", &["status"]);
+    assert_eq!(v["projects"][0]["state"], "busy", "the recovery waits for the lock: {v}");
     w.wait_for("the recovery to meet the held lock", || {
         w.daemon_log().contains("an interrupted operation waits for the project's lock")
     });

@@ -362,6 +362,22 @@ fn lifecycle_spawn_no_spawn_second_daemon_and_stale_socket() {
     assert_ne!(first, second);
     assert!(w.daemon_log().contains("removing the stale socket"));
 
+    // A daemon killed an instant ago may still hold its pid lock after its socket stopped answering (the kernel
+    // closes a dying process's files one by one): the next command's daemon waits for it, never says "already
+    // running" to a command that just saw it die. Here the test holds the lock for the dying daemon.
+    Command::new("kill").args(["-KILL", &second.to_string()]).status().unwrap();
+    w.wait_for("the daemon to die", || !alive(second));
+    let dying = fs::File::options().write(true).open(w.runtime().join("dreamerd.pid")).unwrap();
+    dying.lock().unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        drop(dying);
+    });
+    let (code, v) = w.json("dreamerd", &["status", "--all"]);
+    release.join().unwrap();
+    assert_eq!(code, 0, "the new daemon waited for the dying one's lock: {v}");
+    let second = w.daemon_pid().unwrap();
+
     // Clean stop removes the socket and the pid file.
     let run = w.run("dreamerd", &["stop"]);
     assert_eq!(run.code, 0);

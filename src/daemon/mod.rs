@@ -221,6 +221,9 @@ enum Wake {
     Recheck,
 }
 
+/// How long a start waits for the pid lock of a daemon that holds it but does not answer (one dying, or one starting).
+const PID_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The daemon's pid file, locked for as long as it runs: the guarantee of one daemon per user.
 struct PidLock {
     _file: File,
@@ -228,7 +231,10 @@ struct PidLock {
 }
 
 impl PidLock {
-    fn acquire(runtime: &Path) -> Result<PidLock> {
+    /// Takes the pid lock. A holder whose socket does not answer is waited for a while: a daemon that was just
+    /// killed releases its socket before its lock (the kernel closes a dying process's files one by one), so a
+    /// command that saw it die and starts the next one at once would otherwise be told that it still runs.
+    fn acquire(runtime: &Path, socket: &Path) -> Result<PidLock> {
         let path = runtime.join("dreamerd.pid");
         let mut file = File::options()
             .create(true)
@@ -237,18 +243,26 @@ impl PidLock {
             .write(true)
             .open(&path)
             .ctx("open", &path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                return Err(Error::Usage(format!(
-                    "another dreamerd daemon is already running (pid {}); there is one per user. Stop it with \
-                     `dreamerd stop` first",
-                    pid.trim()
-                )));
+        let deadline = Instant::now() + PID_LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock)
+                    if Instant::now() < deadline && !ipc::daemon_alive(socket) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let mut pid = String::new();
+                    let _ = file.read_to_string(&mut pid);
+                    return Err(Error::Usage(format!(
+                        "another dreamerd daemon is already running (pid {}); there is one per user. Stop it with \
+                         `dreamerd stop` first",
+                        pid.trim()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e).ctx("lock", &path),
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e).ctx("lock", &path),
         }
         file.set_len(0).ctx("write", &path)?;
         writeln!(file, "{}", std::process::id()).ctx("write", &path)?;
@@ -322,8 +336,8 @@ pub fn run(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
 async fn main_loop(loaded: Loaded, reload: Reload, dirs: Dirs) -> Result<bool> {
     let runtime_dir = ipc::runtime_dir(&dirs);
     ipc::secure_runtime_dir(&runtime_dir)?;
-    let pid_lock = PidLock::acquire(&runtime_dir)?;
     let socket = ipc::socket_path(&dirs);
+    let pid_lock = PidLock::acquire(&runtime_dir, &socket)?;
     let (listener, activated) = match activated_listener()? {
         // Socket activation (dreamerd.socket): systemd bound the socket and owns its path.
         Some(listener) => (listener, true),
