@@ -229,8 +229,20 @@ pub fn lookup() -> Lookup {
 
 /// Records the blake3 of a file read at `read_at`.
 pub fn note_hash(id: Identity, read_at: i64, blake3: Digest) {
+    note_hashes([(id, read_at, blake3)]);
+}
+
+/// [`note_hash`] for many files under one lock (the hashing threads of a scan would otherwise take turns at it
+/// once per file).
+pub fn note_hashes(notes: impl IntoIterator<Item = (Identity, i64, Digest)>) {
     let mut facts = lock();
     let facts = &mut *facts;
+    for (id, read_at, blake3) in notes {
+        note_in(facts, id, read_at, blake3);
+    }
+}
+
+fn note_in(facts: &mut Facts, id: Identity, read_at: i64, blake3: Digest) {
     let k = facts.known.entry((id.dev, id.ino)).or_insert_with(|| Known {
         id,
         read_at: i64::MIN,

@@ -131,10 +131,40 @@ impl Tree {
 
 /// Hashes one file by streaming it; never loads it whole.
 pub fn hash_file(file: &mut File) -> io::Result<(u64, Digest)> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file)?;
-    let size = hasher.count();
-    Ok((size, *hasher.finalize().as_bytes()))
+    hash_sized(file, None)
+}
+
+/// The read buffer of each hashing thread, zeroed once (blake3's `update_reader` zeroes 64 KiB for every file).
+const HASH_BUFFER: usize = 64 * 1024;
+
+thread_local! {
+    static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`hash_file`], reading no further than `expected` bytes when given (the size its status said): the read that
+/// would only say "the end" is spared. A file that grew since has another identity, so it is read again at the
+/// next look, as one rewritten during the read is.
+fn hash_sized(file: &mut File, expected: Option<u64>) -> io::Result<(u64, Digest)> {
+    use std::io::Read;
+    BUFFER.with_borrow_mut(|buf| {
+        if buf.len() < HASH_BUFFER {
+            buf.resize(HASH_BUFFER, 0);
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut total = 0u64;
+        while expected.is_none_or(|e| total < e) {
+            match file.read(buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hasher.update(&buf[..n]);
+                    total += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((total, *hasher.finalize().as_bytes()))
+    })
 }
 
 /// The blake3 of the regular file at `rel` below `folder`; `None` when there is none (or something else is there).
@@ -298,25 +328,36 @@ fn on_cores<T: Sync, R: Send>(
     Ok(all.into_iter().map(|(_, r)| r).collect())
 }
 
-/// Hashes the files to read, on every core.
+/// Hashes the files to read, on every core, and remembers what was read (under one lock, once all are read).
 fn hash_all(todo: Vec<ToHash>) -> io::Result<Vec<(String, Node, Option<Seen>)>> {
-    Ok(on_cores(&todo, 8, hash_one)?.into_iter().flatten().collect())
+    let hashed: Vec<_> = on_cores(&todo, 8, hash_one)?.into_iter().flatten().collect();
+    crate::facts::note_hashes(
+        hashed.iter().filter_map(|(_, _, seen, read_at)| {
+            seen.as_ref().map(|(_, id, blake3)| (*id, *read_at, *blake3))
+        }),
+    );
+    Ok(hashed.into_iter().map(|(rel, node, seen, _)| (rel, node, seen)).collect())
 }
 
-/// One file read and hashed, and remembered; `None` when it vanished.
-fn hash_one((folder, name, rel): &ToHash) -> io::Result<Option<(String, Node, Option<Seen>)>> {
+/// A file read: its path in the tree, what it is, who it was, and when it was read.
+type Hashed = (String, Node, Option<Seen>, i64);
+
+/// One file read and hashed, with the moment it was read; `None` when it vanished.
+fn hash_one((folder, name, rel): &ToHash) -> io::Result<Option<Hashed>> {
     let read_at = crate::facts::now_ns();
-    Ok(match folder.file(name)? {
-        Found::File(mut f) => {
-            let id = Identity::of_file(&f)?;
-            let (size, blake3) = hash_file(&mut f)?;
-            crate::facts::note_hash(id, read_at, blake3);
+    Ok(match folder.file_stat(name)? {
+        (Found::File(mut f), st) => {
+            let id = match st {
+                Some(st) => Identity::of(&st),
+                None => Identity::of_file(&f)?,
+            };
+            let (size, blake3) = hash_sized(&mut f, Some(id.size))?;
             let seen = (folder.shown(name), id, blake3);
-            Some((rel.clone(), Node::File { size, blake3 }, Some(seen)))
+            Some((rel.clone(), Node::File { size, blake3 }, Some(seen), read_at))
         }
-        Found::Missing => None,
+        (Found::Missing, _) => None,
         // Replaced by something else between readdir and open.
-        Found::Not(kind) => Some((rel.clone(), Node::Special(kind), None)),
+        (Found::Not(kind), _) => Some((rel.clone(), Node::Special(kind), None, read_at)),
     })
 }
 

@@ -22,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 /// Set once `openat2` turned out to be missing (old kernel, seccomp filter): the component walk is used instead.
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+/// Set once the kernel refused `O_NOATIME` (a file of another owner): files are then opened without it.
+static NOATIME_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// The kinds of entries that are not what dreamerd expected at a path. Never followed or read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +193,21 @@ impl Folder {
         self.path.join(rel)
     }
 
+    /// [`Folder::open_raw`] without moving the file's access time where the kernel allows it (the file is ours): a
+    /// scan hashing thousands of freshly touched files would otherwise dirty every inode it reads.
+    fn open_quiet(&self, rel: &str, flags: OFlags) -> io::Result<Opened> {
+        if !NOATIME_REFUSED.load(Ordering::Relaxed) {
+            match self.open_raw(rel, flags.union(OFlags::NOATIME)) {
+                // Not the file's owner: from now on the access times are the kernel's to keep.
+                Err(e) if e.raw_os_error() == Some(Errno::PERM.raw_os_error()) => {
+                    NOATIME_REFUSED.store(true, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        self.open_raw(rel, flags)
+    }
+
     fn open_raw(&self, rel: &str, flags: OFlags) -> io::Result<Opened> {
         let parts = plain(rel)?;
         if !NO_OPENAT2.load(Ordering::Relaxed) {
@@ -199,6 +216,8 @@ impl Folder {
                 Ok(fd) => return Ok(Opened::Fd(fd)),
                 Err(Errno::NOENT | Errno::NOTDIR) => return Ok(Opened::Missing),
                 Err(Errno::LOOP | Errno::XDEV) => return Ok(Opened::Link),
+                // With O_NOATIME, EPERM says the file is not ours (see `open_quiet`), not that openat2 is refused.
+                Err(Errno::PERM) if flags.contains(OFlags::NOATIME) => return Err(Errno::PERM.into()),
                 Err(Errno::NOSYS | Errno::PERM) => NO_OPENAT2.store(true, Ordering::Relaxed),
                 Err(Errno::AGAIN) => {} // the kernel asks to retry; the walk below does it its own way
                 Err(e) => return Err(e.into()),
@@ -231,17 +250,26 @@ impl Folder {
 
     /// Opens the regular file at `rel` for reading, or says what is there instead.
     pub fn file(&self, rel: &str) -> io::Result<Found> {
-        match self.open_raw(rel, READ_FLAGS) {
+        Ok(self.file_stat(rel)?.0)
+    }
+
+    /// [`Folder::file`], with the status of the opened file (taken anyway to check its type).
+    pub fn file_stat(&self, rel: &str) -> io::Result<(Found, Option<rustix::fs::Stat>)> {
+        match self.open_quiet(rel, READ_FLAGS) {
             Ok(Opened::Fd(fd)) => {
-                let file = File::from(fd);
-                let ft = file.metadata()?.file_type();
-                Ok(if ft.is_file() { Found::File(file) } else { Found::Not(SpecialKind::of(&ft)) })
+                let st = rustix::fs::fstat(&fd)?;
+                let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
+                Ok(if ft == rustix::fs::FileType::RegularFile {
+                    (Found::File(File::from(fd)), Some(st))
+                } else {
+                    (Found::Not(SpecialKind::of(&File::from(fd).metadata()?.file_type())), None)
+                })
             }
-            Ok(Opened::Missing) => Ok(Found::Missing),
-            Ok(Opened::Link) => Ok(Found::Not(SpecialKind::Symlink)),
+            Ok(Opened::Missing) => Ok((Found::Missing, None)),
+            Ok(Opened::Link) => Ok((Found::Not(SpecialKind::Symlink), None)),
             // A socket cannot be opened at all.
             Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => {
-                Ok(Found::Not(SpecialKind::Socket))
+                Ok((Found::Not(SpecialKind::Socket), None))
             }
             Err(e) => Err(e),
         }
@@ -541,5 +569,47 @@ mod tests {
         assert!(Folder::open(&d.path().join("real/none")).unwrap().is_none());
         let names: Vec<_> = f.entries().unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, [OsString::from("x")]);
+    }
+
+    /// The access time of `path`, in seconds.
+    fn atime(path: &Path) -> i64 {
+        rustix::fs::stat(path).unwrap().st_atime as i64
+    }
+
+    #[test]
+    fn reads_leave_access_times_alone_and_files_of_others_still_open() {
+        // Ours: the access time stays (relatime would move an access time older than the change time).
+        let (d, f) = setup();
+        let file = d.path().join("p/meta/a.json");
+        let old = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 0 },
+            last_modification: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        };
+        rustix::fs::utimensat(rustix::fs::CWD, &file, &old, AtFlags::empty()).unwrap();
+        assert_eq!(f.read("meta/a.json", 10).unwrap().unwrap(), b"{}");
+        assert_eq!(atime(&file), 1_000_000_000, "the read moved the access time");
+        assert!(!NOATIME_REFUSED.load(Ordering::Relaxed));
+        // Another owner's file: the kernel refuses O_NOATIME; the file is read all the same. Root is refused only
+        // without CAP_FOWNER, which this thread alone gives up (capabilities are per thread).
+        std::thread::spawn(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let (folder, name) = if rustix::process::geteuid().is_root() {
+                fs::write(dir.path().join("theirs"), "read me").unwrap();
+                std::os::unix::fs::chown(dir.path().join("theirs"), Some(65534), Some(65534)).unwrap();
+                let mut caps = rustix::thread::capabilities(None).unwrap();
+                caps.effective.remove(rustix::thread::CapabilitySet::FOWNER);
+                rustix::thread::set_capabilities(None, caps).unwrap();
+                (Folder::open(dir.path()).unwrap().unwrap(), "theirs")
+            } else {
+                (Folder::open(Path::new("/etc")).unwrap().unwrap(), "passwd")
+            };
+            let bytes = folder.read(name, 1 << 20).unwrap().expect("the file is read");
+            if name == "theirs" {
+                assert_eq!(bytes, b"read me");
+            }
+            assert!(NOATIME_REFUSED.load(Ordering::Relaxed), "the refusal is remembered");
+        })
+        .join()
+        .unwrap();
     }
 }
