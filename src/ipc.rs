@@ -27,7 +27,9 @@ use crate::fsutil;
 /// and `rebase`; 6: `vouch`.
 pub const PROTOCOL: u32 = 6;
 /// How long `check` waits for the daemon's vouch (its hello, then its answer) before it scans by itself.
-const VOUCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The daemon may first scan a folder that changed since its last look (for at most 3 s: see the daemon's
+/// `VOUCH_SCAN_WAIT`) rather than let `check` read it a second time on the same cores.
+const VOUCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// This build's version, carried in `hello`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a client waits for the daemon's hello.

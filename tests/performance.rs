@@ -427,6 +427,45 @@ fn a_watched_folder_is_vouched_for_by_the_daemon_and_never_past_a_change() {
     assert_eq!((code, v["verified"].as_str()), (0, Some("scan")), "{v}");
 }
 
+/// A check of a folder that changed since the daemon's last look (a checkout touched every file, contents the same)
+/// is answered from a scan the daemon makes at once, rather than by the check reading every file again on the same
+/// cores while the daemon does the same. A real change is still reported.
+#[test]
+fn a_check_of_a_touched_folder_is_answered_from_the_daemons_own_scan() {
+    let w = World::drizzle();
+    // The daemon would look at the touched folder only after 10 s of quiet: the check asks it to look now.
+    w.config("[check]\nvouch_min_files = 0\n[watch]\ndebounce_ms = 10000\n");
+    w.push_ok();
+    let check = || w.json("dreamerd", &["check"]);
+    w.wait_for("the daemon to vouch for the folder", || check().1["verified"] == "watch");
+    let files: Vec<std::path::PathBuf> =
+        tree_of(&w.path("drizzle")).keys().map(|k| w.path(&format!("drizzle/{k}"))).collect();
+    assert!(files.len() >= 3, "{files:?}");
+    let touch = || {
+        for f in &files {
+            fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(std::time::SystemTime::now())
+                .unwrap();
+        }
+    };
+    for round in 0..3 {
+        touch();
+        let (code, v) = check();
+        assert_eq!((code, v["verified"].as_str()), (0, Some("watch")), "round {round}: {v}");
+        assert_eq!(v["violations"], json!([]), "round {round}");
+    }
+    // An edit is seen all the same (the daemon's scan finds it; the check then reads the folder itself).
+    let sql = first_sql(&w);
+    let name = sql.file_name().unwrap().to_str().unwrap().to_string();
+    fs::write(&sql, "DROP TABLE users;").unwrap();
+    let (code, v) = check();
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["violations"], json!([{"kind": "modified", "path": name}]), "{v}");
+}
+
 /// One request on the daemon's socket, its final line.
 fn raw_request(w: &World, request: &Value) -> Value {
     use std::io::{BufRead, BufReader, Write};

@@ -70,6 +70,8 @@ struct Watched {
     rewatch: bool,
     /// Serialises rescans of this project.
     scan_lock: Arc<tokio::sync::Mutex<()>>,
+    /// A rescan waits for `scan_lock`: later ones only wait for it to be done (it starts after they were asked for).
+    scan_queued: bool,
     /// Where its files are, as its config said at the last rescan.
     paths: Option<watch::WatchPaths>,
     /// When the scan running now started.
