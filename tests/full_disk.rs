@@ -137,6 +137,11 @@ fn a_full_project_disk_rolls_the_push_back_and_restore_refuses_changing_nothing(
     assert_eq!(w.tree("drizzle"), pushed, "no partial folder");
     // A hand edit, then a restore with no room to stage the push: refused, the edit still there.
     fs::remove_file(w.path("drizzle/0000_step.sql")).unwrap();
+    // The file's pages are freed only once nobody has it open: a scan of the daemon that was reading it would free
+    // them after the fill, room for the restore. Once the daemon reports the deletion, that scan is over.
+    w.wait_for("the daemon to see the deletion", || {
+        w.status()["violations"].as_array().is_some_and(|v| v.iter().any(|v| v["kind"] == "deleted"))
+    });
     disk.fill(0);
     let edited = w.tree("drizzle");
     let (code, v) = w.json("dreamer", &["database", "restore"]);

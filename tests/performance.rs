@@ -466,6 +466,28 @@ fn a_check_of_a_touched_folder_is_answered_from_the_daemons_own_scan() {
     assert_eq!(v["violations"], json!([{"kind": "modified", "path": name}]), "{v}");
 }
 
+/// With `on_violation = "restore"` a check never makes the daemon scan before the quiet period: that scan would start
+/// the automatic restore while the writer may still be writing.
+#[test]
+fn a_check_never_hurries_an_automatic_restore() {
+    let w = World::drizzle();
+    w.config("[check]\nvouch_min_files = 0\n[watch]\ndebounce_ms = 5000\non_violation = \"restore\"\n");
+    w.push_ok();
+    w.wait_for("the daemon to vouch for the folder", || {
+        w.json("dreamerd", &["check"]).1["verified"] == "watch"
+    });
+    let sql = first_sql(&w);
+    let before = fs::read(&sql).unwrap();
+    fs::write(&sql, "DROP TABLE users; -- still being written").unwrap();
+    let (code, v) = w.json("dreamerd", &["check"]);
+    assert_eq!((code, v["verified"].as_str()), (1, Some("scan")), "{v}");
+    // Well within the quiet period: nothing was restored under the writer.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(fs::read_to_string(&sql).unwrap(), "DROP TABLE users; -- still being written");
+    // Once quiet, the restore comes.
+    w.wait_for("the automatic restore", || fs::read(&sql).unwrap() == before);
+}
+
 /// One request on the daemon's socket, its final line.
 fn raw_request(w: &World, request: &Value) -> Value {
     use std::io::{BufRead, BufReader, Write};

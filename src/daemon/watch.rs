@@ -296,6 +296,7 @@ impl Daemon {
 
     /// What the watch can say of `folder` now (the cookie having come through).
     fn vouch_verdict(&self, folder: &Path, excluded: &[String]) -> Verdict {
+        let restores = self.loaded().engine.config.watch.on_violation == OnViolation::Restore;
         let state = self.state.lock().expect("state");
         for (root, w) in &state.projects {
             let Some((epoch, scanned)) = &w.vouch else { continue };
@@ -308,6 +309,9 @@ impl Daemon {
                 Verdict::Refused("the project is being changed")
             } else if !w.warnings.is_empty() {
                 Verdict::Refused("the project has warnings")
+            } else if changed && restores {
+                // Scanning before the quiet period would start the automatic restore while the writer still writes.
+                Verdict::Refused("the project is being scanned or changed")
             } else if changed {
                 Verdict::Rescan(root.clone())
             } else if !scanned.exists || !w.watches.contains(folder) || w.rewatch {
