@@ -481,6 +481,9 @@ fn a_check_never_hurries_an_automatic_restore() {
     fs::write(&sql, "DROP TABLE users; -- still being written").unwrap();
     let (code, v) = w.json("dreamerd", &["check"]);
     assert_eq!((code, v["verified"].as_str()), (1, Some("scan")), "{v}");
+    // Nor does a status: it shows the edit from a scan of its own.
+    let s = w.status();
+    assert_eq!(s["violations"][0]["kind"], "modified", "{s}");
     // Well within the quiet period: nothing was restored under the writer.
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(fs::read_to_string(&sql).unwrap(), "DROP TABLE users; -- still being written");

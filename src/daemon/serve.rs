@@ -444,16 +444,20 @@ impl Daemon {
     /// The daemon's view of one project: the cached status of a watched one (rescanned first if events are
     /// pending), or a fresh scan of an unwatched one.
     async fn project_status(self: &Arc<Self>, root: &Path) -> Result<Value> {
-        let (watched, stale) = {
+        let restores = self.loaded().engine.config.watch.on_violation == crate::config::OnViolation::Restore;
+        let (watched, stale, unwatched) = {
             let state = self.state.lock().expect("state");
             let unwatched = state
                 .projects
                 .get(root)
                 .is_some_and(|w| w.warnings.iter().any(|x| x.starts_with("cannot watch")));
             // Pending events, or watches that could not be set (no events will come): scan now.
-            (state.projects.contains_key(root), state.pending.contains_key(root) || unwatched)
+            (state.projects.contains_key(root), state.pending.contains_key(root) || unwatched, unwatched)
         };
-        if watched && stale {
+        // When violations are restored automatically, the daemon's own scan waits for the quiet period (it would
+        // start the restore under a writer still writing): this answer is a scan of its own, recorded nowhere.
+        let fresh = watched && stale && restores && !unwatched;
+        if watched && stale && !fresh {
             self.rescan(root).await;
         }
         let cached = {
@@ -472,7 +476,7 @@ impl Daemon {
         };
         let busy_now = self.state.lock().expect("state").ops.contains_key(root);
         let (status, info) = match cached {
-            Some((Some(mut status), info)) if !busy_now => {
+            Some((Some(mut status), info)) if !busy_now && !fresh => {
                 // File events keep violations current; the database changes without any, so read it now.
                 let this = self.clone();
                 let spec = self.spec(root);
