@@ -441,6 +441,25 @@ impl Daemon {
         Ok((0, json!({"ok": true, "root": dir, "newly_watched": added, "project": status})))
     }
 
+    /// Waits until the rescan scheduled for `root` is due (the scheduler never puts it later than ten quiet periods
+    /// after its first event).
+    async fn await_quiet(&self, root: &Path) {
+        let debounce = Duration::from_millis(self.loaded().engine.config.watch.debounce_ms);
+        let deadline = tokio::time::Instant::now() + debounce * 11 + Duration::from_secs(1);
+        loop {
+            let due = self.state.lock().expect("state").pending.get(root).map(|&(_, due)| due);
+            let Some(due) = due else { return };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return;
+            }
+            // Once due, the scheduler takes it at its next turn.
+            let due = tokio::time::Instant::from_std(due);
+            let wake = if due > now { due } else { now + Duration::from_millis(5) };
+            tokio::time::sleep_until(wake.min(deadline)).await;
+        }
+    }
+
     /// The daemon's view of one project: the cached status of a watched one (rescanned first if events are
     /// pending), or a fresh scan of an unwatched one.
     async fn project_status(self: &Arc<Self>, root: &Path) -> Result<Value> {
@@ -454,10 +473,12 @@ impl Daemon {
             // Pending events, or watches that could not be set (no events will come): scan now.
             (state.projects.contains_key(root), state.pending.contains_key(root) || unwatched, unwatched)
         };
-        // When violations are restored automatically, the daemon's own scan waits for the quiet period (it would
-        // start the restore under a writer still writing): this answer is a scan of its own, recorded nowhere.
-        let fresh = watched && stale && restores && !unwatched;
-        if watched && stale && !fresh {
+        // When violations are restored automatically, the daemon's scan waits for the quiet period (made early, it
+        // would start the restore under a writer still writing): the answer waits for it too.
+        if watched && stale && restores && !unwatched {
+            self.await_quiet(root).await;
+        }
+        if watched && stale {
             self.rescan(root).await;
         }
         let cached = {
@@ -476,7 +497,7 @@ impl Daemon {
         };
         let busy_now = self.state.lock().expect("state").ops.contains_key(root);
         let (status, info) = match cached {
-            Some((Some(mut status), info)) if !busy_now && !fresh => {
+            Some((Some(mut status), info)) if !busy_now => {
                 // File events keep violations current; the database changes without any, so read it now.
                 let this = self.clone();
                 let spec = self.spec(root);
