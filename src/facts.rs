@@ -323,10 +323,7 @@ impl Drop for View {
                 // Nothing was scanned: the checkout keeps every file it owns.
                 None => save_owned(&m.owner, &m.folder),
             }
-            let mut facts = lock();
-            if facts.close_view(&m.owner) && facts.transient {
-                facts.forget(&m.owner);
-            }
+            lock().end_view(&m.owner);
         }
     }
 }
@@ -371,10 +368,7 @@ pub fn hold(owner: &Path, folder: &Path) -> Held {
 impl Drop for Held {
     fn drop(&mut self) {
         save_owned(&self.owner, &self.folder);
-        let mut facts = lock();
-        if facts.close_view(&self.owner) && facts.transient {
-            facts.forget(&self.owner);
-        }
+        lock().end_view(&self.owner);
     }
 }
 
@@ -397,6 +391,13 @@ impl Facts {
         }
         self.viewing.remove(owner);
         true
+    }
+
+    /// Ends a view (or a hold) of `owner`, its facts saved: a transient process forgets them after the last one.
+    fn end_view(&mut self, owner: &Arc<PathBuf>) {
+        if self.close_view(owner) && self.transient {
+            self.forget(owner);
+        }
     }
 
     /// Drops what this process holds of a checkout's facts once they are saved; the next [`load`] reads them again.

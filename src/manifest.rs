@@ -346,18 +346,15 @@ type Hashed = (String, Node, Option<Seen>, i64);
 fn hash_one((folder, name, rel): &ToHash) -> io::Result<Option<Hashed>> {
     let read_at = crate::facts::now_ns();
     Ok(match folder.file_stat(name)? {
-        (Found::File(mut f), st) => {
-            let id = match st {
-                Some(st) => Identity::of(&st),
-                None => Identity::of_file(&f)?,
-            };
+        Ok((mut f, st)) => {
+            let id = Identity::of(&st);
             let (size, blake3) = hash_sized(&mut f, Some(id.size))?;
             let seen = (folder.shown(name), id, blake3);
             Some((rel.clone(), Node::File { size, blake3 }, Some(seen), read_at))
         }
-        (Found::Missing, _) => None,
+        Err(None) => None,
         // Replaced by something else between readdir and open.
-        (Found::Not(kind), _) => Some((rel.clone(), Node::Special(kind), None, read_at)),
+        Err(Some(kind)) => Some((rel.clone(), Node::Special(kind), None, read_at)),
     })
 }
 

@@ -250,26 +250,31 @@ impl Folder {
 
     /// Opens the regular file at `rel` for reading, or says what is there instead.
     pub fn file(&self, rel: &str) -> io::Result<Found> {
-        Ok(self.file_stat(rel)?.0)
+        Ok(match self.file_stat(rel)? {
+            Ok((file, _)) => Found::File(file),
+            Err(None) => Found::Missing,
+            Err(Some(kind)) => Found::Not(kind),
+        })
     }
 
-    /// [`Folder::file`], with the status of the opened file (taken anyway to check its type).
-    pub fn file_stat(&self, rel: &str) -> io::Result<(Found, Option<rustix::fs::Stat>)> {
+    /// [`Folder::file`], a regular file with the status its type was checked with (its identity, without asking
+    /// again); `Err` says what is there instead (`None`: nothing).
+    pub fn file_stat(&self, rel: &str) -> io::Result<Result<(File, rustix::fs::Stat), Option<SpecialKind>>> {
         match self.open_quiet(rel, READ_FLAGS) {
             Ok(Opened::Fd(fd)) => {
                 let st = rustix::fs::fstat(&fd)?;
-                let ft = rustix::fs::FileType::from_raw_mode(st.st_mode);
-                Ok(if ft == rustix::fs::FileType::RegularFile {
-                    (Found::File(File::from(fd)), Some(st))
+                let file = File::from(fd);
+                if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile {
+                    Ok(Ok((file, st)))
                 } else {
-                    (Found::Not(SpecialKind::of(&File::from(fd).metadata()?.file_type())), None)
-                })
+                    Ok(Err(Some(SpecialKind::of(&file.metadata()?.file_type()))))
+                }
             }
-            Ok(Opened::Missing) => Ok((Found::Missing, None)),
-            Ok(Opened::Link) => Ok((Found::Not(SpecialKind::Symlink), None)),
+            Ok(Opened::Missing) => Ok(Err(None)),
+            Ok(Opened::Link) => Ok(Err(Some(SpecialKind::Symlink))),
             // A socket cannot be opened at all.
             Err(e) if e.raw_os_error() == Some(Errno::NXIO.raw_os_error()) => {
-                Ok((Found::Not(SpecialKind::Socket), None))
+                Ok(Err(Some(SpecialKind::Socket)))
             }
             Err(e) => Err(e),
         }
