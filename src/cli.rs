@@ -26,7 +26,7 @@ pub enum Flavor {
 }
 
 /// Options every command takes.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
 pub struct Global {
     /// Print one JSON document on stdout instead of human text.
     #[arg(long, global = true)]
@@ -356,9 +356,15 @@ enum Action {
 
 /// Runs the binary and returns its exit code.
 pub fn main(flavor: Flavor) -> i32 {
-    let (global, action) = match flavor {
-        Flavor::Dreamerd => {
-            let cli = DreamerdCli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let fast = match flavor {
+        Flavor::Dreamerd => plain_check(&args),
+        Flavor::Dreamer => None,
+    };
+    let (global, action) = match (fast, flavor) {
+        (Some((global, dir, full)), _) => (global, Action::Check(dir, full)),
+        (None, Flavor::Dreamerd) => {
+            let cli = DreamerdCli::parse_from(&args);
             let action = match cli.command {
                 DreamerdCommand::Daemon(d) => Action::Daemon(d.log_file),
                 DreamerdCommand::Prune(p) => Action::Prune(p.dry_run),
@@ -392,8 +398,8 @@ pub fn main(flavor: Flavor) -> i32 {
             };
             (cli.global, action)
         }
-        Flavor::Dreamer => {
-            let cli = DreamerCli::parse();
+        (None, Flavor::Dreamer) => {
+            let cli = DreamerCli::parse_from(&args);
             let action = match cli.command {
                 DreamerCommand::Push(d) => Action::Push(d.dir, None, d.answers.options()),
                 DreamerCommand::Database { command: DatabaseCommand::Restore(r) } => Action::Restore(r),
@@ -410,6 +416,35 @@ pub fn main(flavor: Flavor) -> i32 {
         Ok(code) => code,
         Err(e) => report_error(&global, &e),
     }
+}
+
+/// `dreamerd check` in the forms CI and git hooks run it, read without clap: building clap's tree of every
+/// subcommand (and copying the global options into each) is a tenth of a warm check of a small folder. Only the plain
+/// forms: `check`, `--full`, the global flags that take no value, each at most once, and at most one DIR after
+/// `check`. Anything else (an option with a value, `--`, `-vq`, `--json=…`, help, a mistake) is `None`, left to clap,
+/// whose reading of the plain forms is the same (`plain_check_reads_what_clap_reads`).
+fn plain_check(args: &[std::ffi::OsString]) -> Option<(Global, Option<PathBuf>, bool)> {
+    let mut global = Global::default();
+    let (mut check, mut full, mut dir) = (false, false, None);
+    for arg in args.iter().skip(1) {
+        let flag = match arg.to_str()? {
+            "check" if !check => &mut check,
+            "--full" if check => &mut full,
+            "--json" => &mut global.json,
+            "--no-spawn" => &mut global.no_spawn,
+            "-q" | "--quiet" => &mut global.quiet,
+            "-v" | "--verbose" => &mut global.verbose,
+            s if check && dir.is_none() && !s.is_empty() && !s.starts_with('-') => {
+                dir = Some(PathBuf::from(s));
+                continue;
+            }
+            _ => return None,
+        };
+        if std::mem::replace(flag, true) {
+            return None; // given twice: clap's error
+        }
+    }
+    (check && !(global.quiet && global.verbose)).then_some((global, dir, full))
 }
 
 /// Writes to stdout; a reader that went away (`dreamerd status | head -1`) ends the output quietly, never a panic.
@@ -1271,4 +1306,80 @@ fn human_event(e: &serde_json::Value) -> String {
         _ => String::new(),
     };
     format!("{at}  {kind:<14} {root}  {detail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every sequence of up to four of these words: wherever the plain reading of `check` answers, clap reads the
+    /// same options, and every plain form clap takes for a check, no word twice, is read plainly (nothing falls
+    /// back by mistake; clap takes a global flag twice, and -q with -v, when they stand on both sides of `check`: left
+    /// to it).
+    #[test]
+    fn plain_check_reads_what_clap_reads() {
+        let words = [
+            "check",
+            "--full",
+            "--json",
+            "--no-spawn",
+            "-q",
+            "--quiet",
+            "-v",
+            "--verbose",
+            "app",
+            "-",
+            "--",
+            "-vq",
+            "--json=true",
+            "status",
+            "--config",
+            "",
+        ];
+        let plain_words = &words[..9];
+        let mut argvs: Vec<Vec<&str>> = vec![vec![]];
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            argvs = argvs
+                .iter()
+                .flat_map(|a| words.iter().map(move |w| a.iter().copied().chain([*w]).collect::<Vec<_>>()))
+                .collect();
+            all.extend(argvs.iter().cloned());
+        }
+        fn same(w: &str) -> &str {
+            match w {
+                "--quiet" => "-q",
+                "--verbose" => "-v",
+                w => w,
+            }
+        }
+        let plain_form = |argv: &[&str]| {
+            let words: Vec<&str> = argv.iter().map(|w| same(w)).collect();
+            words.iter().all(|w| plain_words.contains(w))
+                && words.iter().enumerate().all(|(i, w)| !words[..i].contains(w))
+                && !(words.contains(&"-q") && words.contains(&"-v"))
+        };
+        let mut read = 0;
+        for argv in all {
+            let args: Vec<std::ffi::OsString> =
+                std::iter::once("dreamerd").chain(argv.iter().copied()).map(Into::into).collect();
+            let plain = plain_check(&args);
+            let clap = DreamerdCli::try_parse_from(&args);
+            match (plain, clap) {
+                (
+                    Some((global, dir, full)),
+                    Ok(DreamerdCli { global: g, command: DreamerdCommand::Check(c) }),
+                ) => {
+                    assert_eq!((global, dir, full), (g, c.dir, c.full), "{argv:?}");
+                    read += 1;
+                }
+                (Some(plain), other) => panic!("{argv:?}: read plainly as {plain:?}, clap says {other:?}"),
+                (None, Ok(DreamerdCli { command: DreamerdCommand::Check(_), .. })) if plain_form(&argv) => {
+                    panic!("{argv:?}: a plain check that was not read plainly")
+                }
+                (None, _) => {}
+            }
+        }
+        assert!(read > 500, "only {read} forms were read plainly");
+    }
 }
