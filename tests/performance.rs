@@ -561,3 +561,37 @@ fn a_vouch_holds_for_drizzle_kit_1_0_folders_and_an_out_from_the_environment() {
     let v: Value = serde_json::from_slice(&other.stdout).unwrap();
     assert_eq!((v["out"].as_str(), v["verified"].as_str()), (Some("elsewhere"), Some("scan")), "{v}");
 }
+
+/// The program headers of an ELF64 little-endian executable: (e_type, the p_type of each header).
+fn elf_headers(path: &str) -> (u16, Vec<u32>) {
+    let bytes = fs::read(path).unwrap();
+    assert_eq!(&bytes[..4], b"\x7fELF", "{path} is not an ELF file");
+    let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38) as usize);
+    let types = (0..phnum)
+        .map(|i| {
+            let o = phoff + i * phentsize;
+            u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap())
+        })
+        .collect();
+    (u16_at(0x10), types)
+}
+
+/// Both binaries are static position-independent executables (.cargo/config.toml): no program interpreter (the
+/// dynamic loader's work was a third of a warm check), yet position-independent, so address-space randomisation
+/// still places them.
+#[cfg(all(target_os = "linux", target_env = "gnu", target_endian = "little", target_pointer_width = "64"))]
+#[test]
+fn the_binaries_are_static_and_position_independent() {
+    const ET_DYN: u16 = 3;
+    const PT_INTERP: u32 = 3;
+    for binary in [env!("CARGO_BIN_EXE_dreamerd"), env!("CARGO_BIN_EXE_dreamer")] {
+        let (kind, headers) = elf_headers(binary);
+        assert!(
+            !headers.contains(&PT_INTERP),
+            "{binary} asks for a dynamic loader: it was not linked statically"
+        );
+        assert_eq!(kind, ET_DYN, "{binary} is not position-independent (no address-space randomisation)");
+    }
+}
