@@ -11,6 +11,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_scan_that_ends_never_hides_another_still_running() {
+        let (t0, t1) = (Instant::now(), Instant::now() + std::time::Duration::from_secs(1));
+        let mut running = Running::default();
+        assert!(!running.any());
+        let recovery = running.begin(t0);
+        let scan = running.begin(t1);
+        running.end(recovery);
+        assert!(running.any(), "the scan still runs");
+        assert_eq!(running.since(), Some(t1), "since the scan's start, not the recovery's");
+        running.end(scan);
+        running.end(scan);
+        assert!(!running.any());
+        assert_eq!(running.since(), None);
+    }
+
+    #[test]
     fn accept_failures_back_off_and_log_once_per_streak() {
         let mut b = Backoff::default();
         assert_eq!(b.pause(), std::time::Duration::ZERO);
@@ -53,6 +69,37 @@ const DEFAULT_QUEUE: usize = 4096;
 /// How many past events `dreamerd events` shows.
 const RECENT_EVENTS: usize = 200;
 
+/// The scans and recoveries running on one project, each by when it started: they can overlap (a recovery's retry
+/// and a rescan), and the end of one must not hide another that still runs.
+#[derive(Debug, Default)]
+struct Running {
+    started: Vec<(u64, Instant)>,
+}
+
+impl Running {
+    /// Notes one that starts at `at`; its token ends it (unique in the process: a project unwatched and watched again
+    /// meanwhile has a new `Running`, which a token of the old one never touches).
+    fn begin(&mut self, at: Instant) -> u64 {
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let token = LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.started.push((token, at));
+        token
+    }
+
+    fn end(&mut self, token: u64) {
+        self.started.retain(|(t, _)| *t != token);
+    }
+
+    fn any(&self) -> bool {
+        !self.started.is_empty()
+    }
+
+    /// When the oldest of those still running started.
+    fn since(&self) -> Option<Instant> {
+        self.started.iter().map(|(_, at)| *at).min()
+    }
+}
+
 /// What the daemon knows about one watched project.
 #[derive(Default)]
 struct Watched {
@@ -74,8 +121,8 @@ struct Watched {
     scan_queued: bool,
     /// Where its files are, as its config said at the last rescan.
     paths: Option<watch::WatchPaths>,
-    /// When the scan running now started.
-    scanning_since: Option<Instant>,
+    /// The scans (and recoveries) running on it now.
+    scanning: Running,
     /// git's index lock of the checkout (`<git dir>/index.lock`), asked of git once; `Some(None)`: not in git.
     git_lock: Option<Option<PathBuf>>,
     /// Since when git holds that lock (it writes the working tree meanwhile): warnings wait for it.
@@ -708,7 +755,7 @@ impl Daemon {
         let stalled: Vec<&PathBuf> = state
             .projects
             .iter()
-            .filter(|(_, w)| w.scanning_since.is_some_and(|t| t.elapsed() > limit))
+            .filter(|(_, w)| w.scanning.since().is_some_and(|t| t.elapsed() > limit))
             .map(|(r, _)| r)
             .collect();
         if !stalled.is_empty() {

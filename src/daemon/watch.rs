@@ -304,7 +304,7 @@ impl Daemon {
                 continue;
             }
             let running = state.ops.get(root).is_some_and(|&n| n > 0);
-            let changed = *epoch != w.epoch || state.pending.contains_key(root) || w.scanning_since.is_some();
+            let changed = *epoch != w.epoch || state.pending.contains_key(root) || w.scanning.any();
             return if running {
                 Verdict::Refused("the project is being changed")
             } else if !w.warnings.is_empty() {
@@ -514,9 +514,7 @@ impl Daemon {
             return false;
         }
         state.trim_at = None;
-        state.pending.is_empty()
-            && state.ops.is_empty()
-            && state.projects.values().all(|w| w.scanning_since.is_none())
+        state.pending.is_empty() && state.ops.is_empty() && state.projects.values().all(|w| !w.scanning.any())
     }
 
     fn on_event(&self, event: &notify::Event, debounce: Duration) {
@@ -770,7 +768,13 @@ impl Daemon {
     /// one project's slow config or stalled filesystem never holds the others, and is logged, shown in the STATUS=
     /// line and in the project's warnings while it is waited for.
     pub(super) async fn within_limit<T>(self: &Arc<Self>, root: &Path, work: impl Future<Output = T>) -> T {
-        self.scanning(root, Some(Instant::now()));
+        let token = self
+            .state
+            .lock()
+            .expect("state")
+            .projects
+            .get_mut(root)
+            .map(|w| w.scanning.begin(Instant::now()));
         let limit = self.scan_limit();
         let mut work = std::pin::pin!(work);
         let done = match tokio::time::timeout(limit, &mut work).await {
@@ -790,14 +794,12 @@ impl Daemon {
                 done
             }
         };
-        self.scanning(root, None);
-        done
-    }
-
-    fn scanning(&self, root: &Path, since: Option<Instant>) {
-        if let Some(w) = self.state.lock().expect("state").projects.get_mut(root) {
-            w.scanning_since = since;
+        if let Some(token) = token
+            && let Some(w) = self.state.lock().expect("state").projects.get_mut(root)
+        {
+            w.scanning.end(token);
         }
+        done
     }
 
     /// A watched project whose folder is gone is said so, once, and in its status, until it comes back.
