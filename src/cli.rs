@@ -1318,25 +1318,10 @@ mod tests {
     /// to it).
     #[test]
     fn plain_check_reads_what_clap_reads() {
-        let words = [
-            "check",
-            "--full",
-            "--json",
-            "--no-spawn",
-            "-q",
-            "--quiet",
-            "-v",
-            "--verbose",
-            "app",
-            "-",
-            "--",
-            "-vq",
-            "--json=true",
-            "status",
-            "--config",
-            "",
-        ];
-        let plain_words = &words[..9];
+        let plain_words =
+            ["check", "--full", "--json", "--no-spawn", "-q", "--quiet", "-v", "--verbose", "app"];
+        let others = ["-", "--", "-vq", "--json=true", "status", "--config", ""];
+        let words: Vec<&str> = plain_words.iter().chain(&others).copied().collect();
         let mut argvs: Vec<Vec<&str>> = vec![vec![]];
         let mut all = Vec::new();
         for _ in 0..4 {

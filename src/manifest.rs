@@ -141,9 +141,9 @@ thread_local! {
     static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// [`hash_file`], reading no further than `expected` bytes when given (the size its status said): the read that
-/// would only say "the end" is spared. A file that grew since has another identity, so it is read again at the
-/// next look, as one rewritten during the read is.
+/// [`hash_file`], stopping once `expected` bytes are read when given (the size its status said): the read that
+/// would only say "the end" is spared. What is hashed is what was read, and the size returned is its length; a file
+/// that grew since has another identity, so it is read again at the next look, as one rewritten during the read is.
 fn hash_sized(file: &mut File, expected: Option<u64>) -> io::Result<(u64, Digest)> {
     use std::io::Read;
     BUFFER.with_borrow_mut(|buf| {

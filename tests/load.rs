@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{GENERATE, World, alive, stand_in_world};
+use crate::support::{GENERATE, World, alive, stand_in_world, touch};
 
 /// The daemon's resident memory in KiB.
 fn rss_kib(pid: i32) -> u64 {
@@ -175,14 +175,7 @@ fn memory_taken_by_a_burst_of_twenty_thousand_files_is_given_back_once_quiet() {
     let before = rescans();
     let files: Vec<_> = (0..20_000).map(|i| burst.join(format!("{i:05}.sql"))).collect();
     for _ in 0..8 {
-        for f in &files {
-            std::fs::File::options()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_modified(std::time::SystemTime::now())
-                .unwrap();
-        }
+        files.iter().for_each(|f| touch(f));
         std::thread::sleep(Duration::from_millis(200));
     }
     let mut last = u64::MAX;

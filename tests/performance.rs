@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 
 use serde_json::{Value, json};
 
-use crate::support::{World, stand_in_world, tree_of};
+use crate::support::{World, stand_in_world, touch, tree_of};
 
 /// A config that notes each evaluation (a line in evals.log) and reads one environment variable.
 const COUNTING_CONFIG: &str = r#"import { defineConfig } from 'drizzle-kit';
@@ -441,18 +441,8 @@ fn a_check_of_a_touched_folder_is_answered_from_the_daemons_own_scan() {
     let files: Vec<std::path::PathBuf> =
         tree_of(&w.path("drizzle")).keys().map(|k| w.path(&format!("drizzle/{k}"))).collect();
     assert!(files.len() >= 3, "{files:?}");
-    let touch = || {
-        for f in &files {
-            fs::File::options()
-                .write(true)
-                .open(f)
-                .unwrap()
-                .set_modified(std::time::SystemTime::now())
-                .unwrap();
-        }
-    };
     for round in 0..3 {
-        touch();
+        files.iter().for_each(|f| touch(f));
         let (code, v) = check();
         assert_eq!((code, v["verified"].as_str()), (0, Some("watch")), "round {round}: {v}");
         assert_eq!(v["violations"], json!([]), "round {round}");
@@ -562,22 +552,6 @@ fn a_vouch_holds_for_drizzle_kit_1_0_folders_and_an_out_from_the_environment() {
     assert_eq!((v["out"].as_str(), v["verified"].as_str()), (Some("elsewhere"), Some("scan")), "{v}");
 }
 
-/// The program headers of an ELF64 little-endian executable: (e_type, the p_type of each header).
-fn elf_headers(path: &str) -> (u16, Vec<u32>) {
-    let bytes = fs::read(path).unwrap();
-    assert_eq!(&bytes[..4], b"\x7fELF", "{path} is not an ELF file");
-    let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
-    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38) as usize);
-    let types = (0..phnum)
-        .map(|i| {
-            let o = phoff + i * phentsize;
-            u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap())
-        })
-        .collect();
-    (u16_at(0x10), types)
-}
-
 /// Both binaries are static position-independent executables (.cargo/config.toml): no program interpreter (the
 /// dynamic loader's work was a third of a warm check), yet position-independent, so address-space randomisation
 /// still places them.
@@ -586,6 +560,21 @@ fn elf_headers(path: &str) -> (u16, Vec<u32>) {
 fn the_binaries_are_static_and_position_independent() {
     const ET_DYN: u16 = 3;
     const PT_INTERP: u32 = 3;
+    /// The program headers of an ELF64 little-endian executable: (e_type, the p_type of each header).
+    fn elf_headers(path: &str) -> (u16, Vec<u32>) {
+        let bytes = fs::read(path).unwrap();
+        assert_eq!(&bytes[..4], b"\x7fELF", "{path} is not an ELF file");
+        let u16_at = |o: usize| u16::from_le_bytes(bytes[o..o + 2].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+        let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38) as usize);
+        let types = (0..phnum)
+            .map(|i| {
+                let o = phoff + i * phentsize;
+                u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap())
+            })
+            .collect();
+        (u16_at(0x10), types)
+    }
     for binary in [env!("CARGO_BIN_EXE_dreamerd"), env!("CARGO_BIN_EXE_dreamer")] {
         let (kind, headers) = elf_headers(binary);
         assert!(

@@ -326,6 +326,11 @@ pub fn stand_in_world() -> World {
     w
 }
 
+/// Sets `file`'s modification time to now, its contents the same (as a checkout that rewrites a file unchanged).
+pub fn touch(file: &Path) {
+    fs::File::options().write(true).open(file).unwrap().set_modified(std::time::SystemTime::now()).unwrap();
+}
+
 /// Every regular file under `dir`, with its bytes (symlinks are listed with their target). A file that vanishes
 /// while it is read (a polled folder the daemon is swapping) is left out: the caller polls again.
 pub fn tree_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
